@@ -1,0 +1,180 @@
+package redisbus
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+)
+
+// PublisherConfig configures a Publisher.
+type PublisherConfig struct {
+	// Client publishes the messages. Required. The Publisher never closes
+	// it, so one client can be shared by many publishers and subscribers.
+	Client redis.UniversalClient
+
+	// Marshaler encodes messages. Nil means EnvelopeMarshaler.
+	Marshaler Marshaler
+
+	// Sharded publishes with SPUBLISH (Redis 7.0+) instead of PUBLISH. In
+	// Redis Cluster a shard channel lives only on the shard that owns its
+	// slot, instead of being broadcast across the cluster. Subscribers of the
+	// topic must set SubscriberConfig.Sharded as well.
+	Sharded bool
+}
+
+func (c *PublisherConfig) setDefaults() {
+	if c.Marshaler == nil {
+		c.Marshaler = EnvelopeMarshaler{}
+	}
+}
+
+// Validate reports the first invalid field, if any.
+func (c PublisherConfig) Validate() error {
+	if c.Client == nil {
+		return configError("PublisherConfig.Client", "is required")
+	}
+	return nil
+}
+
+// Publisher is a best-effort Watermill Publisher over Redis PUBLISH: every
+// Subscriber connected to the topic at that moment receives the message; one
+// that is not connected never will. For at-least-once delivery use the
+// Streams publisher.
+type Publisher struct {
+	config PublisherConfig
+	logger watermill.LoggerAdapter
+
+	// mu is held for reading by every publish in progress, so Close waits
+	// for them and nothing is sent after Close returns.
+	mu     sync.RWMutex
+	closed bool
+}
+
+// NewPublisher creates a Publisher. A nil logger means no logging.
+func NewPublisher(config PublisherConfig, logger watermill.LoggerAdapter) (*Publisher, error) {
+	config.setDefaults()
+	if err := config.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	return &Publisher{config: config, logger: logger}, nil
+}
+
+// Publish sends msgs to topic in one pipelined round trip. It returns once
+// Redis has accepted all of them, or with the first error. The round trip is
+// abandoned when any message's context is done.
+func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
+	ctx, release := messagesContext(msgs)
+	defer release()
+	_, err := p.publish(ctx, topic, msgs)
+	return err
+}
+
+// PublishCount publishes msg to topic and returns how many subscribed
+// connections Redis delivered it to: zero means nobody was listening. Each
+// Subscriber holds one connection per topic (in Sharded mode) or one for all
+// its topics, however many Subscribe calls share it. In Sharded mode on a
+// cluster the count covers only the shard that owns the channel.
+func (p *Publisher) PublishCount(ctx context.Context, topic string, msg *message.Message) (int64, error) {
+	receivers, err := p.publish(ctx, topic, []*message.Message{msg})
+	if err != nil {
+		return 0, err
+	}
+	return receivers[0], nil
+}
+
+func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.Message) ([]int64, error) {
+	if len(msgs) == 0 {
+		return nil, nil
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return nil, ErrPublisherClosed
+	}
+
+	payloads := make([][]byte, len(msgs))
+	for i, msg := range msgs {
+		data, err := p.config.Marshaler.Marshal(topic, msg)
+		if err != nil {
+			return nil, fmt.Errorf("redisbus: marshal message %s: %w", msg.UUID, err)
+		}
+		payloads[i] = data
+	}
+
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, context.Cause(ctx))
+	}
+
+	receivers := make([]int64, len(msgs))
+	var err error
+	if len(msgs) == 1 {
+		receivers[0], err = p.publishCmd(ctx, p.config.Client, topic, payloads[0]).Result()
+	} else {
+		cmds := make([]*redis.IntCmd, len(msgs))
+		_, err = p.config.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for i, data := range payloads {
+				cmds[i] = p.publishCmd(ctx, pipe, topic, data)
+			}
+			return nil
+		})
+		for i, cmd := range cmds {
+			receivers[i] = cmd.Val()
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
+	}
+	p.logger.Trace("Published", watermill.LogFields{"topic": topic, "messages": len(msgs)})
+	return receivers, nil
+}
+
+func (p *Publisher) publishCmd(ctx context.Context, c redis.Cmdable, topic string, data []byte) *redis.IntCmd {
+	if p.config.Sharded {
+		return c.SPublish(ctx, topic, data)
+	}
+	return c.Publish(ctx, topic, data)
+}
+
+// Close stops the Publisher: it waits for publishes in progress and makes
+// later ones fail with ErrPublisherClosed. It does not close the client.
+// Close is idempotent.
+func (p *Publisher) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	return nil
+}
+
+// messagesContext returns a context that is done as soon as any message's
+// context is done, so one round trip can honour every message's deadline.
+func messagesContext(msgs []*message.Message) (context.Context, func()) {
+	if len(msgs) == 1 {
+		return msgs[0].Context(), func() {}
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	var stops []func() bool
+	var seen []<-chan struct{}
+	for _, msg := range msgs {
+		mctx := msg.Context()
+		done := mctx.Done()
+		if done == nil || slices.Contains(seen, done) {
+			continue
+		}
+		seen = append(seen, done)
+		stops = append(stops, context.AfterFunc(mctx, func() { cancel(context.Cause(mctx)) }))
+	}
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel(nil)
+	}
+}

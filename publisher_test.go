@@ -1,0 +1,95 @@
+package redisbus_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/pubsubtest"
+)
+
+func TestPublishSendsOneCallInOneRoundTrip(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	counter := &pipelineCounter{command: "publish"}
+	client.AddHook(counter)
+	pub := newPublisher(t, redisbus.PublisherConfig{Client: client})
+	sub := newSubscriber(t, redisbus.SubscriberConfig{}, nil)
+	topic := pubsubtest.Topic(t)
+	ch, err := sub.Subscribe(t.Context(), topic)
+	require.NoError(t, err)
+
+	payloads := []string{"a", "b", "c", "d", "e"}
+	publish(t, pub, topic, payloads...)
+
+	assert.Equal(t, int64(1), counter.roundTrips.Load())
+	assert.Equal(t, int64(len(payloads)), counter.commands.Load())
+	assert.Equal(t, payloads, receive(t, ch, len(payloads)))
+}
+
+func TestPublishCountTellsWhetherAnyoneListens(t *testing.T) {
+	pub := newPublisher(t, redisbus.PublisherConfig{})
+	topic := pubsubtest.Topic(t)
+
+	n, err := pub.PublishCount(t.Context(), topic, message.NewMessage(watermill.NewUUID(), []byte("x")))
+	require.NoError(t, err)
+	assert.Zero(t, n, "nobody subscribed yet")
+
+	// Two Subscribers (two processes, say) with two Subscribe calls each:
+	// Redis counts one connection per Subscriber.
+	for range 2 {
+		sub := newSubscriber(t, redisbus.SubscriberConfig{}, nil)
+		for range 2 {
+			_, err := sub.Subscribe(t.Context(), topic)
+			require.NoError(t, err)
+		}
+	}
+	n, err = pub.PublishCount(t.Context(), topic, message.NewMessage(watermill.NewUUID(), []byte("x")))
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), n)
+}
+
+func TestPublishHonoursEachMessageContext(t *testing.T) {
+	pub := newPublisher(t, redisbus.PublisherConfig{})
+	sub := newSubscriber(t, redisbus.SubscriberConfig{}, nil)
+	topic := pubsubtest.Topic(t)
+	ch, err := sub.Subscribe(t.Context(), topic)
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	canceled := message.NewMessage(watermill.NewUUID(), []byte("canceled"))
+	canceled.SetContext(ctx)
+	fine := message.NewMessage(watermill.NewUUID(), []byte("fine"))
+
+	err = pub.Publish(topic, fine, canceled)
+	require.ErrorIs(t, err, context.Canceled)
+
+	// Nothing of the failed call was sent: the next message is the marker.
+	publish(t, pub, topic, "marker")
+	assert.Equal(t, []string{"marker"}, receive(t, ch, 1))
+}
+
+func TestPublishAfterCloseFailsAndLeavesTheClientOpen(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	pub := newPublisher(t, redisbus.PublisherConfig{Client: client})
+	require.NoError(t, pub.Close())
+	require.NoError(t, pub.Close(), "Close is idempotent")
+
+	err := pub.Publish(pubsubtest.Topic(t), message.NewMessage(watermill.NewUUID(), nil))
+	assert.ErrorIs(t, err, redisbus.ErrPublisherClosed)
+	assert.NoError(t, client.Ping(t.Context()).Err(), "the caller's client must stay open")
+}
+
+func TestPublisherConfigErrorsNameTheField(t *testing.T) {
+	_, err := redisbus.NewPublisher(redisbus.PublisherConfig{}, nil)
+	var configErr *redisbus.ConfigError
+	require.True(t, errors.As(err, &configErr), "got %v", err)
+	assert.Equal(t, "PublisherConfig.Client", configErr.Field)
+	assert.Contains(t, err.Error(), "PublisherConfig.Client")
+}

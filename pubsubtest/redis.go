@@ -1,0 +1,344 @@
+// Package pubsubtest is the test harness of redisbus: it finds or starts the
+// Redis the tests talk to and runs Watermill's universal Pub/Sub test suite.
+//
+// Tests use REDIS_URL when it is set. Otherwise the first test that needs
+// Redis starts a private redis-server on a free loopback port, shared by
+// the package's tests and stopped by Main. Tests that restart Redis or need
+// AOF always get a private server of their own from StartServer. When
+// neither REDIS_URL nor redis-server is available the test fails (never
+// skips) with a message that says what to install.
+package pubsubtest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+)
+
+// ServerOptions configures a private redis-server.
+type ServerOptions struct {
+	// AOF turns on the append-only file with fsync on every write, so data
+	// acknowledged to a client survives a restart.
+	AOF bool
+}
+
+// Server is a Redis server the tests can reach.
+type Server struct {
+	// Addr is host:port.
+	Addr string
+	// URL is a redis:// URL for Addr (with the database REDIS_URL named).
+	URL string
+
+	opts     ServerOptions
+	external bool // from REDIS_URL: never stopped or restarted
+	dir      string
+	port     int
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	logTail *tailBuffer
+}
+
+var shared struct {
+	once   sync.Once
+	server *Server
+	err    error
+}
+
+// Redis returns the Redis server shared by the package's tests: REDIS_URL,
+// or a private redis-server started on first use. Tests sharing it must use
+// names of their own (see Topic); none may flush or restart it.
+func Redis(t testing.TB) *Server {
+	t.Helper()
+	shared.once.Do(func() {
+		if url := os.Getenv("REDIS_URL"); url != "" {
+			opt, err := redis.ParseURL(url)
+			if err != nil {
+				shared.err = fmt.Errorf("REDIS_URL: %w", err)
+				return
+			}
+			shared.server = &Server{Addr: opt.Addr, URL: url, external: true}
+			return
+		}
+		shared.server, shared.err = startServer(ServerOptions{}, "")
+	})
+	if shared.err != nil {
+		t.Fatalf("pubsubtest: %v", shared.err)
+	}
+	return shared.server
+}
+
+// NewClient returns a client of the shared Redis, closed when t ends.
+func NewClient(t testing.TB) *redis.Client {
+	t.Helper()
+	return Redis(t).Client(t)
+}
+
+// StartServer starts a private redis-server for t, stopped when t ends.
+// Use it for tests that restart or stop Redis.
+func StartServer(t testing.TB, opts ServerOptions) *Server {
+	t.Helper()
+	s, err := startServer(opts, t.TempDir())
+	if err != nil {
+		t.Fatalf("pubsubtest: %v", err)
+	}
+	t.Cleanup(s.stop)
+	return s
+}
+
+// Main runs the tests and then stops the shared server. Call it from
+// TestMain: func TestMain(m *testing.M) { pubsubtest.Main(m) }.
+func Main(m *testing.M) {
+	code := m.Run()
+	if shared.server != nil && !shared.server.external {
+		shared.server.stop()
+		_ = os.RemoveAll(shared.server.dir)
+	}
+	os.Exit(code)
+}
+
+// Topic returns a name no other test uses, for topics, streams and groups.
+func Topic(t testing.TB) string {
+	name := strings.NewReplacer("/", "-", " ", "_").Replace(t.Name())
+	return name + "-" + uuid.NewString()[:8]
+}
+
+// Client returns a client of s, closed when t ends.
+func (s *Server) Client(t testing.TB) *redis.Client {
+	t.Helper()
+	opt, err := redis.ParseURL(s.URL)
+	if err != nil {
+		t.Fatalf("pubsubtest: %v", err)
+	}
+	client := redis.NewClient(opt)
+	t.Cleanup(func() { _ = client.Close() })
+	return client
+}
+
+const installHint = "redis-server is not on PATH and REDIS_URL is not set: " +
+	"install Redis (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) " +
+	"or point REDIS_URL at one, e.g. REDIS_URL=redis://127.0.0.1:6379/0"
+
+func startServer(opts ServerOptions, dir string) (*Server, error) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		return nil, fmt.Errorf("%s", installHint)
+	}
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "redisbus-test-"); err != nil {
+			return nil, err
+		}
+	}
+	// A free port can be taken by someone else before redis-server binds
+	// it; try a few.
+	var lastErr error
+	for range 5 {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		s := &Server{
+			Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+			URL:  fmt.Sprintf("redis://127.0.0.1:%d/0", port),
+			opts: opts,
+			dir:  dir,
+			port: port,
+		}
+		if lastErr = s.start(); lastErr == nil {
+			return s, nil
+		}
+	}
+	return nil, lastErr
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (s *Server) args() []string {
+	appendonly := "no"
+	if s.opts.AOF {
+		appendonly = "yes"
+	}
+	return []string{
+		"--port", strconv.Itoa(s.port),
+		"--bind", "127.0.0.1",
+		"--dir", s.dir,
+		"--save", "",
+		"--appendonly", appendonly,
+		"--appendfsync", "always",
+		"--daemonize", "no",
+		"--logfile", "",
+		"--enable-debug-command", "local",
+	}
+}
+
+// start launches redis-server and returns when it accepts connections.
+func (s *Server) start() error {
+	// DEBUG RESTART re-executes the binary by its path, which must be
+	// absolute.
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return fmt.Errorf("%s", installHint)
+	}
+	cmd := exec.Command(bin, s.args()...)
+	// If the test binary dies, the server goes with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start redis-server: %w", err)
+	}
+
+	tail := &tailBuffer{}
+	ready := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		scanner := bufio.NewScanner(stdout)
+		signalled := false
+		for scanner.Scan() {
+			tail.add(scanner.Text())
+			if !signalled && strings.Contains(scanner.Text(), "Ready to accept connections") {
+				signalled = true
+				close(ready)
+			}
+		}
+		_, _ = io.Copy(io.Discard, stdout)
+		_ = cmd.Wait()
+		close(exited)
+	}()
+
+	select {
+	case <-ready:
+	case <-exited:
+		return fmt.Errorf("redis-server exited on start:\n%s", tail)
+	case <-time.After(15 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+		return fmt.Errorf("redis-server did not start within 15s:\n%s", tail)
+	}
+	s.mu.Lock()
+	s.cmd, s.exited, s.logTail = cmd, exited, tail
+	s.mu.Unlock()
+	return nil
+}
+
+// Kill stops the server abruptly (SIGKILL), as a crash would. With AOF on,
+// every write it acknowledged is on disk.
+func (s *Server) Kill(t testing.TB) {
+	t.Helper()
+	s.mustBePrivate(t)
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-exited
+}
+
+// Start starts a killed server again on the same port and data directory.
+func (s *Server) Start(t testing.TB) {
+	t.Helper()
+	s.mustBePrivate(t)
+	if err := s.start(); err != nil {
+		t.Fatalf("pubsubtest: restart redis-server: %v", err)
+	}
+}
+
+// Restart kills the server and starts it again.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Kill(t)
+	s.Start(t)
+}
+
+// RestartCommand is a shell command that restarts the server in place
+// (DEBUG RESTART keeps the process, its port and, with AOF, its data), for
+// Watermill's tests.Features.RestartServiceCommand.
+func (s *Server) RestartCommand() []string {
+	return []string{"redis-cli", "-p", strconv.Itoa(s.port), "DEBUG", "RESTART"}
+}
+
+// Log returns the last lines the server printed.
+func (s *Server) Log() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.logTail == nil {
+		return ""
+	}
+	return s.logTail.String()
+}
+
+func (s *Server) mustBePrivate(t testing.TB) {
+	if s.external {
+		t.Fatalf("pubsubtest: the shared server (REDIS_URL) cannot be stopped; use StartServer")
+	}
+}
+
+func (s *Server) stop() {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	// SHUTDOWN NOSAVE is quick and clean; SIGKILL if the server does not go.
+	client := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = client.ShutdownNoSave(ctx).Err()
+	cancel()
+	_ = client.Close()
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+}
+
+// tailBuffer keeps the last lines of a server's log for error messages.
+type tailBuffer struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (b *tailBuffer) add(line string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lines = append(b.lines, line)
+	if len(b.lines) > 50 {
+		b.lines = b.lines[len(b.lines)-50:]
+	}
+}
+
+func (b *tailBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Join(b.lines, "\n")
+}

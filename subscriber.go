@@ -1,0 +1,348 @@
+package redisbus
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+)
+
+// SubscriberConfig configures a Subscriber. The zero value of every field
+// but Client means its documented default.
+type SubscriberConfig struct {
+	// Client opens the subscription connections. Required. The Subscriber
+	// never closes it.
+	Client redis.UniversalClient
+
+	// Marshaler decodes messages. Nil means EnvelopeMarshaler.
+	Marshaler Marshaler
+
+	// Sharded subscribes with SSUBSCRIBE (Redis 7.0+), to receive what
+	// publishers with PublisherConfig.Sharded send. Each topic then has a
+	// connection of its own, because in Redis Cluster each shard channel
+	// lives on the node that owns its slot. Without it, all topics of a
+	// Subscriber share one connection.
+	Sharded bool
+
+	// InboxSize bounds how many messages each topic holds in this process
+	// while they wait for a consumer. Zero means 10,000.
+	InboxSize int
+
+	// InboxOverflow says which message goes when a full inbox receives
+	// another. The zero value is DropOldest.
+	InboxOverflow OverflowPolicy
+
+	// NackResendDelay is how long a nacked message waits before it is
+	// offered again. It keeps its place at the head of the inbox meanwhile,
+	// so order holds. Zero means 100ms; a negative value means at once.
+	NackResendDelay time.Duration
+
+	// SubscribeTimeout bounds how long Subscribe and SubscribeInitialize wait
+	// for Redis to confirm a new subscription. Zero means 10s. A topic whose
+	// confirmation timed out stays registered: it starts receiving when
+	// Redis answers, and the next Subscribe waits for that again.
+	SubscribeTimeout time.Duration
+
+	// HealthCheckInterval is how long a subscription connection may be
+	// silent before it is pinged; when the ping is not answered within
+	// another interval, the connection is replaced. This catches connections
+	// that died without an error, e.g. behind a failed load balancer. Zero
+	// means 3s.
+	HealthCheckInterval time.Duration
+
+	// OnReconnect, if set, is called when a lost subscription connection is
+	// back, with the window in which messages may have been missed. It runs
+	// on the connection's read loop: it must return quickly.
+	OnReconnect func(LossWindow)
+}
+
+func (c *SubscriberConfig) setDefaults() {
+	if c.Marshaler == nil {
+		c.Marshaler = EnvelopeMarshaler{}
+	}
+	if c.InboxSize == 0 {
+		c.InboxSize = 10_000
+	}
+	if c.NackResendDelay == 0 {
+		c.NackResendDelay = 100 * time.Millisecond
+	}
+	if c.SubscribeTimeout == 0 {
+		c.SubscribeTimeout = 10 * time.Second
+	}
+	if c.HealthCheckInterval == 0 {
+		c.HealthCheckInterval = 3 * time.Second
+	}
+}
+
+// Validate reports the first invalid field, if any.
+func (c SubscriberConfig) Validate() error {
+	switch {
+	case c.Client == nil:
+		return configError("SubscriberConfig.Client", "is required")
+	case c.InboxSize < 0:
+		return configError("SubscriberConfig.InboxSize", fmt.Sprintf("must not be negative, got %d", c.InboxSize))
+	case c.InboxOverflow != DropOldest && c.InboxOverflow != DropNewest:
+		return configError("SubscriberConfig.InboxOverflow", fmt.Sprintf("unknown policy %d", c.InboxOverflow))
+	case c.SubscribeTimeout < 0:
+		return configError("SubscriberConfig.SubscribeTimeout", "must not be negative")
+	case c.HealthCheckInterval < 0:
+		return configError("SubscriberConfig.HealthCheckInterval", "must not be negative")
+	}
+	return nil
+}
+
+// LossWindow describes a time in which a subscription connection was down:
+// messages published to Topics between From and To may not have been
+// received. From is the last moment the connection was known to work, so
+// the window is conservative.
+type LossWindow struct {
+	Topics []string
+	From   time.Time
+	To     time.Time
+	Err    error // what broke the connection
+}
+
+// SubscriberStats are counters since the Subscriber was created.
+type SubscriberStats struct {
+	Received     uint64 // messages read from Redis
+	Delivered    uint64 // messages handed to Subscribe channels, redeliveries included
+	Acked        uint64
+	Nacked       uint64
+	Dropped      uint64 // messages discarded by InboxOverflow
+	DecodeErrors uint64 // payloads the Marshaler refused (delivered raw)
+	Reconnects   uint64 // lost subscription connections that came back
+	Buffered     int    // messages waiting in inboxes now
+	LastLoss     LossWindow
+}
+
+type subscriberCounters struct {
+	received, delivered, acked, nacked, dropped, decodeErrors, reconnects atomic.Uint64
+}
+
+// Subscriber is a best-effort Watermill Subscriber over Redis SUBSCRIBE.
+//
+// Each topic is subscribed once per Subscriber, however many Subscribe calls
+// share it. Messages wait in a bounded per-topic inbox until a consumer
+// acks them; see topicInbox for how consumers share a topic. A topic stays
+// subscribed from its first Subscribe or SubscribeInitialize until Close.
+type Subscriber struct {
+	config SubscriberConfig
+	logger watermill.LoggerAdapter
+	stats  subscriberCounters
+
+	mu       sync.Mutex
+	closed   bool
+	topics   map[string]*topicInbox
+	conns    map[string]*subscriptionConn // by connKey
+	lastLoss LossWindow
+
+	// routes maps channel names to inboxes for the read loops, which must not
+	// take mu per message. It is replaced, never modified.
+	routes atomic.Pointer[map[string]*topicInbox]
+
+	closing chan struct{}
+	wg      sync.WaitGroup
+}
+
+// NewSubscriber creates a Subscriber. A nil logger means no logging.
+func NewSubscriber(config SubscriberConfig, logger watermill.LoggerAdapter) (*Subscriber, error) {
+	config.setDefaults()
+	if err := config.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	s := &Subscriber{
+		config:  config,
+		logger:  logger,
+		topics:  map[string]*topicInbox{},
+		conns:   map[string]*subscriptionConn{},
+		closing: make(chan struct{}),
+	}
+	s.routes.Store(&map[string]*topicInbox{})
+	return s, nil
+}
+
+// Subscribe returns a channel of the topic's messages. It returns once
+// Redis has confirmed the subscription, so a message published after it
+// returns is received. The channel is closed when ctx is done or the
+// Subscriber closes; a message that was delivered but not acked by then is
+// handed to the next Subscribe on the topic.
+//
+// Each channel gets its next message only after the previous one was acked
+// or nacked. Several Subscribe calls on one topic share its messages: each
+// message goes to one of them.
+func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	inbox, err := s.subscribeTopic(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	return inbox.subscribe(ctx)
+}
+
+// SubscribeInitialize subscribes to the topic without consuming: messages
+// published from now on wait in the topic's inbox for the first Subscribe.
+// It implements message.SubscribeInitializer.
+func (s *Subscriber) SubscribeInitialize(topic string) error {
+	_, err := s.subscribeTopic(context.Background(), topic)
+	return err
+}
+
+// subscribeTopic returns the topic's inbox once Redis confirmed it,
+// subscribing first when the topic is new.
+func (s *Subscriber) subscribeTopic(ctx context.Context, topic string) (*topicInbox, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrSubscriberClosed
+	}
+	inbox, known := s.topics[topic]
+	if !known {
+		inbox = newTopicInbox(s, topic)
+		s.topics[topic] = inbox
+		s.setRoute(topic, inbox)
+		s.wg.Go(inbox.run)
+	}
+	conn := s.connFor(topic)
+	s.mu.Unlock()
+
+	if !known {
+		// A failed write is not final: the read loop reconnects and
+		// resubscribes every registered channel, and the confirmation below
+		// arrives then.
+		if err := conn.subscribe(ctx, topic); err != nil {
+			s.logger.Debug("SUBSCRIBE not sent, waiting for reconnection", watermill.LogFields{"topic": topic, "err": err.Error()})
+		}
+	}
+
+	timer := time.NewTimer(s.config.SubscribeTimeout)
+	defer timer.Stop()
+	select {
+	case <-inbox.confirmed:
+		return inbox, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("redisbus: subscribe to %q: %w", topic, context.Cause(ctx))
+	case <-timer.C:
+		return nil, fmt.Errorf("redisbus: subscribe to %q: Redis did not confirm within %s (SubscriberConfig.SubscribeTimeout)", topic, s.config.SubscribeTimeout)
+	case <-s.closing:
+		return nil, ErrSubscriberClosed
+	}
+}
+
+// connFor returns the connection that carries topic, creating it when
+// needed. The caller holds mu.
+func (s *Subscriber) connFor(topic string) *subscriptionConn {
+	key := ""
+	if s.config.Sharded {
+		key = topic
+	}
+	conn := s.conns[key]
+	if conn == nil {
+		conn = newSubscriptionConn(s)
+		s.conns[key] = conn
+		s.wg.Go(conn.run)
+	}
+	return conn
+}
+
+func (s *Subscriber) setRoute(topic string, inbox *topicInbox) {
+	old := *s.routes.Load()
+	routes := make(map[string]*topicInbox, len(old)+1)
+	for k, v := range old {
+		routes[k] = v
+	}
+	routes[topic] = inbox
+	s.routes.Store(&routes)
+}
+
+func (s *Subscriber) route(channel string) *topicInbox {
+	return (*s.routes.Load())[channel]
+}
+
+// decode turns a payload into a message; it never loses one.
+func (s *Subscriber) decode(inbox *topicInbox, raw []byte) *message.Message {
+	msg, err := s.config.Marshaler.Unmarshal(inbox.topic, raw)
+	if err == nil && msg != nil {
+		return msg
+	}
+	if err == nil {
+		err = fmt.Errorf("marshaler returned no message")
+	}
+	s.stats.decodeErrors.Add(1)
+	inbox.logger.Error("Cannot decode message, delivering it raw", err, nil)
+	return rawFallback(raw, err)
+}
+
+func (s *Subscriber) dropped(inbox *topicInbox, n uint64) {
+	total := s.stats.dropped.Add(n)
+	// Log the first drop and then every 1000th, so a flood of drops is
+	// visible without flooding the log.
+	if total == n || total/1000 != (total-n)/1000 {
+		inbox.logger.Error("Inbox full, message dropped", nil, watermill.LogFields{
+			"policy":        s.config.InboxOverflow.String(),
+			"inbox_size":    s.config.InboxSize,
+			"dropped_total": total,
+		})
+	}
+}
+
+func (s *Subscriber) reconnected(w LossWindow) {
+	s.stats.reconnects.Add(1)
+	s.mu.Lock()
+	s.lastLoss = w
+	s.mu.Unlock()
+	if s.config.OnReconnect != nil {
+		s.config.OnReconnect(w)
+	}
+}
+
+// Stats returns the Subscriber's counters.
+func (s *Subscriber) Stats() SubscriberStats {
+	s.mu.Lock()
+	buffered := 0
+	for _, inbox := range s.topics {
+		buffered += inbox.buffered()
+	}
+	lastLoss := s.lastLoss
+	s.mu.Unlock()
+	return SubscriberStats{
+		Received:     s.stats.received.Load(),
+		Delivered:    s.stats.delivered.Load(),
+		Acked:        s.stats.acked.Load(),
+		Nacked:       s.stats.nacked.Load(),
+		Dropped:      s.stats.dropped.Load(),
+		DecodeErrors: s.stats.decodeErrors.Load(),
+		Reconnects:   s.stats.reconnects.Load(),
+		Buffered:     buffered,
+		LastLoss:     lastLoss,
+	}
+}
+
+// Close closes every subscription channel and the Redis connections the
+// Subscriber opened, and returns when all its goroutines have exited.
+// Messages not yet acked are dropped with the inboxes. Close does not close
+// the client and is idempotent.
+func (s *Subscriber) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.wg.Wait()
+		return nil
+	}
+	s.closed = true
+	close(s.closing)
+	conns := s.conns
+	s.mu.Unlock()
+
+	for _, conn := range conns {
+		conn.close()
+	}
+	s.wg.Wait()
+	return nil
+}
