@@ -76,20 +76,6 @@ func receive(t *testing.T, ch <-chan *message.Message, n int) []string {
 	return payloads
 }
 
-// requireNothing asserts that ch delivers nothing for a moment. A delivery
-// would happen within microseconds on loopback; the wait only bounds the
-// test.
-func requireNothing(t *testing.T, ch <-chan *message.Message) {
-	t.Helper()
-	select {
-	case msg, ok := <-ch:
-		if ok {
-			t.Fatalf("unexpected message %s: %q", msg.UUID, msg.Payload)
-		}
-	case <-time.After(200 * time.Millisecond):
-	}
-}
-
 // flush returns when sub has read everything published to its connection so
 // far: Redis answers a SUBSCRIBE on a connection after the messages already
 // queued on it, and the read loop handles them in order. Not for Sharded

@@ -64,6 +64,24 @@ var shared struct {
 // names of their own (see Topic); none may flush or restart it.
 func Redis(t testing.TB) *Server {
 	t.Helper()
+	s, err := sharedServer()
+	if err != nil {
+		t.Fatalf("pubsubtest: %v", err)
+	}
+	return s
+}
+
+// SharedURL is Redis(t).URL for code without a testing.TB, such as Example
+// functions.
+func SharedURL() (string, error) {
+	s, err := sharedServer()
+	if err != nil {
+		return "", err
+	}
+	return s.URL, nil
+}
+
+func sharedServer() (*Server, error) {
 	shared.once.Do(func() {
 		if url := os.Getenv("REDIS_URL"); url != "" {
 			opt, err := redis.ParseURL(url)
@@ -76,10 +94,7 @@ func Redis(t testing.TB) *Server {
 		}
 		shared.server, shared.err = startServer(ServerOptions{}, "")
 	})
-	if shared.err != nil {
-		t.Fatalf("pubsubtest: %v", shared.err)
-	}
-	return shared.server
+	return shared.server, shared.err
 }
 
 // NewClient returns a client of the shared Redis, closed when t ends.

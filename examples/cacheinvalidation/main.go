@@ -1,0 +1,95 @@
+// Command cacheinvalidation runs three nodes that each keep a local L1
+// cache of records stored in Redis. When one node writes a record, it
+// publishes an invalidation with redisbus; the other nodes evict their copy
+// and read the new value on the next Get.
+//
+//	go run ./examples/cacheinvalidation                 # embedded Redis
+//	REDIS_URL=redis://127.0.0.1:6379/0 go run ./examples/cacheinvalidation
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+func main() {
+	if err := run(context.Background(), os.Stdout, os.Getenv("REDIS_URL"), "product:42:price"); err != nil {
+		fmt.Fprintln(os.Stderr, "cacheinvalidation:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, out io.Writer, redisURL, key string) error {
+	if redisURL == "" {
+		embedded, err := miniredis.Run()
+		if err != nil {
+			return err
+		}
+		defer embedded.Close()
+		redisURL = "redis://" + embedded.Addr()
+	}
+	opt, err := redis.ParseURL(redisURL)
+	if err != nil {
+		return fmt.Errorf("REDIS_URL: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+
+	store := redis.NewClient(opt)
+	defer store.Close()
+	if err := store.Set(ctx, key, "9.99", 0).Err(); err != nil {
+		return err
+	}
+
+	var evictions sync.WaitGroup
+	var nodes []*Node
+	for _, name := range []string{"node-1", "node-2", "node-3"} {
+		n, err := StartNode(ctx, name, opt)
+		if err != nil {
+			return err
+		}
+		defer n.Close()
+		n.OnEvict = func(key string) {
+			fmt.Fprintf(out, "%s evicted %s\n", n.Name, key)
+			evictions.Done()
+		}
+		nodes = append(nodes, n)
+	}
+
+	for _, n := range nodes {
+		price, err := n.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s caches %s = %s\n", n.Name, key, price)
+	}
+
+	fmt.Fprintf(out, "%s sets %s = 12.49\n", nodes[0].Name, key)
+	evictions.Add(len(nodes) - 1)
+	if err := nodes[0].Set(ctx, key, "12.49"); err != nil {
+		return err
+	}
+	evicted := make(chan struct{})
+	go func() { evictions.Wait(); close(evicted) }()
+	select {
+	case <-evicted:
+	case <-ctx.Done():
+		return fmt.Errorf("not every node evicted %s: %w", key, ctx.Err())
+	}
+
+	for _, n := range nodes {
+		price, err := n.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s reads %s = %s\n", n.Name, key, price)
+	}
+	return nil
+}
