@@ -203,16 +203,16 @@ func (s *Subscriber) subscribeTopic(ctx context.Context, topic string) (*topicIn
 		return nil, ErrSubscriberClosed
 	}
 	inbox, known := s.topics[topic]
-	if !known {
+	if known {
+		s.mu.Unlock()
+	} else {
 		inbox = newTopicInbox(s, topic)
 		s.topics[topic] = inbox
-		s.setRoute(topic, inbox)
+		s.setRoute(topic, inbox) // before SUBSCRIBE, so no message finds no inbox
 		s.wg.Go(inbox.run)
-	}
-	conn := s.connFor(topic)
-	s.mu.Unlock()
+		conn := s.connFor(topic)
+		s.mu.Unlock()
 
-	if !known {
 		// A failed write is not final: the read loop reconnects and
 		// resubscribes every registered channel, and the confirmation below
 		// arrives then.

@@ -111,12 +111,12 @@ func run(ctx context.Context, out io.Writer, redisURL string, count int, interva
 // node is one server of the demo: its own Redis client, Publisher and
 // Subscriber, consuming through a Watermill Router as an application would.
 type node struct {
-	name      string
-	client    *redis.Client
+	name       string
+	client     *redis.Client
 	publisher  *redisbus.Publisher
 	subscriber *redisbus.Subscriber
 	router     *message.Router
-	printer   *linePrinter
+	printer    *linePrinter
 
 	mu       sync.Mutex
 	received int
