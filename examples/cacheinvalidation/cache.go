@@ -21,9 +21,9 @@ const invalidationTopic = "cache:invalidate"
 // when any node says it changed.
 type Node struct {
 	Name string
-	// OnEvict, if set, is called after an invalidation from another node
+	// onEvict, if set, is called after an invalidation from another node
 	// was applied.
-	OnEvict func(key string)
+	onEvict func(n *Node, key string)
 
 	store      *redis.Client
 	publisher  *redisbus.Publisher
@@ -36,8 +36,10 @@ type Node struct {
 }
 
 // StartNode starts a node and returns once it listens for invalidations.
-func StartNode(ctx context.Context, name string, opt *redis.Options) (*Node, error) {
-	n := &Node{Name: name, store: redis.NewClient(opt), cache: map[string]string{}}
+// onEvict, if not nil, is called after each invalidation from another node
+// was applied.
+func StartNode(ctx context.Context, name string, opt *redis.Options, onEvict func(n *Node, key string)) (*Node, error) {
+	n := &Node{Name: name, onEvict: onEvict, store: redis.NewClient(opt), cache: map[string]string{}}
 	var err error
 	if n.publisher, err = redisbus.NewPublisher(redisbus.PublisherConfig{Client: n.store}, nil); err != nil {
 		return nil, err
@@ -113,8 +115,8 @@ func (n *Node) evict(msg *message.Message) error {
 	n.mu.Lock()
 	delete(n.cache, key)
 	n.mu.Unlock()
-	if n.OnEvict != nil {
-		n.OnEvict(key)
+	if n.onEvict != nil {
+		n.onEvict(n, key)
 	}
 	return nil
 }

@@ -48,18 +48,25 @@ func run(ctx context.Context, out io.Writer, redisURL, key string) error {
 		return err
 	}
 
+	// Evictions happen on the nodes' handler goroutines.
+	var outMu sync.Mutex
 	var evictions sync.WaitGroup
+	onEvict := func(n *Node, evicted string) {
+		if evicted != key {
+			return // another program's invalidation, on a shared Redis
+		}
+		outMu.Lock()
+		fmt.Fprintf(out, "%s evicted %s\n", n.Name, key)
+		outMu.Unlock()
+		evictions.Done()
+	}
 	var nodes []*Node
 	for _, name := range []string{"node-1", "node-2", "node-3"} {
-		n, err := StartNode(ctx, name, opt)
+		n, err := StartNode(ctx, name, opt, onEvict)
 		if err != nil {
 			return err
 		}
 		defer n.Close()
-		n.OnEvict = func(key string) {
-			fmt.Fprintf(out, "%s evicted %s\n", n.Name, key)
-			evictions.Done()
-		}
 		nodes = append(nodes, n)
 	}
 

@@ -34,7 +34,7 @@ func TestEveryOtherNodeEvictsAndReadsTheNewValue(t *testing.T) {
 func TestNodeServesRepeatedReadsFromItsCache(t *testing.T) {
 	opt := pubsubtest.NewClient(t).Options()
 	key := "product:" + uuid.NewString()
-	n, err := StartNode(t.Context(), "solo", opt)
+	n, err := StartNode(t.Context(), "solo", opt, nil)
 	require.NoError(t, err)
 	defer n.Close()
 	require.NoError(t, n.Set(t.Context(), key, "1"))
