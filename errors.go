@@ -8,6 +8,8 @@ var ErrPublisherClosed = errors.New("redisbus: publisher is closed")
 // ErrSubscriberClosed is returned by Subscribe after Close.
 var ErrSubscriberClosed = errors.New("redisbus: subscriber is closed")
 
+var errNoMessage = errors.New("marshaler returned no message")
+
 // ConfigError reports an invalid configuration. Field names the offending
 // field as Config.Field, e.g. "SubscriberConfig.InboxSize".
 type ConfigError struct {

@@ -6,7 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
@@ -37,117 +36,172 @@ func (p OverflowPolicy) String() string {
 
 // inboxEntry is one message in a topic's inbox.
 type inboxEntry struct {
-	raw []byte           // the payload as received; decoded on first delivery
-	msg *message.Message // decoded template; every delivery but the first is a copy
-	// spent is set once msg itself was handed out: its Ack state is then
-	// taken, so later deliveries use copies.
-	spent     bool
-	notBefore time.Time // a nacked message waits until then
+	// msg is the decoded message. The first delivery hands out msg itself;
+	// once spent, its Ack state is taken and later deliveries use copies.
+	msg   *message.Message
+	spent bool
+
+	id         string    // stream entry ID (Streams only)
+	deliveries int       // times handed to a consumer, as Redis counts them for Streams
+	notBefore  time.Time // a nacked message waits until then
+}
+
+// inboxOwner is what a topicInbox reports to and asks: the Pub/Sub
+// Subscriber, or one topic of a Streams subscriber. Its methods run on the
+// dispatcher goroutine and must not block.
+type inboxOwner interface {
+	// prepare adds per-delivery metadata to msg, about to be offered for e.
+	prepare(e *inboxEntry, msg *message.Message)
+	delivered(e *inboxEntry)
+	acked(e *inboxEntry)
+	// nacked decides when e is offered again; redeliver false means the
+	// owner took it (e.g. to a dead-letter stream).
+	nacked(e *inboxEntry) (delay time.Duration, redeliver bool)
+	// overflowed reports an entry the overflow policy dropped.
+	overflowed(e *inboxEntry)
+	// consumersChanged reports how many Subscribe calls are attached.
+	consumersChanged(n int)
+}
+
+// inboxConfig sizes an inbox.
+type inboxConfig struct {
+	limit    int            // entries waiting in the queue, the head included
+	overflow OverflowPolicy // when push finds the queue full
+	// maxInFlight is how many unacked messages a consumer may hold. With 1
+	// (the ordered default) a consumer gets its next message only after
+	// the previous one was acked or nacked.
+	maxInFlight int
 }
 
 // topicInbox holds one topic's messages in this process until they are
 // acked, and hands them to the topic's consumers (Subscribe calls).
 //
-// The Redis read loop pushes into a bounded queue and never blocks. One
+// Readers push into a bounded queue and never block on consumers. One
 // dispatcher goroutine per topic owns the consumers: it offers the head of
-// the queue to every idle consumer at once, and whichever reads first takes
-// it. A consumer holds at most one unacked message, which keeps order per
-// consumer and lets a consumer that stopped reading never strand a message
-// that another could take. A nacked message goes back to the head of the
-// queue; one whose consumer went away is handed to the next.
+// the queue to every consumer with room at once, and whichever reads first
+// takes it. A consumer holds at most maxInFlight unacked messages, which
+// keeps order per consumer with the default of one, and lets a consumer that
+// stopped reading never strand a message another could take. A nacked
+// message goes back to the head of the queue (or, when order is given up,
+// waits aside until its delay ends); one whose consumer went away is handed
+// to the next.
 type topicInbox struct {
-	topic  string
-	sub    *Subscriber
-	logger watermill.LoggerAdapter
+	owner  inboxOwner
+	config inboxConfig
 
 	mu    sync.Mutex
 	queue deque
 	// headHeld is set while the dispatcher holds an entry popped from the
-	// queue to offer it to consumers (head). It counts against InboxSize but
-	// is never dropped: it is being delivered.
+	// queue to offer it (head). It counts against the limit but is never
+	// dropped: it is being delivered.
 	headHeld bool
-	wake     chan struct{} // capacity 1: the queue got a message
+	wake     chan struct{} // capacity 1: the queue got an entry
+	space    chan struct{} // capacity 1: the queue lost an entry
 
 	attach  chan *consumer
-	closing chan struct{} // closed by Subscriber.Close
+	results chan ackResult // acks of consumers with maxInFlight > 1
+	closing <-chan struct{}
 	done    chan struct{} // closed when the dispatcher has exited
-
-	confirmOnce sync.Once
-	confirmed   chan struct{} // closed when Redis confirmed the subscription
 
 	// Owned by the dispatcher goroutine.
 	consumers []*consumer
-	head      *inboxEntry // popped from the queue, waiting for a consumer
+	head      *inboxEntry
+	delayed   []*inboxEntry // nacked entries waiting aside (maxInFlight > 1)
 	timer     *time.Timer
 	cases     []reflect.SelectCase
+	caseOf    []selectCase
 }
 
-// consumer is one Subscribe call: an output channel and the message it holds.
+// consumer is one Subscribe call: an output channel and what it holds.
 type consumer struct {
 	ctx context.Context
 	out chan *message.Message
 
-	offer       *message.Message // head, prepared for this consumer
+	offer       *message.Message // the head, prepared for this consumer
 	offerCancel context.CancelFunc
 
-	inflight       *message.Message // delivered, not yet acked or nacked
-	inflightCancel context.CancelFunc
-	inflightEntry  *inboxEntry
+	inflight []*delivery // delivered, not yet acked or nacked
 }
 
-func newTopicInbox(s *Subscriber, topic string) *topicInbox {
+// delivery is a message handed to a consumer and not yet settled.
+type delivery struct {
+	c       *consumer
+	entry   *inboxEntry
+	msg     *message.Message
+	cancel  context.CancelFunc
+	settled bool // acked, nacked or taken back; later results are stale
+}
+
+type ackResult struct {
+	d     *delivery
+	acked bool
+}
+
+func newTopicInbox(owner inboxOwner, config inboxConfig, closing <-chan struct{}) *topicInbox {
 	t := &topicInbox{
-		topic:     topic,
-		sub:       s,
-		logger:    s.logger.With(watermill.LogFields{"topic": topic}),
-		queue:     deque{limit: s.config.InboxSize},
-		wake:      make(chan struct{}, 1),
-		attach:    make(chan *consumer),
-		closing:   s.closing,
-		done:      make(chan struct{}),
-		confirmed: make(chan struct{}),
-		timer:     time.NewTimer(time.Hour),
+		owner:   owner,
+		config:  config,
+		queue:   deque{limit: config.limit},
+		wake:    make(chan struct{}, 1),
+		space:   make(chan struct{}, 1),
+		attach:  make(chan *consumer),
+		results: make(chan ackResult, 64),
+		closing: closing,
+		done:    make(chan struct{}),
+		timer:   time.NewTimer(time.Hour),
 	}
 	t.timer.Stop()
 	return t
 }
 
-func (t *topicInbox) confirm() {
-	t.confirmOnce.Do(func() { close(t.confirmed) })
-}
-
-// push adds a message that arrived from Redis, applying the overflow policy
-// when the inbox is full. It never blocks on consumers.
-func (t *topicInbox) push(raw []byte) {
+// push adds an entry, applying the overflow policy when the inbox is full.
+// It never blocks on consumers. Readers that must not lose entries check
+// free first.
+func (t *topicInbox) push(e *inboxEntry) {
 	t.mu.Lock()
 	full := t.queue.len()+btoi(t.headHeld) >= t.queue.limit
-	// With DropOldest the oldest is normally first in the queue; only when
-	// the dispatcher holds the single message an inbox of one can have is
-	// the new one dropped instead.
-	if full && (t.sub.config.InboxOverflow == DropNewest || t.queue.len() == 0) {
-		t.mu.Unlock()
-		t.sub.dropped(t, 1)
-		return
+	var dropped *inboxEntry
+	switch {
+	case !full:
+	case t.config.overflow == DropNewest || t.queue.len() == 0:
+		// With DropOldest the oldest is normally first in the queue; only
+		// when the dispatcher holds the single entry an inbox of one can
+		// have is the new one dropped instead.
+		dropped = e
+	default:
+		dropped = t.queue.popFront()
 	}
-	if full {
-		t.queue.popFront()
+	if dropped != e {
+		t.queue.pushBack(e)
 	}
-	t.queue.pushBack(&inboxEntry{raw: raw})
 	t.mu.Unlock()
 
-	if full {
-		t.sub.dropped(t, 1)
+	if dropped != nil {
+		t.owner.overflowed(dropped)
 	}
-	select {
-	case t.wake <- struct{}{}:
-	default:
+	if dropped != e {
+		signal(t.wake)
 	}
+}
+
+// free returns how many entries fit before the inbox is full.
+func (t *topicInbox) free() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.queue.limit - t.queue.len() - btoi(t.headHeld)
 }
 
 func (t *topicInbox) buffered() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.queue.len() + btoi(t.headHeld)
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 func btoi(b bool) int {
@@ -157,14 +211,14 @@ func btoi(b bool) int {
 	return 0
 }
 
-// subscribe attaches a consumer. It fails only when the Subscriber closes.
-func (t *topicInbox) subscribe(ctx context.Context) (<-chan *message.Message, error) {
+// subscribe attaches a consumer; ok is false when the inbox has closed.
+func (t *topicInbox) subscribe(ctx context.Context) (_ <-chan *message.Message, ok bool) {
 	c := &consumer{ctx: ctx, out: make(chan *message.Message)}
 	select {
 	case t.attach <- c:
-		return c.out, nil
+		return c.out, true
 	case <-t.done:
-		return nil, ErrSubscriberClosed
+		return nil, false
 	}
 }
 
@@ -174,7 +228,7 @@ func (t *topicInbox) run() {
 	defer t.shutdown()
 
 	for {
-		// Only take a head when someone can take it: a message nobody is
+		// Only take a head when someone can take it: an entry nobody is
 		// being offered stays in the queue, where DropOldest can reach it.
 		if t.head == nil && len(t.consumers) > 0 {
 			t.head = t.pop()
@@ -188,15 +242,34 @@ func (t *topicInbox) run() {
 // pop takes the next entry from the queue to become the head. It is called
 // whenever there is no head, so it also ends the count of the previous one.
 func (t *topicInbox) pop() *inboxEntry {
+	t.releaseDueDelayed()
 	t.mu.Lock()
 	e := t.queue.popFront()
 	t.headHeld = e != nil
 	t.mu.Unlock()
-	if e != nil && e.msg == nil {
-		e.msg = t.sub.decode(t, e.raw)
-		e.raw = nil
+	if e != nil {
+		signal(t.space)
 	}
 	return e
+}
+
+// releaseDueDelayed moves delayed entries whose time has come to the front
+// of the queue.
+func (t *topicInbox) releaseDueDelayed() {
+	now := time.Now()
+	n := 0
+	for n < len(t.delayed) && !t.delayed[n].notBefore.After(now) {
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	t.mu.Lock()
+	for i := n - 1; i >= 0; i-- {
+		t.queue.pushFront(t.delayed[i])
+	}
+	t.mu.Unlock()
+	t.delayed = append(t.delayed[:0], t.delayed[n:]...)
 }
 
 type eventKind int
@@ -206,6 +279,7 @@ const (
 	evAttach
 	evWake
 	evTimer
+	evResult
 	evSent
 	evAcked
 	evNacked
@@ -213,34 +287,55 @@ const (
 )
 
 type event struct {
+	kind   eventKind
+	c      *consumer
+	result ackResult
+}
+
+// selectCase says what a dynamic select case means.
+type selectCase struct {
 	kind eventKind
 	c    *consumer
 }
 
-// headReady reports whether the head may be offered now, arming the timer
-// when it has to wait after a Nack.
-func (t *topicInbox) headReady() bool {
-	if t.head == nil {
-		return false
+// armTimer reports whether the head may be offered now, and arms the timer
+// for the earliest moment something that waits becomes due.
+func (t *topicInbox) armTimer() (headReady bool) {
+	var next time.Time
+	headReady = t.head != nil
+	if t.head != nil && time.Until(t.head.notBefore) > 0 {
+		headReady = false
+		next = t.head.notBefore
 	}
-	if wait := time.Until(t.head.notBefore); wait > 0 {
-		t.timer.Reset(wait)
-		return false
+	if len(t.delayed) > 0 && (next.IsZero() || t.delayed[0].notBefore.Before(next)) {
+		next = t.delayed[0].notBefore
 	}
-	return true
+	if !next.IsZero() {
+		t.timer.Reset(max(time.Until(next), 0))
+	}
+	return headReady
+}
+
+// hasRoom reports whether c may take another message.
+func (t *topicInbox) hasRoom(c *consumer) bool {
+	return len(c.inflight) < t.config.maxInFlight
 }
 
 // wait blocks until something happens to the inbox or its consumers. With at
 // most one consumer, as under a Router, it uses a plain select; with more it
 // builds the select dynamically.
 func (t *topicInbox) wait() event {
-	ready := t.headReady()
+	ready := t.armTimer()
 	var wake chan struct{}
 	if t.head == nil && len(t.consumers) > 0 {
 		wake = t.wake
 	}
+	var results chan ackResult
+	if t.config.maxInFlight > 1 {
+		results = t.results
+	}
 	if len(t.consumers) > 1 {
-		return t.waitMany(ready, wake)
+		return t.waitMany(ready, wake, results)
 	}
 
 	var c *consumer
@@ -250,11 +345,11 @@ func (t *topicInbox) wait() event {
 	if len(t.consumers) == 1 {
 		c = t.consumers[0]
 		detached = c.ctx.Done()
-		switch {
-		case c.inflight != nil:
-			acked, nacked = c.inflight.Acked(), c.inflight.Nacked()
-		case ready:
+		if ready && t.hasRoom(c) {
 			offer, out = t.offerFor(c), c.out
+		}
+		if results == nil && len(c.inflight) == 1 {
+			acked, nacked = c.inflight[0].msg.Acked(), c.inflight[0].msg.Nacked()
 		}
 	}
 
@@ -267,6 +362,8 @@ func (t *topicInbox) wait() event {
 		return event{kind: evWake}
 	case <-t.timer.C:
 		return event{kind: evTimer}
+	case r := <-results:
+		return event{kind: evResult, result: r}
 	case out <- offer:
 		return event{kind: evSent, c: c}
 	case <-acked:
@@ -278,56 +375,46 @@ func (t *topicInbox) wait() event {
 	}
 }
 
-const fixedCases = 4 // closing, attach, wake, timer; then 3 per consumer
-
-func (t *topicInbox) waitMany(ready bool, wake chan struct{}) event {
-	cases := append(t.cases[:0],
-		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(t.closing)},
-		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(t.attach)},
-		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(wake)},
-		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(t.timer.C)},
-	)
-	none := reflect.SelectCase{Dir: reflect.SelectRecv} // no channel: never fires
+func (t *topicInbox) waitMany(ready bool, wake chan struct{}, results chan ackResult) event {
+	t.cases, t.caseOf = t.cases[:0], t.caseOf[:0]
+	add := func(kind eventKind, c *consumer, sc reflect.SelectCase) {
+		t.cases = append(t.cases, sc)
+		t.caseOf = append(t.caseOf, selectCase{kind: kind, c: c})
+	}
+	recv := func(ch any) reflect.SelectCase {
+		return reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)}
+	}
+	add(evClosing, nil, recv(t.closing))
+	add(evAttach, nil, recv(t.attach))
+	add(evTimer, nil, recv(t.timer.C))
+	if wake != nil {
+		add(evWake, nil, recv(wake))
+	}
+	if results != nil {
+		add(evResult, nil, recv(results))
+	}
 	for _, c := range t.consumers {
-		detached := reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(c.ctx.Done())}
-		switch {
-		case c.inflight != nil:
-			cases = append(cases, detached,
-				reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(c.inflight.Acked())},
-				reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(c.inflight.Nacked())})
-		case ready:
-			cases = append(cases, detached,
-				reflect.SelectCase{Dir: reflect.SelectSend, Chan: reflect.ValueOf(c.out), Send: reflect.ValueOf(t.offerFor(c))},
-				none)
-		default:
-			cases = append(cases, detached, none, none)
+		if done := c.ctx.Done(); done != nil {
+			add(evDetached, c, recv(done))
+		}
+		if ready && t.hasRoom(c) {
+			add(evSent, c, reflect.SelectCase{Dir: reflect.SelectSend, Chan: reflect.ValueOf(c.out), Send: reflect.ValueOf(t.offerFor(c))})
+		}
+		if results == nil && len(c.inflight) == 1 {
+			add(evAcked, c, recv(c.inflight[0].msg.Acked()))
+			add(evNacked, c, recv(c.inflight[0].msg.Nacked()))
 		}
 	}
-	t.cases = cases
 
-	chosen, recv, _ := reflect.Select(cases)
-	switch chosen {
-	case 0:
-		return event{kind: evClosing}
-	case 1:
-		return event{kind: evAttach, c: recv.Interface().(*consumer)}
-	case 2:
-		return event{kind: evWake}
-	case 3:
-		return event{kind: evTimer}
+	chosen, value, _ := reflect.Select(t.cases)
+	ev := event{kind: t.caseOf[chosen].kind, c: t.caseOf[chosen].c}
+	switch ev.kind {
+	case evAttach:
+		ev.c = value.Interface().(*consumer)
+	case evResult:
+		ev.result = value.Interface().(ackResult)
 	}
-	i := chosen - fixedCases
-	c := t.consumers[i/3]
-	switch {
-	case i%3 == 0:
-		return event{kind: evDetached, c: c}
-	case c.inflight == nil:
-		return event{kind: evSent, c: c}
-	case i%3 == 1:
-		return event{kind: evAcked, c: c}
-	default:
-		return event{kind: evNacked, c: c}
-	}
+	return ev
 }
 
 // handle applies one event; it returns false when the dispatcher must stop.
@@ -338,42 +425,100 @@ func (t *topicInbox) handle(ev event) bool {
 		return false
 	case evAttach:
 		t.consumers = append(t.consumers, c)
+		t.owner.consumersChanged(len(t.consumers))
 	case evWake, evTimer:
 		// Loop around: the head is refilled or now ready.
 	case evSent:
-		c.inflight, c.inflightCancel, c.inflightEntry = c.offer, c.offerCancel, t.head
-		c.offer, c.offerCancel = nil, nil
-		t.head = nil
-		t.withdrawOffers()
-		t.sub.stats.delivered.Add(1)
+		t.sent(c)
 	case evAcked:
-		c.inflightCancel()
-		c.inflight, c.inflightCancel, c.inflightEntry = nil, nil, nil
-		t.sub.stats.acked.Add(1)
+		t.settle(c.inflight[0], true)
 	case evNacked:
-		t.sub.stats.nacked.Add(1)
-		t.requeue(c, t.sub.config.NackResendDelay)
+		t.settle(c.inflight[0], false)
+	case evResult:
+		if !ev.result.d.settled {
+			t.settle(ev.result.d, ev.result.acked)
+		}
 	case evDetached:
-		if c.inflight != nil {
-			t.requeue(c, 0)
-		}
-		t.withdraw(c)
-		close(c.out)
-		t.removeConsumer(c)
-		if len(t.consumers) == 0 {
-			t.parkHead()
-		}
+		t.detach(c)
 	}
 	return true
 }
 
-// requeue puts c's unacked message back at the head of the inbox, so it is
-// the next one delivered.
-func (t *topicInbox) requeue(c *consumer, delay time.Duration) {
-	e := c.inflightEntry
-	c.inflightCancel()
-	c.inflight, c.inflightCancel, c.inflightEntry = nil, nil, nil
+// sent records that c took the head.
+func (t *topicInbox) sent(c *consumer) {
+	d := &delivery{c: c, entry: t.head, msg: c.offer, cancel: c.offerCancel}
+	c.offer, c.offerCancel = nil, nil
+	c.inflight = append(c.inflight, d)
+	t.head = nil
+	t.withdrawOffers()
+	t.owner.delivered(d.entry)
+	if t.config.maxInFlight > 1 {
+		go t.watch(d)
+	}
+}
 
+// watch reports the outcome of a delivery; only consumers that may hold
+// several messages need a goroutine for it.
+func (t *topicInbox) watch(d *delivery) {
+	var r ackResult
+	select {
+	case <-d.msg.Acked():
+		r = ackResult{d: d, acked: true}
+	case <-d.msg.Nacked():
+		r = ackResult{d: d, acked: false}
+	case <-d.msg.Context().Done():
+		return // taken back: the consumer left or the inbox closed
+	}
+	select {
+	case t.results <- r:
+	case <-t.done:
+	}
+}
+
+// settle applies an Ack or a Nack.
+func (t *topicInbox) settle(d *delivery, acked bool) {
+	t.removeDelivery(d)
+	if acked {
+		t.owner.acked(d.entry)
+		return
+	}
+	delay, redeliver := t.owner.nacked(d.entry)
+	if redeliver {
+		t.requeue(d.entry, delay)
+	}
+}
+
+// removeDelivery ends a delivery: its message's context is cancelled and
+// its consumer gets room for another.
+func (t *topicInbox) removeDelivery(d *delivery) {
+	d.settled = true
+	d.cancel()
+	for i, x := range d.c.inflight {
+		if x == d {
+			d.c.inflight = append(d.c.inflight[:i], d.c.inflight[i+1:]...)
+			break
+		}
+	}
+}
+
+// requeue puts an unacked entry back. With ordered delivery it goes to the
+// head, so it is the next one delivered, and holds the queue for its delay;
+// otherwise it waits aside until its delay ends.
+func (t *topicInbox) requeue(e *inboxEntry, delay time.Duration) {
+	e.notBefore = time.Time{}
+	if delay > 0 {
+		e.notBefore = time.Now().Add(delay)
+	}
+	if delay > 0 && t.config.maxInFlight > 1 {
+		i := len(t.delayed)
+		for i > 0 && t.delayed[i-1].notBefore.After(e.notBefore) {
+			i--
+		}
+		t.delayed = append(t.delayed, nil)
+		copy(t.delayed[i+1:], t.delayed[i:])
+		t.delayed[i] = e
+		return
+	}
 	t.withdrawOffers()
 	t.mu.Lock()
 	if t.head != nil {
@@ -381,11 +526,29 @@ func (t *topicInbox) requeue(c *consumer, delay time.Duration) {
 	}
 	t.headHeld = true
 	t.mu.Unlock()
-	e.notBefore = time.Time{}
-	if delay > 0 {
-		e.notBefore = time.Now().Add(delay)
-	}
 	t.head = e
+}
+
+// detach removes a consumer whose context is done; what it held goes to the
+// others.
+func (t *topicInbox) detach(c *consumer) {
+	for i := len(c.inflight) - 1; i >= 0; i-- {
+		d := c.inflight[i]
+		t.removeDelivery(d)
+		t.requeue(d.entry, 0)
+	}
+	t.withdraw(c)
+	close(c.out)
+	for i, x := range t.consumers {
+		if x == c {
+			t.consumers = append(t.consumers[:i], t.consumers[i+1:]...)
+			break
+		}
+	}
+	if len(t.consumers) == 0 {
+		t.parkHead()
+	}
+	t.owner.consumersChanged(len(t.consumers))
 }
 
 // parkHead returns the head to the queue when nobody is left to offer it to.
@@ -410,6 +573,7 @@ func (t *topicInbox) offerFor(c *consumer) *message.Message {
 		msg = msg.Copy()
 	}
 	t.head.spent = true
+	t.owner.prepare(t.head, msg)
 	ctx, cancel := context.WithCancel(c.ctx)
 	msg.SetContext(ctx)
 	c.offer, c.offerCancel = msg, cancel
@@ -429,23 +593,15 @@ func (t *topicInbox) withdraw(c *consumer) {
 	}
 }
 
-func (t *topicInbox) removeConsumer(c *consumer) {
-	for i, x := range t.consumers {
-		if x == c {
-			t.consumers = append(t.consumers[:i], t.consumers[i+1:]...)
-			return
-		}
-	}
-}
-
 // shutdown closes every output channel and cancels the contexts of the
 // messages handed out, as Watermill expects on Close.
 func (t *topicInbox) shutdown() {
 	t.timer.Stop()
 	for _, c := range t.consumers {
 		t.withdraw(c)
-		if c.inflight != nil {
-			c.inflightCancel()
+		for _, d := range c.inflight {
+			d.settled = true
+			d.cancel()
 		}
 		close(c.out)
 	}

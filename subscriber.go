@@ -137,13 +137,13 @@ type Subscriber struct {
 
 	mu       sync.Mutex
 	closed   bool
-	topics   map[string]*topicInbox
+	topics   map[string]*pubsubTopic
 	conns    map[string]*subscriptionConn // by connKey
 	lastLoss LossWindow
 
 	// routes maps channel names to inboxes for the read loops, which must not
 	// take mu per message. It is replaced, never modified.
-	routes atomic.Pointer[map[string]*topicInbox]
+	routes atomic.Pointer[map[string]*pubsubTopic]
 
 	closing chan struct{}
 	wg      sync.WaitGroup
@@ -161,11 +161,11 @@ func NewSubscriber(config SubscriberConfig, logger watermill.LoggerAdapter) (*Su
 	s := &Subscriber{
 		config:  config,
 		logger:  logger,
-		topics:  map[string]*topicInbox{},
+		topics:  map[string]*pubsubTopic{},
 		conns:   map[string]*subscriptionConn{},
 		closing: make(chan struct{}),
 	}
-	s.routes.Store(&map[string]*topicInbox{})
+	s.routes.Store(&map[string]*pubsubTopic{})
 	return s, nil
 }
 
@@ -179,11 +179,15 @@ func NewSubscriber(config SubscriberConfig, logger watermill.LoggerAdapter) (*Su
 // or nacked. Several Subscribe calls on one topic share its messages: each
 // message goes to one of them.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	inbox, err := s.subscribeTopic(ctx, topic)
+	t, err := s.subscribeTopic(ctx, topic)
 	if err != nil {
 		return nil, err
 	}
-	return inbox.subscribe(ctx)
+	out, ok := t.inbox.subscribe(ctx)
+	if !ok {
+		return nil, ErrSubscriberClosed
+	}
+	return out, nil
 }
 
 // SubscribeInitialize subscribes to the topic without consuming: messages
@@ -194,22 +198,22 @@ func (s *Subscriber) SubscribeInitialize(topic string) error {
 	return err
 }
 
-// subscribeTopic returns the topic's inbox once Redis confirmed it,
-// subscribing first when the topic is new.
-func (s *Subscriber) subscribeTopic(ctx context.Context, topic string) (*topicInbox, error) {
+// subscribeTopic returns the topic once Redis confirmed it, subscribing
+// first when the topic is new.
+func (s *Subscriber) subscribeTopic(ctx context.Context, topic string) (*pubsubTopic, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return nil, ErrSubscriberClosed
 	}
-	inbox, known := s.topics[topic]
+	t, known := s.topics[topic]
 	if known {
 		s.mu.Unlock()
 	} else {
-		inbox = newTopicInbox(s, topic)
-		s.topics[topic] = inbox
-		s.setRoute(topic, inbox) // before SUBSCRIBE, so no message finds no inbox
-		s.wg.Go(inbox.run)
+		t = newPubSubTopic(s, topic)
+		s.topics[topic] = t
+		s.setRoute(topic, t) // before SUBSCRIBE, so no message finds no inbox
+		s.wg.Go(t.inbox.run)
 		conn := s.connFor(topic)
 		s.mu.Unlock()
 
@@ -224,8 +228,8 @@ func (s *Subscriber) subscribeTopic(ctx context.Context, topic string) (*topicIn
 	timer := time.NewTimer(s.config.SubscribeTimeout)
 	defer timer.Stop()
 	select {
-	case <-inbox.confirmed:
-		return inbox, nil
+	case <-t.confirmed:
+		return t, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("redisbus: subscribe to %q: %w", topic, context.Cause(ctx))
 	case <-timer.C:
@@ -251,45 +255,18 @@ func (s *Subscriber) connFor(topic string) *subscriptionConn {
 	return conn
 }
 
-func (s *Subscriber) setRoute(topic string, inbox *topicInbox) {
+func (s *Subscriber) setRoute(topic string, t *pubsubTopic) {
 	old := *s.routes.Load()
-	routes := make(map[string]*topicInbox, len(old)+1)
+	routes := make(map[string]*pubsubTopic, len(old)+1)
 	for k, v := range old {
 		routes[k] = v
 	}
-	routes[topic] = inbox
+	routes[topic] = t
 	s.routes.Store(&routes)
 }
 
-func (s *Subscriber) route(channel string) *topicInbox {
+func (s *Subscriber) route(channel string) *pubsubTopic {
 	return (*s.routes.Load())[channel]
-}
-
-// decode turns a payload into a message; it never loses one.
-func (s *Subscriber) decode(inbox *topicInbox, raw []byte) *message.Message {
-	msg, err := s.config.Marshaler.Unmarshal(inbox.topic, raw)
-	if err == nil && msg != nil {
-		return msg
-	}
-	if err == nil {
-		err = fmt.Errorf("marshaler returned no message")
-	}
-	s.stats.decodeErrors.Add(1)
-	inbox.logger.Error("Cannot decode message, delivering it raw", err, nil)
-	return rawFallback(raw, err)
-}
-
-func (s *Subscriber) dropped(inbox *topicInbox, n uint64) {
-	total := s.stats.dropped.Add(n)
-	// Log the first drop and then every 1000th, so a flood of drops is
-	// visible without flooding the log.
-	if total == n || total/1000 != (total-n)/1000 {
-		inbox.logger.Error("Inbox full, message dropped", nil, watermill.LogFields{
-			"policy":        s.config.InboxOverflow.String(),
-			"inbox_size":    s.config.InboxSize,
-			"dropped_total": total,
-		})
-	}
 }
 
 func (s *Subscriber) reconnected(w LossWindow) {
@@ -306,8 +283,8 @@ func (s *Subscriber) reconnected(w LossWindow) {
 func (s *Subscriber) Stats() SubscriberStats {
 	s.mu.Lock()
 	buffered := 0
-	for _, inbox := range s.topics {
-		buffered += inbox.buffered()
+	for _, t := range s.topics {
+		buffered += t.inbox.buffered()
 	}
 	lastLoss := s.lastLoss
 	s.mu.Unlock()

@@ -135,9 +135,8 @@ func (c *subscriptionConn) run() {
 
 		switch m := received.(type) {
 		case *redis.Message:
-			c.s.stats.received.Add(1)
-			if inbox := c.s.route(m.Channel); inbox != nil {
-				inbox.push([]byte(m.Payload))
+			if t := c.s.route(m.Channel); t != nil {
+				t.receive([]byte(m.Payload))
 			}
 		case *redis.Subscription:
 			if lost != nil {
@@ -149,8 +148,8 @@ func (c *subscriptionConn) run() {
 				c.s.reconnected(*lost)
 				lost = nil
 			}
-			if inbox := c.s.route(m.Channel); inbox != nil {
-				inbox.confirm()
+			if t := c.s.route(m.Channel); t != nil {
+				t.confirm()
 			}
 		}
 	}

@@ -1,0 +1,82 @@
+package redisbus
+
+import (
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// pubsubTopic is one topic of a Subscriber: its inbox, and the confirmation
+// that Redis subscribed it. It implements inboxOwner.
+type pubsubTopic struct {
+	name   string
+	s      *Subscriber
+	logger watermill.LoggerAdapter
+	inbox  *topicInbox
+
+	confirmOnce sync.Once
+	confirmed   chan struct{} // closed when Redis confirmed the subscription
+}
+
+func newPubSubTopic(s *Subscriber, name string) *pubsubTopic {
+	t := &pubsubTopic{
+		name:      name,
+		s:         s,
+		logger:    s.logger.With(watermill.LogFields{"topic": name}),
+		confirmed: make(chan struct{}),
+	}
+	t.inbox = newTopicInbox(t, inboxConfig{
+		limit:       s.config.InboxSize,
+		overflow:    s.config.InboxOverflow,
+		maxInFlight: 1,
+	}, s.closing)
+	return t
+}
+
+func (t *pubsubTopic) confirm() {
+	t.confirmOnce.Do(func() { close(t.confirmed) })
+}
+
+// receive decodes a payload read from Redis and queues it; it never loses
+// one to bad data.
+func (t *pubsubTopic) receive(raw []byte) {
+	t.s.stats.received.Add(1)
+	msg, err := t.s.config.Marshaler.Unmarshal(t.name, raw)
+	if err == nil && msg == nil {
+		err = errNoMessage
+	}
+	if err != nil {
+		t.s.stats.decodeErrors.Add(1)
+		t.logger.Error("Cannot decode message, delivering it raw", err, nil)
+		msg = rawFallback(raw, err)
+	}
+	t.inbox.push(&inboxEntry{msg: msg})
+}
+
+func (t *pubsubTopic) prepare(*inboxEntry, *message.Message) {}
+
+func (t *pubsubTopic) delivered(*inboxEntry) { t.s.stats.delivered.Add(1) }
+
+func (t *pubsubTopic) acked(*inboxEntry) { t.s.stats.acked.Add(1) }
+
+func (t *pubsubTopic) nacked(*inboxEntry) (time.Duration, bool) {
+	t.s.stats.nacked.Add(1)
+	return t.s.config.NackResendDelay, true
+}
+
+func (t *pubsubTopic) overflowed(*inboxEntry) {
+	total := t.s.stats.dropped.Add(1)
+	// Log the first drop and then every 1000th, so a flood of drops is
+	// visible without flooding the log.
+	if total%1000 == 1 {
+		t.logger.Error("Inbox full, message dropped", nil, watermill.LogFields{
+			"policy":        t.s.config.InboxOverflow.String(),
+			"inbox_size":    t.s.config.InboxSize,
+			"dropped_total": total,
+		})
+	}
+}
+
+func (t *pubsubTopic) consumersChanged(int) {}
