@@ -24,6 +24,10 @@ const (
 	DropNewest
 )
 
+// overflowKeep never drops: for readers that bound themselves by free, where
+// a race between two of them may only exceed the limit by a batch.
+const overflowKeep OverflowPolicy = -1
+
 func (p OverflowPolicy) String() string {
 	switch p {
 	case DropOldest:
@@ -162,7 +166,7 @@ func (t *topicInbox) push(e *inboxEntry) {
 	full := t.queue.len()+btoi(t.headHeld) >= t.queue.limit
 	var dropped *inboxEntry
 	switch {
-	case !full:
+	case !full || t.config.overflow == overflowKeep:
 	case t.config.overflow == DropNewest || t.queue.len() == 0:
 		// With DropOldest the oldest is normally first in the queue; only
 		// when the dispatcher holds the single entry an inbox of one can

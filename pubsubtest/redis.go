@@ -292,11 +292,16 @@ func (s *Server) Restart(t testing.TB) {
 	s.Start(t)
 }
 
-// RestartCommand is a shell command that restarts the server in place
-// (DEBUG RESTART keeps the process, its port and, with AOF, its data), for
-// Watermill's tests.Features.RestartServiceCommand.
+// RestartCommand is a shell command that restarts the server in place and
+// returns once it answers again, for Watermill's
+// tests.Features.RestartServiceCommand. DEBUG RESTART keeps the process, its
+// port and, with AOF, its data; redis-cli reports the connection it loses
+// as an error, so the command checks PING instead.
 func (s *Server) RestartCommand() []string {
-	return []string{"redis-cli", "-p", strconv.Itoa(s.port), "DEBUG", "RESTART"}
+	port := strconv.Itoa(s.port)
+	script := "redis-cli -p " + port + " DEBUG RESTART >/dev/null 2>&1; " +
+		"for i in $(seq 300); do redis-cli -p " + port + " PING 2>/dev/null | grep -q PONG && exit 0; sleep 0.05; done; exit 1"
+	return []string{"sh", "-c", script}
 }
 
 // Log returns the last lines the server printed.

@@ -1,0 +1,5 @@
+//go:build !race
+
+package pubsubtest
+
+const raceEnabled = false

@@ -1,0 +1,305 @@
+package redisbus
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+)
+
+// StreamTrim bounds a stream. The zero StreamTrim means the defaults:
+// MaxLen 1,000,000 and MaxAge 7 days. In a non-zero StreamTrim a zero field
+// means no bound of that kind.
+//
+// Trimming removes entries whether or not every consumer group has read
+// them: size the bounds above the largest backlog you expect.
+type StreamTrim struct {
+	// MaxLen trims the stream to about this many entries on every XADD
+	// (MAXLEN ~, which trims whole macro nodes and is cheap).
+	MaxLen int64
+	// MaxAge trims entries older than this (XTRIM MINID ~), at most once a
+	// second per topic.
+	MaxAge time.Duration
+	// Unbounded turns trimming off for the stream.
+	Unbounded bool
+}
+
+var defaultStreamTrim = StreamTrim{MaxLen: 1_000_000, MaxAge: 7 * 24 * time.Hour}
+
+func (t StreamTrim) orDefault() StreamTrim {
+	if t == (StreamTrim{}) {
+		return defaultStreamTrim
+	}
+	return t
+}
+
+// StreamsPublisherConfig configures a StreamsPublisher.
+type StreamsPublisherConfig struct {
+	// Client runs the XADDs. Required; never closed by the publisher.
+	Client redis.UniversalClient
+
+	// Marshaler encodes messages as entry fields. Nil means
+	// DefaultStreamsMarshaler.
+	Marshaler StreamsMarshaler
+
+	// Trim bounds every stream the publisher writes to, unless TopicTrim
+	// names the topic. See StreamTrim for the defaults.
+	Trim StreamTrim
+	// TopicTrim overrides Trim per topic.
+	TopicTrim map[string]StreamTrim
+
+	// MaxBatchSize bounds how many XADDs go in one pipeline when concurrent
+	// Publish calls are coalesced. Zero means 512.
+	MaxBatchSize int
+}
+
+func (c *StreamsPublisherConfig) setDefaults() {
+	if c.Marshaler == nil {
+		c.Marshaler = DefaultStreamsMarshaler{}
+	}
+	if c.MaxBatchSize == 0 {
+		c.MaxBatchSize = 512
+	}
+}
+
+// Validate reports the first invalid field, if any.
+func (c StreamsPublisherConfig) Validate() error {
+	switch {
+	case c.Client == nil:
+		return configError("StreamsPublisherConfig.Client", "is required")
+	case c.MaxBatchSize < 0:
+		return configError("StreamsPublisherConfig.MaxBatchSize", "must not be negative")
+	}
+	for topic, trim := range c.TopicTrim {
+		if err := trim.validate(fmt.Sprintf("StreamsPublisherConfig.TopicTrim[%q]", topic)); err != nil {
+			return err
+		}
+	}
+	return c.Trim.validate("StreamsPublisherConfig.Trim")
+}
+
+func (t StreamTrim) validate(field string) error {
+	switch {
+	case t.MaxLen < 0:
+		return configError(field+".MaxLen", "must not be negative")
+	case t.MaxAge < 0:
+		return configError(field+".MaxAge", "must not be negative")
+	}
+	return nil
+}
+
+// publishPipelines is how many pipelines a StreamsPublisher keeps in flight:
+// while one waits for Redis, the next batch is gathered and sent.
+const publishPipelines = 2
+
+// StreamsPublisher is an at-least-once Watermill Publisher over Redis
+// Streams (XADD). Publish returns once Redis has stored every message; with
+// AOF and appendfsync always, a message acknowledged to the publisher
+// survives a Redis crash.
+//
+// Concurrent Publish calls are coalesced: whatever calls are waiting when a
+// pipeline is free go to Redis together, so many goroutines publishing one
+// message each share round trips, while a lone call is sent at once.
+type StreamsPublisher struct {
+	config StreamsPublisherConfig
+	logger watermill.LoggerAdapter
+
+	// mu is held for reading by every publish in progress, so Close waits
+	// for them and nothing is sent after Close returns.
+	mu     sync.RWMutex
+	closed bool
+
+	requests chan *publishRequest
+	stop     chan struct{}
+	wg       sync.WaitGroup
+
+	trimMu      sync.Mutex
+	lastAgeTrim map[string]time.Time
+}
+
+// publishRequest is one Publish call waiting for a pipeline.
+type publishRequest struct {
+	ctx    context.Context
+	topic  string
+	fields [][]any
+	ids    []string
+	err    error
+	done   chan struct{}
+}
+
+// NewStreamsPublisher creates a StreamsPublisher. A nil logger means no
+// logging.
+func NewStreamsPublisher(config StreamsPublisherConfig, logger watermill.LoggerAdapter) (*StreamsPublisher, error) {
+	config.setDefaults()
+	if err := config.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	p := &StreamsPublisher{
+		config:      config,
+		logger:      logger,
+		requests:    make(chan *publishRequest, config.MaxBatchSize),
+		stop:        make(chan struct{}),
+		lastAgeTrim: map[string]time.Time{},
+	}
+	for range publishPipelines {
+		p.wg.Go(p.flush)
+	}
+	return p, nil
+}
+
+// Publish appends msgs to the topic's stream and returns once Redis has
+// stored all of them. The messages of one call go in one pipeline, in
+// order. It fails when any message's context is done first.
+func (p *StreamsPublisher) Publish(topic string, msgs ...*message.Message) error {
+	ctx, release := messagesContext(msgs)
+	defer release()
+	_, err := p.PublishIDs(ctx, topic, msgs...)
+	return err
+}
+
+// PublishIDs is Publish with a context, returning the stream entry ID Redis
+// gave each message (e.g. "1779520329297-0").
+func (p *StreamsPublisher) PublishIDs(ctx context.Context, topic string, msgs ...*message.Message) ([]string, error) {
+	if len(msgs) == 0 {
+		return nil, nil
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return nil, ErrPublisherClosed
+	}
+
+	req := &publishRequest{ctx: ctx, topic: topic, fields: make([][]any, len(msgs)), done: make(chan struct{})}
+	for i, msg := range msgs {
+		fields, err := p.config.Marshaler.Marshal(topic, msg)
+		if err != nil {
+			return nil, fmt.Errorf("redisbus: marshal message %s: %w", msg.UUID, err)
+		}
+		req.fields[i] = fields
+	}
+
+	select {
+	case p.requests <- req:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, context.Cause(ctx))
+	}
+	select {
+	case <-req.done:
+	case <-ctx.Done():
+		// The entries may still be written: at-least-once.
+		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, context.Cause(ctx))
+	}
+	if req.err != nil {
+		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, req.err)
+	}
+	return req.ids, nil
+}
+
+// flush sends waiting requests in pipelines until Close.
+func (p *StreamsPublisher) flush() {
+	var batch []*publishRequest
+	for {
+		select {
+		case req := <-p.requests:
+			batch = append(batch[:0], req)
+		case <-p.stop:
+			return
+		}
+		size := len(batch[0].fields)
+	gather:
+		for size < p.config.MaxBatchSize {
+			select {
+			case req := <-p.requests:
+				batch = append(batch, req)
+				size += len(req.fields)
+			default:
+				break gather
+			}
+		}
+		p.send(batch)
+	}
+}
+
+// send runs one pipeline for batch and hands each request its result.
+func (p *StreamsPublisher) send(batch []*publishRequest) {
+	cmds := make([][]*redis.StringCmd, len(batch))
+	_, _ = p.config.Client.Pipelined(context.Background(), func(pipe redis.Pipeliner) error {
+		for i, req := range batch {
+			if req.ctx.Err() != nil {
+				continue // its caller has given up; send nothing for it
+			}
+			trim := p.trimFor(req.topic)
+			cmds[i] = make([]*redis.StringCmd, len(req.fields))
+			for j, fields := range req.fields {
+				args := &redis.XAddArgs{Stream: req.topic, Values: fields}
+				if !trim.Unbounded && trim.MaxLen > 0 {
+					args.MaxLen, args.Approx = trim.MaxLen, true
+				}
+				cmds[i][j] = pipe.XAdd(req.ctx, args)
+			}
+			if p.ageTrimDue(req.topic, trim) {
+				minID := strconv.FormatInt(time.Now().Add(-trim.MaxAge).UnixMilli(), 10)
+				pipe.XTrimMinIDApprox(req.ctx, req.topic, minID, 0)
+			}
+		}
+		return nil
+	})
+	for i, req := range batch {
+		if cmds[i] == nil {
+			req.err = context.Cause(req.ctx)
+		}
+		for _, cmd := range cmds[i] {
+			if err := cmd.Err(); err != nil {
+				req.err, req.ids = err, nil
+				break
+			}
+			req.ids = append(req.ids, cmd.Val())
+		}
+		close(req.done)
+	}
+}
+
+func (p *StreamsPublisher) trimFor(topic string) StreamTrim {
+	if trim, ok := p.config.TopicTrim[topic]; ok {
+		return trim.orDefault()
+	}
+	return p.config.Trim.orDefault()
+}
+
+// ageTrimDue reports whether the topic's age trim should run now: at most
+// once a second, since XTRIM MINID walks the stream's radix tree.
+func (p *StreamsPublisher) ageTrimDue(topic string, trim StreamTrim) bool {
+	if trim.Unbounded || trim.MaxAge == 0 {
+		return false
+	}
+	p.trimMu.Lock()
+	defer p.trimMu.Unlock()
+	now := time.Now()
+	if now.Sub(p.lastAgeTrim[topic]) < time.Second {
+		return false
+	}
+	p.lastAgeTrim[topic] = now
+	return true
+}
+
+// Close waits for publishes in progress and stops the publisher; later
+// Publish calls fail with ErrPublisherClosed. It does not close the client
+// and is idempotent.
+func (p *StreamsPublisher) Close() error {
+	p.mu.Lock()
+	if !p.closed {
+		p.closed = true
+		close(p.stop)
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	return nil
+}

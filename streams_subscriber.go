@@ -1,0 +1,441 @@
+package redisbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+)
+
+// Metadata keys the StreamsSubscriber sets on every message it delivers.
+const (
+	// MetadataStreamID is the entry's stream ID, e.g. "1779520329297-0".
+	MetadataStreamID = "redisbus_stream_id"
+	// MetadataDeliveryCount is how many times the entry has been delivered,
+	// this delivery included, as the consumer group counts them: "1" the
+	// first time, more after a Nack or after a crashed consumer's entry was
+	// claimed.
+	MetadataDeliveryCount = "redisbus_delivery_count"
+)
+
+// StreamsSubscriberConfig configures a StreamsSubscriber. The zero value of
+// every field but Client means its documented default.
+type StreamsSubscriberConfig struct {
+	// Client runs the consumer group commands. Required; never closed by
+	// the subscriber. Blocking reads use a client of their own, made from
+	// Client's options, so they never hold the connections that publishing
+	// and acking use (a custom UniversalClient implementation is used as it
+	// is).
+	Client redis.UniversalClient
+
+	// Marshaler decodes entries. Nil means DefaultStreamsMarshaler.
+	Marshaler StreamsMarshaler
+
+	// ConsumerGroup shares a topic's entries among the subscribers of the
+	// group: each entry goes to one of them, and is redelivered until
+	// acked. Empty means fan-out: every subscriber reads every entry (XREAD),
+	// keeping its position in memory only, and Ack and Nack stay local.
+	ConsumerGroup string
+
+	// Consumer names this subscriber within the group. It should be stable
+	// across restarts, so that a restarted process takes up its own pending
+	// entries at once. The default is the host name; a second subscriber of
+	// the same group in one process gets "-2" appended, and so on. Run
+	// several processes of one group on one host with distinct names.
+	Consumer string
+
+	// StartID is where a new consumer group, or a fan-out subscription,
+	// starts: "0" for the beginning of the stream, "$" for new entries only,
+	// or an entry ID. The default is "0" for a group (nothing published
+	// before the first consumer started is lost) and "$" for fan-out.
+	StartID string
+
+	// ClaimMinIdle is how long an entry must sit unacked with a consumer
+	// before another consumer may take it over (XAUTOCLAIM): the time after
+	// which a dead consumer's entries are redelivered. A live subscriber
+	// renews the entries it holds every ClaimMinIdle/3, so handlers that run
+	// longer than ClaimMinIdle keep their entries. Zero means 30s.
+	ClaimMinIdle time.Duration
+
+	// ClaimInterval is how often the subscriber looks for entries to take
+	// over. Zero means ClaimMinIdle/10, between 10ms and 5s.
+	ClaimInterval time.Duration
+
+	// MaxDeliveries is how many times an entry is delivered before it is
+	// moved to the dead-letter stream: after that many Nacks, or when a
+	// claimed entry has been delivered more often (a message that crashes
+	// its consumer). Zero means 10; negative means never.
+	MaxDeliveries int
+
+	// DeadLetterTopic names the dead-letter stream of a topic. Nil means
+	// topic + ":dead".
+	DeadLetterTopic func(topic string) string
+
+	// Prefetch bounds how many entries per topic are read ahead of their
+	// delivery. Zero means 1024.
+	Prefetch int
+
+	// ReadBatchSize is the COUNT of each read. Zero means 256 (never more
+	// than Prefetch).
+	ReadBatchSize int
+
+	// MaxInFlight is how many unacked messages each Subscribe channel may
+	// hold. The default, 1, delivers in order: the next message comes after
+	// the previous one was acked or nacked. More lets a Router handle
+	// messages concurrently, and gives up order.
+	MaxInFlight int
+
+	// NackResendDelay is how long a nacked entry waits before it is
+	// delivered again; it doubles with every further delivery up to
+	// NackMaxDelay. Zero means 100ms; negative means at once.
+	NackResendDelay time.Duration
+	// NackMaxDelay caps the backoff. Zero means 10s.
+	NackMaxDelay time.Duration
+
+	// AckFlushInterval is how long acks may wait to be sent together in one
+	// pipeline. Zero means 1ms.
+	AckFlushInterval time.Duration
+
+	// BlockTime is how long one read waits for new entries. Close interrupts
+	// a waiting read, so this matters little. Zero means 2s.
+	BlockTime time.Duration
+
+	// ConsumerIdleTimeout removes consumers of the group that have nothing
+	// pending and have been idle this long. Zero means 1h; negative means
+	// never.
+	ConsumerIdleTimeout time.Duration
+}
+
+func (c *StreamsSubscriberConfig) setDefaults() {
+	if c.Marshaler == nil {
+		c.Marshaler = DefaultStreamsMarshaler{}
+	}
+	if c.StartID == "" {
+		c.StartID = "0"
+		if c.ConsumerGroup == "" {
+			c.StartID = "$"
+		}
+	}
+	if c.ClaimMinIdle == 0 {
+		c.ClaimMinIdle = 30 * time.Second
+	}
+	if c.ClaimInterval == 0 {
+		c.ClaimInterval = min(max(c.ClaimMinIdle/10, 10*time.Millisecond), 5*time.Second)
+	}
+	if c.MaxDeliveries == 0 {
+		c.MaxDeliveries = 10
+	}
+	if c.DeadLetterTopic == nil {
+		c.DeadLetterTopic = func(topic string) string { return topic + ":dead" }
+	}
+	if c.Prefetch == 0 {
+		c.Prefetch = 1024
+	}
+	if c.ReadBatchSize == 0 {
+		c.ReadBatchSize = min(256, c.Prefetch)
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 1
+	}
+	if c.NackResendDelay == 0 {
+		c.NackResendDelay = 100 * time.Millisecond
+	}
+	if c.NackMaxDelay == 0 {
+		c.NackMaxDelay = 10 * time.Second
+	}
+	if c.AckFlushInterval == 0 {
+		c.AckFlushInterval = time.Millisecond
+	}
+	if c.BlockTime == 0 {
+		c.BlockTime = 2 * time.Second
+	}
+	if c.ConsumerIdleTimeout == 0 {
+		c.ConsumerIdleTimeout = time.Hour
+	}
+}
+
+// Validate reports the first invalid field, if any.
+func (c StreamsSubscriberConfig) Validate() error {
+	field := func(name string) string { return "StreamsSubscriberConfig." + name }
+	switch {
+	case c.Client == nil:
+		return configError(field("Client"), "is required")
+	case c.ClaimMinIdle < 0:
+		return configError(field("ClaimMinIdle"), "must not be negative")
+	case c.ClaimInterval < 0:
+		return configError(field("ClaimInterval"), "must not be negative")
+	case c.Prefetch < 0:
+		return configError(field("Prefetch"), "must not be negative")
+	case c.ReadBatchSize < 0:
+		return configError(field("ReadBatchSize"), "must not be negative")
+	case c.ReadBatchSize > c.Prefetch && c.Prefetch > 0:
+		return configError(field("ReadBatchSize"), fmt.Sprintf("must not exceed Prefetch (%d)", c.Prefetch))
+	case c.MaxInFlight < 0:
+		return configError(field("MaxInFlight"), "must not be negative")
+	case c.NackMaxDelay < 0:
+		return configError(field("NackMaxDelay"), "must not be negative")
+	case c.AckFlushInterval < 0:
+		return configError(field("AckFlushInterval"), "must not be negative")
+	case c.BlockTime < 0:
+		return configError(field("BlockTime"), "must not be negative")
+	}
+	return nil
+}
+
+// StreamsSubscriberStats are counters since the subscriber was created.
+type StreamsSubscriberStats struct {
+	Read         uint64 // entries read from streams (own pending ones included)
+	Claimed      uint64 // entries taken over from other consumers
+	Delivered    uint64 // messages handed to Subscribe channels, redeliveries included
+	Acked        uint64
+	Nacked       uint64
+	DeadLettered uint64 // entries moved to a dead-letter stream
+	Lost         uint64 // held entries that another consumer claimed meanwhile
+	Held         int    // entries in memory now, read and not yet acked
+}
+
+type streamsCounters struct {
+	read, claimed, delivered, acked, nacked, deadLettered, lost atomic.Uint64
+}
+
+// StreamsSubscriber is an at-least-once Watermill Subscriber over Redis
+// Streams with consumer groups: Ack is XACK, Nack redelivers the entry with
+// backoff, entries of dead consumers are claimed, and entries that cannot
+// be decoded or keep failing go to a dead-letter stream.
+//
+// Each topic is read once per subscriber, however many Subscribe calls share
+// it; entries are read in batches into a bounded per-topic inbox and handed
+// out as the Pub/Sub Subscriber does (see topicInbox).
+type StreamsSubscriber struct {
+	config StreamsSubscriberConfig
+	logger watermill.LoggerAdapter
+	stats  streamsCounters
+
+	// blocking runs the blocking reads; owned (and closed) by the
+	// subscriber unless it is config.Client itself.
+	blocking    redis.UniversalClient
+	ownBlocking bool
+	acker       *streamsAcker
+
+	mu      sync.Mutex
+	closed  bool
+	topics  map[string]*streamsTopic
+	closing chan struct{}
+	wg      sync.WaitGroup
+
+	releaseName func()
+}
+
+// NewStreamsSubscriber creates a StreamsSubscriber. A nil logger means no
+// logging.
+func NewStreamsSubscriber(config StreamsSubscriberConfig, logger watermill.LoggerAdapter) (*StreamsSubscriber, error) {
+	explicitName := config.Consumer != ""
+	config.setDefaults()
+	if err := config.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+
+	name, release, err := claimConsumerName(config.ConsumerGroup, config.Consumer, explicitName)
+	if err != nil {
+		return nil, err
+	}
+	config.Consumer = name
+
+	s := &StreamsSubscriber{
+		config:      config,
+		logger:      logger.With(watermill.LogFields{"consumer_group": config.ConsumerGroup, "consumer": name}),
+		topics:      map[string]*streamsTopic{},
+		closing:     make(chan struct{}),
+		releaseName: release,
+	}
+	s.blocking, s.ownBlocking = blockingClient(config.Client)
+	s.acker = newStreamsAcker(s)
+	return s, nil
+}
+
+// blockingClient makes a client with the options of c, for blocking reads.
+func blockingClient(c redis.UniversalClient) (redis.UniversalClient, bool) {
+	// Each topic's reader holds a connection while it waits; connections
+	// are opened on demand, so a large pool costs nothing up front.
+	const poolSize = 4096
+	// Maintenance notifications are for long-lived pools of the caller's.
+	disabled := &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	switch c := c.(type) {
+	case *redis.Client:
+		opt := *c.Options()
+		opt.PoolSize, opt.MaintNotificationsConfig = poolSize, disabled
+		return redis.NewClient(&opt), true
+	case *redis.ClusterClient:
+		opt := *c.Options()
+		opt.PoolSize, opt.MaintNotificationsConfig = poolSize, disabled
+		return redis.NewClusterClient(&opt), true
+	}
+	return c, false
+}
+
+// Subscribe returns a channel of the topic's messages. The consumer group is
+// created on first use (with the stream, if missing). The channel is closed
+// when ctx is done or the subscriber closes; messages then unacked go to the
+// next Subscribe on the topic, or stay pending in the group.
+func (s *StreamsSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	t, err := s.topic(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	out, ok := t.inbox.subscribe(ctx)
+	if !ok {
+		return nil, ErrSubscriberClosed
+	}
+	return out, nil
+}
+
+// SubscribeInitialize creates the topic's consumer group (and stream) so
+// that entries published from now on are kept for the group. It implements
+// message.SubscribeInitializer.
+func (s *StreamsSubscriber) SubscribeInitialize(topic string) error {
+	_, err := s.topic(context.Background(), topic)
+	return err
+}
+
+// topic returns the topic's state, setting it up on first use.
+func (s *StreamsSubscriber) topic(ctx context.Context, name string) (*streamsTopic, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrSubscriberClosed
+	}
+	t, known := s.topics[name]
+	if !known {
+		t = newStreamsTopic(s, name)
+		s.topics[name] = t
+	}
+	s.mu.Unlock()
+
+	if !known {
+		t.initErr = t.init(ctx)
+		s.mu.Lock()
+		switch {
+		case t.initErr != nil:
+			delete(s.topics, name)
+		case s.closed:
+			t.initErr = ErrSubscriberClosed
+		default:
+			t.start()
+		}
+		s.mu.Unlock()
+		close(t.ready)
+	}
+
+	select {
+	case <-t.ready:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+	if t.initErr != nil {
+		return nil, fmt.Errorf("redisbus: subscribe to %q: %w", name, t.initErr)
+	}
+	return t, nil
+}
+
+// Stats returns the subscriber's counters.
+func (s *StreamsSubscriber) Stats() StreamsSubscriberStats {
+	s.mu.Lock()
+	held := 0
+	for _, t := range s.topics {
+		held += t.heldCount()
+	}
+	s.mu.Unlock()
+	return StreamsSubscriberStats{
+		Read:         s.stats.read.Load(),
+		Claimed:      s.stats.claimed.Load(),
+		Delivered:    s.stats.delivered.Load(),
+		Acked:        s.stats.acked.Load(),
+		Nacked:       s.stats.nacked.Load(),
+		DeadLettered: s.stats.deadLettered.Load(),
+		Lost:         s.stats.lost.Load(),
+		Held:         held,
+	}
+}
+
+// Close closes every subscription channel, sends the acks not yet sent and
+// returns when the subscriber's goroutines have exited. Entries read but not
+// acked stay pending in their groups: this consumer resumes them when it
+// starts again, or another claims them after ClaimMinIdle. Close does not
+// close the client and is idempotent.
+func (s *StreamsSubscriber) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.wg.Wait()
+		s.acker.wait()
+		return nil
+	}
+	s.closed = true
+	close(s.closing)
+	s.mu.Unlock()
+
+	if s.ownBlocking {
+		_ = s.blocking.Close() // interrupts blocking reads
+	}
+	s.wg.Wait()
+	s.acker.close()
+	s.releaseName()
+	return nil
+}
+
+// consumerNames are the group/consumer names held by live subscribers of
+// this process: two subscribers sharing a name would share one list of
+// pending entries and take each other's.
+var consumerNames = struct {
+	sync.Mutex
+	used map[string]bool
+}{used: map[string]bool{}}
+
+func claimConsumerName(group, name string, explicit bool) (string, func(), error) {
+	if !explicit {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "redisbus"
+		}
+		name = host
+	}
+	consumerNames.Lock()
+	defer consumerNames.Unlock()
+	candidate := name
+	for i := 2; consumerNames.used[group+"\x00"+candidate]; i++ {
+		if explicit {
+			return "", nil, configError("StreamsSubscriberConfig.Consumer",
+				fmt.Sprintf("%q is already used by another StreamsSubscriber of group %q in this process", name, group))
+		}
+		candidate = name + "-" + strconv.Itoa(i)
+	}
+	key := group + "\x00" + candidate
+	consumerNames.used[key] = true
+	var once sync.Once
+	return candidate, func() {
+		once.Do(func() {
+			consumerNames.Lock()
+			delete(consumerNames.used, key)
+			consumerNames.Unlock()
+		})
+	}, nil
+}
+
+// isRedisError reports whether err is a Redis error reply starting with
+// prefix, such as "NOGROUP" or "BUSYGROUP".
+func isRedisError(err error, prefix string) bool {
+	var redisErr redis.Error
+	return errors.As(err, &redisErr) && len(redisErr.Error()) >= len(prefix) && redisErr.Error()[:len(prefix)] == prefix
+}
