@@ -31,10 +31,11 @@ const (
 // every field but Client means its documented default.
 type StreamsSubscriberConfig struct {
 	// Client runs the consumer group commands. Required; never closed by
-	// the subscriber. Blocking reads use a client of their own, made from
-	// Client's options, so they never hold the connections that publishing
-	// and acking use (a custom UniversalClient implementation is used as it
-	// is).
+	// the subscriber. Reads and claims use a client of their own, made from
+	// Client's options (a *redis.Client or *redis.ClusterClient), so that
+	// blocking reads never hold the connections publishing and acking use;
+	// any other UniversalClient is used as it is, and should then not
+	// retry commands (MaxRetries -1).
 	Client redis.UniversalClient
 
 	// Marshaler decodes entries. Nil means DefaultStreamsMarshaler.
@@ -265,21 +266,27 @@ func NewStreamsSubscriber(config StreamsSubscriberConfig, logger watermill.Logge
 	return s, nil
 }
 
-// blockingClient makes a client with the options of c, for blocking reads.
+// blockingClient makes a client with the options of c for the commands that
+// move entries into this consumer's pending list: blocking reads and claims.
+//
+// It never retries by itself. A read whose reply is lost to a broken
+// connection has still moved its entries to the pending list; a silent retry
+// would read the next ones and leave those behind until ClaimMinIdle. Seeing
+// the error, the reader reads its pending list again instead.
 func blockingClient(c redis.UniversalClient) (redis.UniversalClient, bool) {
 	// Each topic's reader holds a connection while it waits; connections
 	// are opened on demand, so a large pool costs nothing up front.
 	const poolSize = 4096
-	// Maintenance notifications are for long-lived pools of the caller's.
+	// Maintenance notifications are for the caller's long-lived pools.
 	disabled := &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	switch c := c.(type) {
 	case *redis.Client:
 		opt := *c.Options()
-		opt.PoolSize, opt.MaintNotificationsConfig = poolSize, disabled
+		opt.PoolSize, opt.MaxRetries, opt.MaintNotificationsConfig = poolSize, -1, disabled
 		return redis.NewClient(&opt), true
 	case *redis.ClusterClient:
 		opt := *c.Options()
-		opt.PoolSize, opt.MaintNotificationsConfig = poolSize, disabled
+		opt.PoolSize, opt.MaxRetries, opt.MaintNotificationsConfig = poolSize, -1, disabled
 		return redis.NewClusterClient(&opt), true
 	}
 	return c, false

@@ -31,14 +31,18 @@ type streamsTopic struct {
 	consumers atomic.Int32
 	attached  chan struct{} // capacity 1: consumers went from none to some
 
+	// rereadPending asks the reader to read this consumer's pending list
+	// again: a claim failed, and its entries may be pending with us unseen.
+	rereadPending atomic.Bool
+
 	// held maps the IDs of entries in memory (read and not yet acked) to
 	// their entries, so that an entry read twice (own pending list, claims)
 	// is delivered once, and so they can be renewed.
 	heldMu sync.Mutex
 	held   map[string]*inboxEntry
 
-	// lastID is the last entry ID read as new; a fan-out subscription's
-	// position, and where a vanished group is recreated. Reader only.
+	// lastID is a fan-out subscription's position: the last entry ID read.
+	// Reader only.
 	lastID string
 }
 
@@ -157,6 +161,9 @@ func (t *streamsTopic) read() {
 			return
 		}
 		count := int64(min(room, t.s.config.ReadBatchSize))
+		if t.rereadPending.Swap(false) {
+			ownPending, cursor = true, "0"
+		}
 
 		var entries []redis.XMessage
 		var err error
@@ -190,7 +197,7 @@ func (t *streamsTopic) read() {
 			cursor = entries[len(entries)-1].ID
 			t.accept(entries, true)
 		default:
-			if len(entries) > 0 {
+			if !t.grouped() && len(entries) > 0 {
 				t.lastID = entries[len(entries)-1].ID
 			}
 			t.accept(entries, false)
@@ -235,15 +242,13 @@ func (t *streamsTopic) readFailed(err error) {
 		t.logger.Error("Cannot read stream, retrying", err, nil)
 		return
 	}
-	// Recreate the group where this subscriber stopped reading: entries
-	// after that are new to it, entries before were read. Before any read,
-	// use the configured start.
-	start := t.lastID
-	if start == "" {
-		start = t.s.config.StartID
-	}
-	t.logger.Error("Consumer group or stream disappeared; recreating the group", err, watermill.LogFields{"start_id": start})
-	if err := t.createGroup(context.Background(), start); err != nil {
+	// The new group starts at the beginning of the stream. If only the group
+	// was deleted, its entries are delivered again; if the stream was
+	// deleted too, a new one may reuse the IDs of the old (they are
+	// time-based), so starting after the last entry read could skip new
+	// entries. At-least-once prefers the duplicates.
+	t.logger.Error("Consumer group or stream disappeared; recreating the group at the start of the stream", err, nil)
+	if err := t.createGroup(context.Background(), "0"); err != nil {
 		t.logger.Error("Cannot recreate consumer group", err, nil)
 	}
 }
@@ -420,7 +425,7 @@ func (t *streamsTopic) claim() {
 		if room <= 0 {
 			return
 		}
-		entries, next, err := t.s.config.Client.XAutoClaim(context.Background(), &redis.XAutoClaimArgs{
+		entries, next, err := t.s.blocking.XAutoClaim(context.Background(), &redis.XAutoClaimArgs{
 			Stream:   t.name,
 			Group:    t.s.config.ConsumerGroup,
 			Consumer: t.s.config.Consumer,
@@ -431,6 +436,7 @@ func (t *streamsTopic) claim() {
 		if err != nil {
 			if !t.isClosing() && !isRedisError(err, "NOGROUP") {
 				t.logger.Error("Cannot claim idle entries", err, nil)
+				t.rereadPending.Store(true)
 			}
 			return
 		}
