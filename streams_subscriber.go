@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -444,5 +445,5 @@ func claimConsumerName(group, name string, explicit bool) (string, func(), error
 // prefix, such as "NOGROUP" or "BUSYGROUP".
 func isRedisError(err error, prefix string) bool {
 	var redisErr redis.Error
-	return errors.As(err, &redisErr) && len(redisErr.Error()) >= len(prefix) && redisErr.Error()[:len(prefix)] == prefix
+	return errors.As(err, &redisErr) && strings.HasPrefix(redisErr.Error(), prefix)
 }
