@@ -215,14 +215,14 @@ func btoi(b bool) int {
 	return 0
 }
 
-// subscribe attaches a consumer; ok is false when the inbox has closed.
-func (t *topicInbox) subscribe(ctx context.Context) (_ <-chan *message.Message, ok bool) {
+// subscribe attaches a consumer; it fails only once the subscriber closed.
+func (t *topicInbox) subscribe(ctx context.Context) (<-chan *message.Message, error) {
 	c := &consumer{ctx: ctx, out: make(chan *message.Message)}
 	select {
 	case t.attach <- c:
-		return c.out, true
+		return c.out, nil
 	case <-t.done:
-		return nil, false
+		return nil, ErrSubscriberClosed
 	}
 }
 

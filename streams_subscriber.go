@@ -302,11 +302,7 @@ func (s *StreamsSubscriber) Subscribe(ctx context.Context, topic string) (<-chan
 	if err != nil {
 		return nil, err
 	}
-	out, ok := t.inbox.subscribe(ctx)
-	if !ok {
-		return nil, ErrSubscriberClosed
-	}
-	return out, nil
+	return t.inbox.subscribe(ctx)
 }
 
 // SubscribeInitialize creates the topic's consumer group (and stream) so

@@ -116,18 +116,6 @@ func (t *streamsTopic) isClosing() bool {
 	}
 }
 
-// sleep waits d, or returns false when the subscriber is closing.
-func (t *streamsTopic) sleep(d time.Duration) bool {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return true
-	case <-t.closing():
-		return false
-	}
-}
-
 // waitForRoom blocks until someone consumes the topic and the inbox has
 // room, and returns that room; 0 means the subscriber is closing. Reading
 // only for attached consumers keeps entries in the group for others while
@@ -180,7 +168,7 @@ func (t *streamsTopic) read() {
 		}
 		if err != nil {
 			t.readFailed(err)
-			if !t.sleep(backoff) {
+			if !sleep(backoff, t.closing()) {
 				return
 			}
 			backoff = min(2*backoff, maxReconnectBackoff)

@@ -183,11 +183,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if err != nil {
 		return nil, err
 	}
-	out, ok := t.inbox.subscribe(ctx)
-	if !ok {
-		return nil, ErrSubscriberClosed
-	}
-	return out, nil
+	return t.inbox.subscribe(ctx)
 }
 
 // SubscribeInitialize subscribes to the topic without consuming: messages

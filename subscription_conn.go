@@ -122,7 +122,7 @@ func (c *subscriptionConn) run() {
 					watermill.LogFields{"topics": c.topics()})
 			}
 			pinged = false
-			if !c.sleep(backoff) {
+			if !sleep(backoff, c.ctx.Done()) {
 				return
 			}
 			backoff = min(2*backoff, maxReconnectBackoff)
@@ -155,14 +155,14 @@ func (c *subscriptionConn) run() {
 	}
 }
 
-// sleep waits d, or returns false when the connection is closing.
-func (c *subscriptionConn) sleep(d time.Duration) bool {
+// sleep waits d, or returns false when done is closed first.
+func sleep(d time.Duration, done <-chan struct{}) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
-	case <-c.ctx.Done():
+	case <-done:
 		return false
 	}
 }
