@@ -1,0 +1,84 @@
+-- route.lua delivers a message to the nodes that hold its recipients, in
+-- one round trip: it looks the recipients up, drops entries whose node is
+-- dead, and PUBLISHes one envelope per live node on that node's channel.
+--
+-- KEYS[1]  a client's hash (connection -> "node\nincarnation\ngeneration")
+--          or a room's hash (node -> incarnation)
+-- ARGV[1]  key prefix
+-- ARGV[2]  "client" or "room"
+-- ARGV[3]  message UUID
+-- ARGV[4]  payload
+-- ARGV[5…] metadata: key, value, key, value…
+--
+-- The envelope is redisbus' wire format (see marshaler.go); for a client,
+-- each node's copy carries "wsroute_targets": the connections it should
+-- write to, as "connection:generation" separated by commas.
+--
+-- An entry whose node's liveness key is gone or holds another incarnation
+-- is stale and is removed; so is one whose node's channel reached nobody
+-- (the node is alive but not listening). Returns {nodes reached, stale
+-- entries removed, live entries found}.
+local key, prefix, kind = KEYS[1], ARGV[1], ARGV[2]
+
+local function u32(n)
+  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+end
+
+local function envelope(extra)
+  local parts = {}
+  for i = 5, #ARGV, 2 do
+    parts[#parts + 1] = u32(#ARGV[i]) .. ARGV[i] .. u32(#ARGV[i + 1]) .. ARGV[i + 1]
+  end
+  for k, v in next, extra do
+    parts[#parts + 1] = u32(#k) .. k .. u32(#v) .. v
+  end
+  return '\193RB\1' .. u32(#ARGV[3]) .. ARGV[3] .. u32(#parts) .. table.concat(parts) .. ARGV[4]
+end
+
+-- Group the live entries by node.
+local targets, order, fields = {}, {}, {}
+local stale, live = 0, 0
+local entries = redis.call('HGETALL', key)
+for i = 1, #entries, 2 do
+  local field, value = entries[i], entries[i + 1]
+  if string.sub(field, 1, 1) ~= '#' then
+    local node, incarnation, gen
+    if kind == 'client' then
+      node, incarnation, gen = string.match(value, '^(.-)\n(.-)\n(.*)$')
+    else
+      node, incarnation = field, value
+    end
+    if redis.call('GET', prefix .. 'node:' .. node) == incarnation then
+      live = live + 1
+      if not targets[node] then
+        targets[node] = {}
+        fields[node] = {}
+        order[#order + 1] = node
+      end
+      if gen then
+        targets[node][#targets[node] + 1] = field .. ':' .. gen
+      end
+      fields[node][#fields[node] + 1] = field
+    else
+      redis.call('HDEL', key, field)
+      stale = stale + 1
+    end
+  end
+end
+
+local reached = 0
+for _, node in ipairs(order) do
+  local extra = {}
+  if kind == 'client' then
+    extra['wsroute_targets'] = table.concat(targets[node], ',')
+  end
+  if redis.call('PUBLISH', prefix .. 'to:' .. node, envelope(extra)) > 0 then
+    reached = reached + 1
+  else
+    for _, field in ipairs(fields[node]) do
+      redis.call('HDEL', key, field)
+      stale = stale + 1
+    end
+  end
+end
+return {reached, stale, live}

@@ -1,0 +1,310 @@
+package wsroute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+
+	redisbus "github.com/redisbus/watermill-redisbus"
+)
+
+// SlowClientPolicy says what happens when a connection's send queue is full.
+type SlowClientPolicy int
+
+const (
+	// DropOldest discards the oldest queued message to make room, and
+	// counts it in Stats.Dropped. The connection stays open.
+	DropOldest SlowClientPolicy = iota
+	// Disconnect closes the connection with StatusPolicyViolation (1008),
+	// counted in Stats.Disconnected; the client reconnects and catches up by
+	// its own means.
+	Disconnect
+)
+
+// Config configures a Node. The zero value of every field but Client means
+// its documented default.
+type Config struct {
+	// Client holds the registry and carries the routed messages. Required;
+	// never closed by the node.
+	Client redis.UniversalClient
+
+	// NodeID names this node in the registry. It must be unique among the
+	// live nodes. Zero means hostname:pid.
+	NodeID string
+
+	// Prefix starts every Redis key and channel name. Zero means "wsroute:".
+	// On Redis Cluster use a hash-tagged prefix such as "{wsroute}:", so
+	// that the routing scripts' keys share a slot.
+	Prefix string
+
+	// NodeTTL is how long the node counts as alive without renewing its
+	// liveness key (renewed every NodeTTL/3). When a node dies, messages to
+	// its clients report Offline at most NodeTTL later. Zero means 10s.
+	NodeTTL time.Duration
+
+	// RegistrationTTL is how long a client's or room's entry outlives the
+	// last node renewing it (renewed every RegistrationTTL/3), so that
+	// entries of nodes that died do not accumulate. Zero means 1h.
+	RegistrationTTL time.Duration
+
+	// SendQueueSize bounds the messages waiting for each connection's
+	// writer. Zero means 256.
+	SendQueueSize int
+
+	// SlowClient says what happens when a send queue is full. The zero
+	// value is DropOldest.
+	SlowClient SlowClientPolicy
+
+	// WriteTimeout bounds one write to a client; a client that does not
+	// take a message within it is disconnected. Zero means 10s.
+	WriteTimeout time.Duration
+
+	// Inbound, if set, receives every frame a local client sends, as a
+	// message on InboundTopic with the client ID in MetadataFrom. Nil means
+	// frames from clients are read and discarded (push-only use).
+	Inbound message.Publisher
+
+	// InboundTopic is where frames from clients are published. Zero means
+	// "wsroute.inbound".
+	InboundTopic string
+}
+
+func (c *Config) setDefaults() {
+	if c.NodeID == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "node"
+		}
+		c.NodeID = host + ":" + strconv.Itoa(os.Getpid())
+	}
+	if c.Prefix == "" {
+		c.Prefix = "wsroute:"
+	}
+	if c.NodeTTL == 0 {
+		c.NodeTTL = 10 * time.Second
+	}
+	if c.RegistrationTTL == 0 {
+		c.RegistrationTTL = time.Hour
+	}
+	if c.SendQueueSize == 0 {
+		c.SendQueueSize = 256
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.InboundTopic == "" {
+		c.InboundTopic = "wsroute.inbound"
+	}
+}
+
+// Validate reports the first invalid field, if any.
+func (c Config) Validate() error {
+	field := func(name, problem string) error {
+		return &redisbus.ConfigError{Field: "wsroute.Config." + name, Problem: problem}
+	}
+	switch {
+	case c.Client == nil:
+		return field("Client", "is required")
+	case c.NodeTTL < 0:
+		return field("NodeTTL", "must not be negative")
+	case c.NodeTTL > 0 && c.NodeTTL < 30*time.Millisecond:
+		return field("NodeTTL", "must be at least 30ms")
+	case c.RegistrationTTL < 0:
+		return field("RegistrationTTL", "must not be negative")
+	case c.SendQueueSize < 0:
+		return field("SendQueueSize", "must not be negative")
+	case c.SlowClient != DropOldest && c.SlowClient != Disconnect:
+		return field("SlowClient", fmt.Sprintf("unknown policy %d", c.SlowClient))
+	case c.WriteTimeout < 0:
+		return field("WriteTimeout", "must not be negative")
+	}
+	return nil
+}
+
+// ErrClosed is returned by a Node's methods after Close.
+var ErrClosed = errors.New("wsroute: node is closed")
+
+// Node is one server holding WebSocket connections: it registers them in
+// Redis, receives what other nodes route to them, and routes messages to
+// clients and rooms wherever they are connected.
+type Node struct {
+	config      Config
+	logger      watermill.LoggerAdapter
+	incarnation string // tells this process from an earlier one with the same NodeID
+	keys        keys
+	stats       counters
+
+	publisher  *redisbus.Publisher
+	subscriber *redisbus.Subscriber
+
+	mu      sync.Mutex
+	closed  bool
+	conns   map[string]*localConn          // by connection ID
+	clients map[string]map[*localConn]bool // by client ID
+	rooms   map[string]map[*localConn]bool // by room
+	roomMu  sync.Mutex                     // orders room registrations in Redis
+	// restoreNow asks the heartbeat to write every registration again.
+	restoreNow chan struct{}
+	closing    chan struct{}
+	wg         sync.WaitGroup // the node's own goroutines
+	serving    sync.WaitGroup // Serve calls in progress
+}
+
+type counters struct {
+	routed, offline, unreachable, reaped, received atomic.Uint64
+	delivered, dropped, disconnected, fenced       atomic.Uint64
+	inbound, inboundFailed                         atomic.Uint64
+	registrationsRestored                          atomic.Uint64
+}
+
+// Stats are counters since the node started, and its connections now.
+type Stats struct {
+	Connections  int
+	Routed       uint64 // messages that reached at least one node (sent by this node)
+	Offline      uint64 // messages to a client or room with no live registration
+	Unreachable  uint64 // messages whose owners were registered but not listening
+	Reaped       uint64 // stale registrations this node removed on the way
+	Received     uint64 // routed messages that reached this node (for its clients or rooms)
+	Delivered    uint64 // messages queued to local connections
+	Dropped      uint64 // messages a slow local client lost (DropOldest)
+	Disconnected uint64 // slow local clients closed (Disconnect, or a write timeout)
+	Fenced       uint64 // messages for a connection or generation that is no longer here
+	Inbound      uint64 // frames received from local clients and published
+	// InboundFailed counts frames that could not be published to Inbound.
+	InboundFailed uint64
+	// RegistrationsRestored counts the times the node found its
+	// registrations gone (Redis restarted, or its liveness key expired) and
+	// wrote them again.
+	RegistrationsRestored uint64
+}
+
+// NewNode starts a node: it marks the node alive, subscribes to its
+// channel and starts the heartbeat. A nil logger means no logging.
+func NewNode(config Config, logger watermill.LoggerAdapter) (*Node, error) {
+	config.setDefaults()
+	if err := config.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	n := &Node{
+		config:      config,
+		logger:      logger.With(watermill.LogFields{"node": config.NodeID}),
+		incarnation: uuid.NewString(),
+		keys:        keys{prefix: config.Prefix},
+		conns:       map[string]*localConn{},
+		clients:     map[string]map[*localConn]bool{},
+		rooms:       map[string]map[*localConn]bool{},
+		restoreNow:  make(chan struct{}, 1),
+		closing:     make(chan struct{}),
+	}
+	var err error
+	if n.publisher, err = redisbus.NewPublisher(redisbus.PublisherConfig{Client: config.Client}, n.logger); err != nil {
+		return nil, err
+	}
+	n.subscriber, err = redisbus.NewSubscriber(redisbus.SubscriberConfig{
+		Client: config.Client,
+		// While the node was not listening, senders found its channel
+		// deaf and removed its entries as unreachable: write them again.
+		OnReconnect: func(redisbus.LossWindow) { signalRestore(n.restoreNow) },
+	}, n.logger)
+	if err != nil {
+		return nil, err
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := n.renewLiveness(ctx); err != nil {
+		_ = n.subscriber.Close()
+		return nil, fmt.Errorf("wsroute: mark node alive: %w", err)
+	}
+	for _, channel := range []string{n.keys.nodeChannel(config.NodeID), n.keys.allChannel()} {
+		messages, err := n.subscriber.Subscribe(context.Background(), channel)
+		if err != nil {
+			_ = n.subscriber.Close()
+			return nil, fmt.Errorf("wsroute: subscribe %q: %w", channel, err)
+		}
+		n.wg.Go(func() { n.consume(messages) })
+	}
+	n.wg.Go(n.heartbeat)
+	return n, nil
+}
+
+// ID returns the node's ID.
+func (n *Node) ID() string { return n.config.NodeID }
+
+// Stats returns the node's counters.
+func (n *Node) Stats() Stats {
+	n.mu.Lock()
+	conns := len(n.conns)
+	n.mu.Unlock()
+	return Stats{
+		Connections:           conns,
+		Routed:                n.stats.routed.Load(),
+		Offline:               n.stats.offline.Load(),
+		Unreachable:           n.stats.unreachable.Load(),
+		Reaped:                n.stats.reaped.Load(),
+		Received:              n.stats.received.Load(),
+		Delivered:             n.stats.delivered.Load(),
+		Dropped:               n.stats.dropped.Load(),
+		Disconnected:          n.stats.disconnected.Load(),
+		Fenced:                n.stats.fenced.Load(),
+		Inbound:               n.stats.inbound.Load(),
+		InboundFailed:         n.stats.inboundFailed.Load(),
+		RegistrationsRestored: n.stats.registrationsRestored.Load(),
+	}
+}
+
+// Close closes every local connection (StatusGoingAway), removes the
+// node's registrations so senders see its clients offline at once, and
+// stops. It does not close the Redis client and is idempotent.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		n.wg.Wait()
+		return nil
+	}
+	n.closed = true
+	close(n.closing)
+	conns := make([]*localConn, 0, len(n.conns))
+	for _, c := range n.conns {
+		conns = append(conns, c)
+	}
+	n.mu.Unlock()
+
+	for _, c := range conns {
+		c.shutdown(StatusGoingAway, "server shutting down")
+	}
+	n.serving.Wait() // each removes its registration
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// Without its liveness key, every entry of this node is stale at once.
+	if err := expireNodeScript.Run(ctx, n.config.Client, []string{n.keys.node(n.config.NodeID)}, n.incarnation).Err(); err != nil {
+		n.logger.Error("Cannot remove the liveness key; clients show offline after NodeTTL", err, nil)
+	}
+	_ = n.subscriber.Close()
+	_ = n.publisher.Close()
+	n.wg.Wait()
+	return nil
+}
+
+func (n *Node) isClosing() bool {
+	select {
+	case <-n.closing:
+		return true
+	default:
+		return false
+	}
+}

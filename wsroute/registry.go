@@ -1,0 +1,160 @@
+package wsroute
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/redis/go-redis/v9"
+)
+
+// The registry lives in Redis:
+//
+//	<prefix>node:<node>     string: the node's incarnation, expiring after NodeTTL
+//	<prefix>client:<client> hash: connection ID -> "node\nincarnation\ngeneration",
+//	                        and "#gen", the client's generation counter
+//	<prefix>room:<room>     hash: node -> incarnation, for nodes with members
+//	<prefix>to:<node>       channel: messages routed to the node
+//	<prefix>all             channel: messages for every node
+//
+// An entry counts only while its node's liveness key holds the incarnation
+// it names, so a node's entries die with it, within NodeTTL, whatever
+// their own expiry.
+type keys struct{ prefix string }
+
+func (k keys) node(id string) string             { return k.prefix + "node:" + id }
+func (k keys) client(id string) string           { return k.prefix + "client:" + id }
+func (k keys) room(name string) string           { return k.prefix + "room:" + name }
+func (k keys) nodeChannel(id string) string      { return k.prefix + "to:" + id }
+func (k keys) allChannel() string                { return k.prefix + "all" }
+func ms(d time.Duration) string                  { return strconv.FormatInt(d.Milliseconds(), 10) }
+func entry(node, incarnation, gen string) string { return node + "\n" + incarnation + "\n" + gen }
+
+var (
+	//go:embed lua/register.lua
+	registerSource string
+	registerScript = redis.NewScript(registerSource)
+
+	//go:embed lua/release.lua
+	releaseSource string
+	releaseScript = redis.NewScript(releaseSource)
+
+	//go:embed lua/route.lua
+	routeSource string
+	routeScript = redis.NewScript(routeSource)
+
+	//go:embed lua/expire_node.lua
+	expireNodeSource string
+	expireNodeScript = redis.NewScript(expireNodeSource)
+)
+
+// register records a local connection; gen "" takes a new generation.
+func (n *Node) register(ctx context.Context, c *localConn, gen string) (string, error) {
+	return registerScript.Run(ctx, n.config.Client, []string{n.keys.client(c.clientID)},
+		n.keys.prefix, c.id, n.config.NodeID, n.incarnation, ms(n.config.RegistrationTTL), gen).Text()
+}
+
+// release removes a local connection's entry if it is still its own.
+func (n *Node) release(ctx context.Context, c *localConn) error {
+	return releaseScript.Run(ctx, n.config.Client, []string{n.keys.client(c.clientID)},
+		c.id, entry(n.config.NodeID, n.incarnation, c.gen)).Err()
+}
+
+// renewLiveness sets the liveness key and reports whether it had expired
+// (or never existed) before.
+func (n *Node) renewLiveness(ctx context.Context) (lapsed bool, err error) {
+	prev, err := n.config.Client.SetArgs(ctx, n.keys.node(n.config.NodeID), n.incarnation,
+		redis.SetArgs{TTL: n.config.NodeTTL, Get: true}).Result()
+	if errors.Is(err, redis.Nil) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if prev != n.incarnation {
+		n.logger.Error("Another process uses this node ID; routing to both is unreliable", nil,
+			watermill.LogFields{"other_incarnation": prev})
+	}
+	return false, nil
+}
+
+// heartbeat renews the liveness key every NodeTTL/3 and the registrations
+// every RegistrationTTL/3, and writes the registrations again when they
+// may have been lost: after Redis restarted empty, when the node could not
+// reach it for longer than NodeTTL, or when its channel subscription was
+// down (senders then reap its entries as unreachable).
+func (n *Node) heartbeat() {
+	live := time.NewTicker(n.config.NodeTTL / 3)
+	defer live.Stop()
+	refresh := time.NewTicker(n.config.RegistrationTTL / 3)
+	defer refresh.Stop()
+	for {
+		select {
+		case <-n.closing:
+			return
+		case <-live.C:
+			ctx, cancel := context.WithTimeout(context.Background(), n.config.NodeTTL/3)
+			lapsed, err := n.renewLiveness(ctx)
+			cancel()
+			switch {
+			case err != nil:
+				n.logger.Error("Cannot renew node liveness", err, nil)
+			case lapsed:
+				n.logger.Error("Node liveness had lapsed; registering every connection and room again", nil, nil)
+				n.restore()
+			}
+		case <-n.restoreNow:
+			n.logger.Info("Node channel was not listened to for a while; registering every connection and room again", nil)
+			n.restore()
+		case <-refresh.C:
+			n.refresh()
+		}
+	}
+}
+
+func signalRestore(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// restore writes every local registration again, with the generations
+// the connections already have.
+func (n *Node) restore() {
+	n.stats.registrationsRestored.Add(1)
+	ctx, cancel := context.WithTimeout(context.Background(), n.config.NodeTTL)
+	defer cancel()
+	for _, c := range n.localConns() {
+		if _, err := n.register(ctx, c, c.gen); err != nil {
+			n.logger.Error("Cannot restore a registration", err, watermill.LogFields{"client": c.clientID})
+		}
+	}
+	for _, room := range n.localRooms() {
+		if err := n.registerRoom(ctx, room); err != nil {
+			n.logger.Error("Cannot restore a room", err, watermill.LogFields{"room": room})
+		}
+	}
+}
+
+// refresh extends the expiry of the client and room entries this node
+// holds, in one pipeline.
+func (n *Node) refresh() {
+	ctx, cancel := context.WithTimeout(context.Background(), n.config.NodeTTL)
+	defer cancel()
+	_, err := n.config.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, c := range n.localConns() {
+			pipe.PExpire(ctx, n.keys.client(c.clientID), n.config.RegistrationTTL)
+		}
+		for _, room := range n.localRooms() {
+			pipe.PExpire(ctx, n.keys.room(room), n.config.RegistrationTTL)
+		}
+		return nil
+	})
+	if err != nil {
+		n.logger.Error("Cannot refresh registrations", err, nil)
+	}
+}

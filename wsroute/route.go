@@ -1,0 +1,160 @@
+package wsroute
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Status is what became of a routed message.
+type Status int
+
+const (
+	// Delivered: the message reached every live node holding a recipient
+	// (Result.Nodes of them), which write it to the recipient's sockets.
+	Delivered Status = iota + 1
+	// Offline: no recipient is connected anywhere (stale entries of dead
+	// nodes were removed on the way).
+	Offline
+	// Unreachable: recipients are registered on live nodes, but their
+	// channels reached nobody (the nodes are not listening); those entries
+	// were removed.
+	Unreachable
+)
+
+func (s Status) String() string {
+	switch s {
+	case Delivered:
+		return "delivered"
+	case Offline:
+		return "offline"
+	case Unreachable:
+		return "unreachable"
+	}
+	return fmt.Sprintf("Status(%d)", int(s))
+}
+
+// Result reports a routed message.
+type Result struct {
+	Status Status
+	Nodes  int // nodes the message reached
+	Stale  int // stale registrations removed on the way
+}
+
+// Metadata keys on the messages nodes route to each other.
+const (
+	metadataKind    = "wsroute_kind"    // "client", "room" or "all"
+	metadataClient  = "wsroute_client"  // the recipient client
+	metadataRoom    = "wsroute_room"    // the recipient room
+	metadataTargets = "wsroute_targets" // "connection:generation,..." on this node (set by route.lua)
+)
+
+// SendToClient writes data to every connection of clientID, on whichever
+// nodes they are, in one Redis round trip. Messages one goroutine sends to
+// one client arrive in the order sent. The error is for Redis failures;
+// an offline client is a Result.
+func (n *Node) SendToClient(ctx context.Context, clientID string, data []byte) (Result, error) {
+	return n.route(ctx, "client", n.keys.client(clientID), data,
+		metadataKind, "client", metadataClient, clientID)
+}
+
+// Broadcast writes data to every connection that joined room, reaching
+// only the nodes that have members in it.
+func (n *Node) Broadcast(ctx context.Context, room string, data []byte) (Result, error) {
+	return n.route(ctx, "room", n.keys.room(room), data,
+		metadataKind, "room", metadataRoom, room)
+}
+
+// BroadcastAll writes data to every connection on every node.
+func (n *Node) BroadcastAll(ctx context.Context, data []byte) (Result, error) {
+	if n.isClosing() {
+		return Result{}, ErrClosed
+	}
+	msg := message.NewMessage(watermill.NewUUID(), data)
+	msg.Metadata.Set(metadataKind, "all")
+	nodes, err := n.publisher.PublishCount(ctx, n.keys.allChannel(), msg)
+	if err != nil {
+		return Result{}, err
+	}
+	n.stats.routed.Add(1)
+	return Result{Status: Delivered, Nodes: int(nodes)}, nil
+}
+
+func (n *Node) route(ctx context.Context, kind, key string, data []byte, metadata ...string) (Result, error) {
+	if n.isClosing() {
+		return Result{}, ErrClosed
+	}
+	args := make([]any, 0, 4+len(metadata))
+	args = append(args, n.keys.prefix, kind, watermill.NewUUID(), data)
+	for _, m := range metadata {
+		args = append(args, m)
+	}
+	out, err := routeScript.Run(ctx, n.config.Client, []string{key}, args...).Int64Slice()
+	if err != nil {
+		return Result{}, fmt.Errorf("wsroute: route to %s: %w", key, err)
+	}
+	reached, stale, live := int(out[0]), int(out[1]), int(out[2])
+	n.stats.reaped.Add(uint64(stale))
+	r := Result{Nodes: reached, Stale: stale}
+	switch {
+	case reached > 0:
+		r.Status = Delivered
+		n.stats.routed.Add(1)
+	case live > 0:
+		r.Status = Unreachable
+		n.stats.unreachable.Add(1)
+	default:
+		r.Status = Offline
+		n.stats.offline.Add(1)
+	}
+	return r, nil
+}
+
+// consume writes what other nodes route here to the local connections. It
+// never waits for a client: writes are queued per connection.
+func (n *Node) consume(messages <-chan *message.Message) {
+	for msg := range messages {
+		n.stats.received.Add(1)
+		n.deliver(msg)
+		msg.Ack()
+	}
+}
+
+func (n *Node) deliver(msg *message.Message) {
+	for _, c := range n.recipients(msg) {
+		c.enqueue(msg.Payload)
+	}
+}
+
+// recipients finds the local connections a routed message is for. A
+// client message names its connections with their generations: one that
+// is gone, or was registered anew since, does not get it.
+func (n *Node) recipients(msg *message.Message) []*localConn {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var conns []*localConn
+	switch msg.Metadata.Get(metadataKind) {
+	case "client":
+		for _, target := range strings.Split(msg.Metadata.Get(metadataTargets), ",") {
+			id, gen, _ := strings.Cut(target, ":")
+			c := n.conns[id]
+			if c == nil || c.gen != gen {
+				n.stats.fenced.Add(1)
+				continue
+			}
+			conns = append(conns, c)
+		}
+	case "room":
+		for c := range n.rooms[msg.Metadata.Get(metadataRoom)] {
+			conns = append(conns, c)
+		}
+	case "all":
+		for _, c := range n.conns {
+			conns = append(conns, c)
+		}
+	}
+	return conns
+}
