@@ -1,13 +1,21 @@
-// Command redisbus-demo runs two nodes that talk through Redis with
-// redisbus: each publishes greetings on a shared topic and prints what
-// crosses from the other, and a foreign producer (a plain PUBLISH, as a PHP
-// or Python service would send) joins in.
+// Command redisbus-demo runs redisbus nodes that talk through Redis: each
+// serves a page where a browser connects over WebSocket as a client, sends
+// to clients on either node, joins rooms, and publishes to a best-effort
+// Pub/Sub topic and a reliable Streams topic.
 //
-// Without REDIS_URL it starts an embedded Redis (miniredis) in-process, so
-// it runs anywhere:
+// Without REDIS_URL it starts an embedded Redis (miniredis) and two nodes
+// in this process, prints both URLs, checks that the nodes hear each other
+// and serves until interrupted:
 //
 //	go run ./cmd/redisbus-demo
-//	REDIS_URL=redis://127.0.0.1:6379/0 go run ./cmd/redisbus-demo -n 0   # until Ctrl-C
+//
+// With REDIS_URL, -node runs one node per process, for a real multi-process
+// (or multi-host) deployment:
+//
+//	REDIS_URL=redis://127.0.0.1:6379/0 go run ./cmd/redisbus-demo -node a -addr :8081
+//	REDIS_URL=redis://127.0.0.1:6379/0 go run ./cmd/redisbus-demo -node b -addr :8082
+//
+// -check runs the start-up check and exits.
 package main
 
 import (
@@ -19,212 +27,122 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
-
-	redisbus "github.com/redisbus/watermill-redisbus"
 )
 
-const topic = "demo:greetings"
-
 func main() {
-	count := flag.Int("n", 3, "greetings each node sends; 0 sends until interrupted")
-	interval := flag.Duration("interval", 300*time.Millisecond, "time between a node's greetings")
+	var o options
+	flag.StringVar(&o.node, "node", "", "run one node with this name (needs REDIS_URL)")
+	flag.StringVar(&o.addr, "addr", "127.0.0.1:0", "listen address of the node started with -node")
+	flag.StringVar(&o.addrA, "addr-a", "127.0.0.1:0", "listen address of the first node (two-node mode)")
+	flag.StringVar(&o.addrB, "addr-b", "127.0.0.1:0", "listen address of the second node (two-node mode)")
+	flag.DurationVar(&o.nodeTTL, "node-ttl", 10*time.Second, "how long a node counts as alive without a heartbeat")
+	flag.BoolVar(&o.check, "check", false, "run the start-up check and exit")
 	flag.Parse()
+	o.redisURL = os.Getenv("REDIS_URL")
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Stdout, os.Getenv("REDIS_URL"), *count, *interval); err != nil {
+	if err := run(ctx, os.Stdout, o); err != nil {
 		fmt.Fprintln(os.Stderr, "redisbus-demo:", err)
 		os.Exit(1)
 	}
 }
 
-// run starts the nodes, lets them talk and returns when every node has
-// received every greeting (or ctx is done).
-func run(ctx context.Context, out io.Writer, redisURL string, count int, interval time.Duration) error {
-	if redisURL == "" {
+type options struct {
+	redisURL           string
+	node               string
+	addr, addrA, addrB string
+	nodeTTL            time.Duration
+	check              bool
+}
+
+// run starts the nodes, prints their URLs and serves until ctx is done (or,
+// with check, until the start-up check passed).
+func run(ctx context.Context, out io.Writer, o options) error {
+	if o.node != "" && o.redisURL == "" {
+		return errors.New("-node needs REDIS_URL: the nodes of separate processes must share a Redis")
+	}
+	if o.redisURL == "" {
 		embedded, err := miniredis.Run()
 		if err != nil {
 			return err
 		}
 		defer embedded.Close()
-		redisURL = "redis://" + embedded.Addr()
+		o.redisURL = "redis://" + embedded.Addr()
 		fmt.Fprintf(out, "REDIS_URL is not set: using an embedded Redis at %s\n", embedded.Addr())
 	}
-	opt, err := redis.ParseURL(redisURL)
+	opt, err := redis.ParseURL(o.redisURL)
 	if err != nil {
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
 
-	printer := &linePrinter{out: out}
-	names := []string{"node-a", "node-b"}
+	configs := []nodeConfig{{Name: "node-a", Addr: o.addrA}, {Name: "node-b", Addr: o.addrB}}
+	if o.node != "" {
+		configs = []nodeConfig{{Name: o.node, Addr: o.addr}}
+	}
+	var printMu sync.Mutex
 	var nodes []*node
-	for _, name := range names {
-		n, err := startNode(ctx, name, opt, printer)
+	for _, c := range configs {
+		c.Redis, c.NodeTTL, c.Out = opt, o.nodeTTL, out
+		n, err := startNode(ctx, c, &printMu)
 		if err != nil {
-			return err
+			return fmt.Errorf("start %s: %w", c.Name, err)
 		}
 		defer n.close()
 		nodes = append(nodes, n)
+		printMu.Lock()
+		fmt.Fprintf(out, "node %s listening on %s\n", n.name, n.url)
+		printMu.Unlock()
 	}
-	printer.printf("both nodes subscribed to %q\n", topic)
 
-	// Another language's producer: a bare PUBLISH with no envelope.
-	foreign := redis.NewClient(opt)
-	defer foreign.Close()
-	if err := foreign.Publish(ctx, topic, "hello from a PHP service").Err(); err != nil {
-		return err
-	}
-	expected := 1 // per node: the foreign greeting, then the other nodes'
-
-	var wg sync.WaitGroup
-	errs := make(chan error, len(nodes))
-	for _, n := range nodes {
-		wg.Go(func() { errs <- n.greet(ctx, count, interval) })
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil && !errors.Is(err, context.Canceled) {
+	if len(nodes) == 2 {
+		if err := startupCheck(ctx, nodes, opt); err != nil {
 			return err
 		}
 	}
-	if count == 0 {
-		return nil // interrupted
+	if o.check {
+		return nil
 	}
+	printMu.Lock()
+	fmt.Fprintln(out, "open the URLs above in two browser tabs; Ctrl-C stops")
+	printMu.Unlock()
+	<-ctx.Done()
+	return nil
+}
 
-	expected += count * (len(nodes) - 1)
+// startupCheck has each node greet the other, and a foreign producer (a
+// plain PUBLISH, as a PHP or Python service would send) greet both, and
+// returns when every greeting has crossed.
+func startupCheck(ctx context.Context, nodes []*node, opt *redis.Options) error {
 	for _, n := range nodes {
-		if err := n.waitFor(ctx, expected); err != nil {
-			return err
-		}
-	}
-	printer.printf("done: each node received %d messages from elsewhere\n", expected)
-	return nil
-}
-
-// node is one server of the demo: its own Redis client, Publisher and
-// Subscriber, consuming through a Watermill Router as an application would.
-type node struct {
-	name       string
-	client     *redis.Client
-	publisher  *redisbus.Publisher
-	subscriber *redisbus.Subscriber
-	router     *message.Router
-	printer    *linePrinter
-
-	mu       sync.Mutex
-	received int
-	changed  chan struct{}
-}
-
-func startNode(ctx context.Context, name string, opt *redis.Options, printer *linePrinter) (*node, error) {
-	client := redis.NewClient(opt)
-	n := &node{name: name, client: client, printer: printer, changed: make(chan struct{}, 1)}
-
-	var err error
-	if n.publisher, err = redisbus.NewPublisher(redisbus.PublisherConfig{Client: client}, nil); err != nil {
-		return nil, err
-	}
-	if n.subscriber, err = redisbus.NewSubscriber(redisbus.SubscriberConfig{Client: client}, nil); err != nil {
-		return nil, err
-	}
-	// Subscribe before anyone publishes: a best-effort Pub/Sub delivers only
-	// to subscribers connected at the time.
-	if err := n.subscriber.SubscribeInitialize(topic); err != nil {
-		return nil, err
-	}
-	if n.router, err = message.NewRouter(message.RouterConfig{CloseTimeout: time.Second}, watermill.NopLogger{}); err != nil {
-		return nil, err
-	}
-	n.router.AddConsumerHandler(name, topic, n.subscriber, n.handle)
-	go func() { _ = n.router.Run(ctx) }()
-	select {
-	case <-n.router.Running():
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	return n, nil
-}
-
-func (n *node) handle(msg *message.Message) error {
-	from := msg.Metadata.Get("from")
-	if from == n.name {
-		return nil // our own greeting
-	}
-	if from == "" {
-		from = "a non-Watermill producer"
-	}
-	n.printer.printf("%s received from %s: %s\n", n.name, from, msg.Payload)
-	n.mu.Lock()
-	n.received++
-	n.mu.Unlock()
-	select {
-	case n.changed <- struct{}{}:
-	default:
-	}
-	return nil
-}
-
-func (n *node) greet(ctx context.Context, count int, interval time.Duration) error {
-	ticker := time.NewTicker(interval)
-	defer ticker.Stop()
-	for i := 1; count == 0 || i <= count; i++ {
-		msg := message.NewMessage(watermill.NewUUID(), fmt.Appendf(nil, "greeting #%d from %s", i, n.name))
-		msg.Metadata.Set("from", n.name)
-		receivers, err := n.publisher.PublishCount(ctx, topic, msg)
+		receivers, err := n.greet(ctx)
 		if err != nil {
 			return err
 		}
-		n.printer.printf("%s published greeting #%d (Redis delivered it to %d subscribers)\n", n.name, i, receivers)
-		select {
-		case <-ticker.C:
-		case <-ctx.Done():
-			return ctx.Err()
+		n.printf("%s published a greeting (Redis delivered it to %d subscribers)\n", n.name, receivers)
+	}
+	foreign := redis.NewClient(opt)
+	defer foreign.Close()
+	if err := foreign.Publish(ctx, greetingTopic, "hello from a PHP service").Err(); err != nil {
+		return err
+	}
+	timeout := time.After(10 * time.Second)
+	for _, n := range nodes {
+		for heard := 0; heard < len(nodes); heard++ { // the other node and the foreign producer
+			select {
+			case <-n.greeted:
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-timeout:
+				return fmt.Errorf("%s did not hear every greeting", n.name)
+			}
 		}
 	}
+	nodes[0].printf("start-up check passed: both nodes hear each other through Redis\n")
 	return nil
-}
-
-func (n *node) waitFor(ctx context.Context, messages int) error {
-	deadline := time.After(10 * time.Second)
-	for {
-		n.mu.Lock()
-		received := n.received
-		n.mu.Unlock()
-		if received >= messages {
-			return nil
-		}
-		select {
-		case <-n.changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline:
-			return fmt.Errorf("%s received %d of %d messages", n.name, received, messages)
-		}
-	}
-}
-
-func (n *node) close() {
-	_ = n.router.Close()
-	_ = n.subscriber.Close()
-	_ = n.publisher.Close()
-	_ = n.client.Close()
-}
-
-// linePrinter serialises output from the nodes' goroutines.
-type linePrinter struct {
-	mu  sync.Mutex
-	out io.Writer
-}
-
-func (p *linePrinter) printf(format string, args ...any) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	fmt.Fprintf(p.out, format, args...)
 }
