@@ -1,0 +1,34 @@
+// Package wsroute delivers WebSocket messages across nodes: N servers
+// behind a load balancer, a client connected to any of them, and a message
+// for that client produced on any other. Redis is the routing fabric.
+//
+//	alice ══ws══▶ node A                               node B ══ws══▶ bob
+//	              │ Serve: registers alice              ▲ Serve: registers bob
+//	              │ a frame → Router handler            │ checks connection + generation,
+//	              │ → SendToClient("bob")               │ queues, one writer per socket
+//	              ▼                                     │
+//	      ┌─────────────────────── Redis ───────────────┴──────────┐
+//	      │ EVAL route.lua (one round trip):                       │
+//	      │   client:bob = {connection → B, incarnation, gen}      │
+//	      │   node:B == incarnation? (liveness key, NodeTTL)       │
+//	      │   PUBLISH to:B  ─────────────────────────────────────▶ │
+//	      └────────────────────────────────────────────────────────┘
+//
+// Each node registers its connections (client ID → node, connection ID and
+// a generation) and keeps a short-lived liveness key. Routing is one Lua
+// script: it looks the recipient up, drops entries whose node is dead, and
+// publishes one message per live node on that node's channel — so a
+// message goes only to the nodes that need it. The node holding the socket
+// checks the connection and generation, queues the message on the
+// connection's bounded send queue, and one writer goroutine per connection
+// writes it. Rooms work the same way, with Redis knowing only which nodes
+// have members.
+//
+// Delivery over node channels is redisbus' best-effort Pub/Sub: a message
+// in flight when a node's subscription drops is lost (the loss is logged by
+// the subscriber), and so is a message to a client between its
+// disconnection and its reconnection elsewhere. For messages that must
+// arrive, store them (a Streams topic, a database) and let the client fetch
+// what it missed when it reconnects; push only a notification through
+// wsroute.
+package wsroute
