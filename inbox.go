@@ -598,13 +598,19 @@ func (t *topicInbox) withdraw(c *consumer) {
 }
 
 // shutdown closes every output channel and cancels the contexts of the
-// messages handed out, as Watermill expects on Close.
+// messages handed out, as Watermill expects on Close. An Ack that came just
+// before Close still counts, even if the dispatcher had not seen it yet.
 func (t *topicInbox) shutdown() {
 	t.timer.Stop()
 	for _, c := range t.consumers {
 		t.withdraw(c)
 		for _, d := range c.inflight {
 			d.settled = true
+			select {
+			case <-d.msg.Acked():
+				t.owner.acked(d.entry)
+			default:
+			}
 			d.cancel()
 		}
 		close(c.out)

@@ -498,3 +498,19 @@ func TestStreamsConfigErrorsNameTheField(t *testing.T) {
 		assert.Equal(t, field, configErr.Field)
 	}
 }
+
+func TestStreamsAckRightBeforeCloseIsSent(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	for range 20 {
+		topic, group := pubsubtest.Topic(t), "g"
+		sub, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: group}, nil)
+		require.NoError(t, err)
+		ch, err := sub.Subscribe(t.Context(), topic)
+		require.NoError(t, err)
+		publish(t, pub, topic, "x")
+		next(t, ch).Ack()
+		require.NoError(t, sub.Close()) // may run before the dispatcher saw the Ack
+		assert.Zero(t, pendingCount(t, client, topic, group))
+	}
+}

@@ -243,4 +243,3 @@ func (p *tab) waitForLog(t *testing.T, ctx context.Context, text string) {
 		setTimeout(() => { observer.disconnect(); reject(new Error('not in the log after 15s: ' + %s + '\nlog: ' + log.textContent)); }, 15000);
 	})`, quoted, quoted))
 }
-
