@@ -121,18 +121,21 @@ type consumer struct {
 	ctx context.Context
 	out chan *message.Message
 
-	offer       *message.Message // the head, prepared for this consumer
-	offerCancel context.CancelFunc
+	offer    *message.Message // the head, prepared for this consumer
+	offerCtx *messageContext
 
 	inflight []*delivery // delivered, not yet acked or nacked
 }
 
 // delivery is a message handed to a consumer and not yet settled.
 type delivery struct {
-	c       *consumer
-	entry   *inboxEntry
-	msg     *message.Message
-	cancel  context.CancelFunc
+	c     *consumer
+	entry *inboxEntry
+	msg   *message.Message
+	// ctx is the context given to msg. Once handed out, msg belongs to the
+	// consumer, which may replace its context (a Router does): the inbox
+	// keeps its own reference.
+	ctx     *messageContext
 	settled bool // acked, nacked or taken back; later results are stale
 }
 
@@ -450,8 +453,8 @@ func (t *topicInbox) handle(ev event) bool {
 
 // sent records that c took the head.
 func (t *topicInbox) sent(c *consumer) {
-	d := &delivery{c: c, entry: t.head, msg: c.offer, cancel: c.offerCancel}
-	c.offer, c.offerCancel = nil, nil
+	d := &delivery{c: c, entry: t.head, msg: c.offer, ctx: c.offerCtx}
+	c.offer, c.offerCtx = nil, nil
 	c.inflight = append(c.inflight, d)
 	t.head = nil
 	t.withdrawOffers()
@@ -470,7 +473,7 @@ func (t *topicInbox) watch(d *delivery) {
 		r = ackResult{d: d, acked: true}
 	case <-d.msg.Nacked():
 		r = ackResult{d: d, acked: false}
-	case <-d.msg.Context().Done():
+	case <-d.ctx.Done():
 		return // taken back: the consumer left or the inbox closed
 	}
 	select {
@@ -496,7 +499,7 @@ func (t *topicInbox) settle(d *delivery, acked bool) {
 // its consumer gets room for another.
 func (t *topicInbox) removeDelivery(d *delivery) {
 	d.settled = true
-	d.cancel()
+	d.ctx.cancel()
 	for i, x := range d.c.inflight {
 		if x == d {
 			d.c.inflight = append(d.c.inflight[:i], d.c.inflight[i+1:]...)
@@ -534,10 +537,17 @@ func (t *topicInbox) requeue(e *inboxEntry, delay time.Duration) {
 }
 
 // detach removes a consumer whose context is done; what it held goes to the
-// others.
+// others, unless it was settled before the dispatcher noticed (a Router
+// acks its last message and then cancels the subscription).
 func (t *topicInbox) detach(c *consumer) {
 	for i := len(c.inflight) - 1; i >= 0; i-- {
 		d := c.inflight[i]
+		select {
+		case <-d.msg.Acked():
+			t.settle(d, true)
+			continue
+		default:
+		}
 		t.removeDelivery(d)
 		t.requeue(d.entry, 0)
 	}
@@ -578,9 +588,9 @@ func (t *topicInbox) offerFor(c *consumer) *message.Message {
 	}
 	t.head.spent = true
 	t.owner.prepare(t.head, msg)
-	ctx, cancel := context.WithCancel(c.ctx)
+	ctx := newMessageContext(c.ctx)
 	msg.SetContext(ctx)
-	c.offer, c.offerCancel = msg, cancel
+	c.offer, c.offerCtx = msg, ctx
 	return msg
 }
 
@@ -592,8 +602,8 @@ func (t *topicInbox) withdrawOffers() {
 
 func (t *topicInbox) withdraw(c *consumer) {
 	if c.offer != nil {
-		c.offerCancel()
-		c.offer, c.offerCancel = nil, nil
+		c.offerCtx.cancel()
+		c.offer, c.offerCtx = nil, nil
 	}
 }
 
@@ -611,7 +621,7 @@ func (t *topicInbox) shutdown() {
 				t.owner.acked(d.entry)
 			default:
 			}
-			d.cancel()
+			d.ctx.cancel()
 		}
 		close(c.out)
 	}

@@ -25,18 +25,28 @@ type PublisherConfig struct {
 	// slot, instead of being broadcast across the cluster. Subscribers of the
 	// topic must set SubscriberConfig.Sharded as well.
 	Sharded bool
+
+	// MaxBatchSize bounds how many PUBLISHes go in one pipeline when
+	// concurrent Publish calls are coalesced. Zero means 512.
+	MaxBatchSize int
 }
 
 func (c *PublisherConfig) setDefaults() {
 	if c.Marshaler == nil {
 		c.Marshaler = EnvelopeMarshaler{}
 	}
+	if c.MaxBatchSize == 0 {
+		c.MaxBatchSize = 512
+	}
 }
 
 // Validate reports the first invalid field, if any.
 func (c PublisherConfig) Validate() error {
-	if c.Client == nil {
+	switch {
+	case c.Client == nil:
 		return configError("PublisherConfig.Client", "is required")
+	case c.MaxBatchSize < 0:
+		return configError("PublisherConfig.MaxBatchSize", "must not be negative")
 	}
 	return nil
 }
@@ -45,9 +55,14 @@ func (c PublisherConfig) Validate() error {
 // Subscriber connected to the topic at that moment receives the message; one
 // that is not connected never will. For at-least-once delivery use the
 // Streams publisher.
+//
+// Concurrent Publish calls are coalesced (see coalescer): many goroutines
+// publishing one message each share round trips, while a lone call is sent
+// at once.
 type Publisher struct {
-	config PublisherConfig
-	logger watermill.LoggerAdapter
+	config    PublisherConfig
+	logger    watermill.LoggerAdapter
+	coalescer *coalescer
 
 	// mu is held for reading by every publish in progress, so Close waits
 	// for them and nothing is sent after Close returns.
@@ -64,12 +79,13 @@ func NewPublisher(config PublisherConfig, logger watermill.LoggerAdapter) (*Publ
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	return &Publisher{config: config, logger: logger}, nil
+	return &Publisher{config: config, logger: logger, coalescer: newCoalescer(config.Client, config.MaxBatchSize)}, nil
 }
 
-// Publish sends msgs to topic in one pipelined round trip. It returns once
-// Redis has accepted all of them, or with the first error. The round trip is
-// abandoned when any message's context is done.
+// Publish sends msgs to topic in one pipelined round trip, shared with
+// concurrent calls. It returns once Redis has accepted all of them, or with
+// the first error. The round trip is abandoned when any message's context is
+// done.
 func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	ctx, release := messagesContext(msgs)
 	defer release()
@@ -113,24 +129,21 @@ func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.M
 		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, context.Cause(ctx))
 	}
 
-	receivers := make([]int64, len(msgs))
-	var err error
-	if len(msgs) == 1 {
-		receivers[0], err = p.publishCmd(ctx, p.config.Client, topic, payloads[0]).Result()
-	} else {
-		cmds := make([]*redis.IntCmd, len(msgs))
-		_, err = p.config.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for i, data := range payloads {
-				cmds[i] = p.publishCmd(ctx, pipe, topic, data)
-			}
-			return nil
-		})
-		for i, cmd := range cmds {
-			receivers[i] = cmd.Val()
+	cmds := make([]*redis.IntCmd, len(msgs))
+	err := p.coalescer.do(ctx, len(msgs), func(pipe redis.Pipeliner) {
+		for i, data := range payloads {
+			cmds[i] = p.publishCmd(ctx, pipe, topic, data)
 		}
-	}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
+	}
+	receivers := make([]int64, len(msgs))
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
+		}
+		receivers[i] = cmd.Val()
 	}
 	p.logger.Trace("Published", watermill.LogFields{"topic": topic, "messages": len(msgs)})
 	return receivers, nil
@@ -149,7 +162,10 @@ func (p *Publisher) publishCmd(ctx context.Context, c redis.Cmdable, topic strin
 func (p *Publisher) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.closed = true
+	if !p.closed {
+		p.closed = true
+		p.coalescer.close()
+	}
 	return nil
 }
 

@@ -93,43 +93,26 @@ func (t StreamTrim) validate(field string) error {
 	return nil
 }
 
-// publishPipelines is how many pipelines a StreamsPublisher keeps in flight:
-// while one waits for Redis, the next batch is gathered and sent.
-const publishPipelines = 2
-
 // StreamsPublisher is an at-least-once Watermill Publisher over Redis
 // Streams (XADD). Publish returns once Redis has stored every message; with
 // AOF and appendfsync always, a message acknowledged to the publisher
 // survives a Redis crash.
 //
-// Concurrent Publish calls are coalesced: whatever calls are waiting when a
-// pipeline is free go to Redis together, so many goroutines publishing one
-// message each share round trips, while a lone call is sent at once.
+// Concurrent Publish calls are coalesced (see coalescer): many goroutines
+// publishing one message each share round trips, while a lone call is sent
+// at once.
 type StreamsPublisher struct {
-	config StreamsPublisherConfig
-	logger watermill.LoggerAdapter
+	config    StreamsPublisherConfig
+	logger    watermill.LoggerAdapter
+	coalescer *coalescer
 
 	// mu is held for reading by every publish in progress, so Close waits
 	// for them and nothing is sent after Close returns.
 	mu     sync.RWMutex
 	closed bool
 
-	requests chan *publishRequest
-	stop     chan struct{}
-	wg       sync.WaitGroup
-
 	trimMu      sync.Mutex
 	lastAgeTrim map[string]time.Time
-}
-
-// publishRequest is one Publish call waiting for a pipeline.
-type publishRequest struct {
-	ctx    context.Context
-	topic  string
-	fields [][]any
-	ids    []string
-	err    error
-	done   chan struct{}
 }
 
 // NewStreamsPublisher creates a StreamsPublisher. A nil logger means no
@@ -145,12 +128,8 @@ func NewStreamsPublisher(config StreamsPublisherConfig, logger watermill.LoggerA
 	p := &StreamsPublisher{
 		config:      config,
 		logger:      logger,
-		requests:    make(chan *publishRequest, config.MaxBatchSize),
-		stop:        make(chan struct{}),
+		coalescer:   newCoalescer(config.Client, config.MaxBatchSize),
 		lastAgeTrim: map[string]time.Time{},
-	}
-	for range publishPipelines {
-		p.wg.Go(p.flush)
 	}
 	return p, nil
 }
@@ -177,94 +156,42 @@ func (p *StreamsPublisher) PublishIDs(ctx context.Context, topic string, msgs ..
 		return nil, ErrPublisherClosed
 	}
 
-	req := &publishRequest{ctx: ctx, topic: topic, fields: make([][]any, len(msgs)), done: make(chan struct{})}
+	fields := make([][]any, len(msgs))
 	for i, msg := range msgs {
-		fields, err := p.config.Marshaler.Marshal(topic, msg)
+		f, err := p.config.Marshaler.Marshal(topic, msg)
 		if err != nil {
 			return nil, fmt.Errorf("redisbus: marshal message %s: %w", msg.UUID, err)
 		}
-		req.fields[i] = fields
+		fields[i] = f
 	}
 
-	select {
-	case p.requests <- req:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, context.Cause(ctx))
-	}
-	select {
-	case <-req.done:
-	case <-ctx.Done():
-		// The entries may still be written: at-least-once.
-		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, context.Cause(ctx))
-	}
-	if req.err != nil {
-		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, req.err)
-	}
-	return req.ids, nil
-}
-
-// flush sends waiting requests in pipelines until Close.
-func (p *StreamsPublisher) flush() {
-	var batch []*publishRequest
-	for {
-		select {
-		case req := <-p.requests:
-			batch = append(batch[:0], req)
-		case <-p.stop:
-			return
+	cmds := make([]*redis.StringCmd, len(msgs))
+	trim := p.trimFor(topic)
+	err := p.coalescer.do(ctx, len(msgs), func(pipe redis.Pipeliner) {
+		for i, f := range fields {
+			args := &redis.XAddArgs{Stream: topic, Values: f}
+			if !trim.Unbounded && trim.MaxLen > 0 {
+				args.MaxLen, args.Approx = trim.MaxLen, true
+			}
+			cmds[i] = pipe.XAdd(ctx, args)
 		}
-		size := len(batch[0].fields)
-	gather:
-		for size < p.config.MaxBatchSize {
-			select {
-			case req := <-p.requests:
-				batch = append(batch, req)
-				size += len(req.fields)
-			default:
-				break gather
-			}
+		if p.ageTrimDue(topic, trim) {
+			minID := strconv.FormatInt(time.Now().Add(-trim.MaxAge).UnixMilli(), 10)
+			pipe.XTrimMinIDApprox(ctx, topic, minID, 0)
 		}
-		p.send(batch)
-	}
-}
-
-// send runs one pipeline for batch and hands each request its result.
-func (p *StreamsPublisher) send(batch []*publishRequest) {
-	cmds := make([][]*redis.StringCmd, len(batch))
-	_, _ = p.config.Client.Pipelined(context.Background(), func(pipe redis.Pipeliner) error {
-		for i, req := range batch {
-			if req.ctx.Err() != nil {
-				continue // its caller has given up; send nothing for it
-			}
-			trim := p.trimFor(req.topic)
-			cmds[i] = make([]*redis.StringCmd, len(req.fields))
-			for j, fields := range req.fields {
-				args := &redis.XAddArgs{Stream: req.topic, Values: fields}
-				if !trim.Unbounded && trim.MaxLen > 0 {
-					args.MaxLen, args.Approx = trim.MaxLen, true
-				}
-				cmds[i][j] = pipe.XAdd(req.ctx, args)
-			}
-			if p.ageTrimDue(req.topic, trim) {
-				minID := strconv.FormatInt(time.Now().Add(-trim.MaxAge).UnixMilli(), 10)
-				pipe.XTrimMinIDApprox(req.ctx, req.topic, minID, 0)
-			}
-		}
-		return nil
 	})
-	for i, req := range batch {
-		if cmds[i] == nil {
-			req.err = context.Cause(req.ctx)
-		}
-		for _, cmd := range cmds[i] {
-			if err := cmd.Err(); err != nil {
-				req.err, req.ids = err, nil
-				break
-			}
-			req.ids = append(req.ids, cmd.Val())
-		}
-		close(req.done)
+	if err != nil {
+		// The entries may still be written: at-least-once.
+		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
 	}
+	ids := make([]string, len(cmds))
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
+		}
+		ids[i] = cmd.Val()
+	}
+	return ids, nil
 }
 
 func (p *StreamsPublisher) trimFor(topic string) StreamTrim {
@@ -295,11 +222,10 @@ func (p *StreamsPublisher) ageTrimDue(topic string, trim StreamTrim) bool {
 // and is idempotent.
 func (p *StreamsPublisher) Close() error {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if !p.closed {
 		p.closed = true
-		close(p.stop)
+		p.coalescer.close()
 	}
-	p.mu.Unlock()
-	p.wg.Wait()
 	return nil
 }

@@ -32,12 +32,18 @@ const (
 // every field but Client means its documented default.
 type StreamsSubscriberConfig struct {
 	// Client runs the consumer group commands. Required; never closed by
-	// the subscriber. Reads and claims use a client of their own, made from
-	// Client's options (a *redis.Client or *redis.ClusterClient), so that
-	// blocking reads never hold the connections publishing and acking use;
-	// any other UniversalClient is used as it is, and should then not
-	// retry commands (MaxRetries -1).
+	// the subscriber.
 	Client redis.UniversalClient
+
+	// ReadClient runs the commands that move entries to this consumer:
+	// blocking reads and claims. Nil means a client the subscriber makes
+	// from Client's options (a *redis.Client or *redis.ClusterClient; any
+	// other Client is used itself) and closes on Close, which interrupts a
+	// waiting read; with a ReadClient of yours, Close waits for a read to
+	// end (at most BlockTime). It should not retry commands (MaxRetries -1):
+	// a read retried after a lost reply leaves entries pending unseen until
+	// ClaimMinIdle.
+	ReadClient redis.UniversalClient
 
 	// Marshaler decodes entries. Nil means DefaultStreamsMarshaler.
 	Marshaler StreamsMarshaler
@@ -262,7 +268,10 @@ func NewStreamsSubscriber(config StreamsSubscriberConfig, logger watermill.Logge
 		closing:     make(chan struct{}),
 		releaseName: release,
 	}
-	s.blocking, s.ownBlocking = blockingClient(config.Client)
+	s.blocking = config.ReadClient
+	if s.blocking == nil {
+		s.blocking, s.ownBlocking = blockingClient(config.Client)
+	}
 	s.acker = newStreamsAcker(s)
 	return s, nil
 }

@@ -514,3 +514,41 @@ func TestStreamsAckRightBeforeCloseIsSent(t *testing.T) {
 		assert.Zero(t, pendingCount(t, client, topic, group))
 	}
 }
+
+func TestStreamsMaxInFlightUnderARouter(t *testing.T) {
+	// A Router replaces the context of every message it receives; with
+	// several messages in flight, the subscriber must not look at that
+	// field again (a data race the race detector catches).
+	client := pubsubtest.NewClient(t)
+	topic := pubsubtest.Topic(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g", MaxInFlight: 16}, nil)
+	const count = 500
+	var payloads []string
+	for i := range count {
+		payloads = append(payloads, strconv.Itoa(i))
+	}
+	publish(t, pub, topic, payloads...)
+
+	router, err := message.NewRouter(message.RouterConfig{}, nil)
+	require.NoError(t, err)
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	done := make(chan struct{})
+	router.AddConsumerHandler("h", topic, sub, func(msg *message.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[string(msg.Payload)] = true
+		if len(seen) == count {
+			close(done)
+		}
+		return nil
+	})
+	go func() { _ = router.Run(context.Background()) }()
+	defer router.Close()
+	select {
+	case <-done:
+	case <-time.After(waitTimeout):
+		t.Fatal("not every message arrived")
+	}
+}

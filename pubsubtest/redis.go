@@ -119,11 +119,16 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 // TestMain: func TestMain(m *testing.M) { pubsubtest.Main(m) }.
 func Main(m *testing.M) {
 	code := m.Run()
+	StopShared()
+	os.Exit(code)
+}
+
+// StopShared stops the shared server if this process started it.
+func StopShared() {
 	if shared.server != nil && !shared.server.external {
 		shared.server.stop()
 		_ = os.RemoveAll(shared.server.dir)
 	}
-	os.Exit(code)
 }
 
 // Topic returns a name no other test uses, for topics, streams and groups.

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redisbus/watermill-redisbus/pubsubtest"
+)
+
+type options struct {
+	n        int
+	sizes    []int
+	rounds   int
+	rates    []int
+	duration time.Duration
+	only     string
+	quick    bool
+	report   string
+	chart    string
+}
+
+func main() {
+	var o options
+	var sizes, rates string
+	flag.IntVar(&o.n, "n", 200_000, "messages per throughput run")
+	flag.StringVar(&sizes, "sizes", "16,64,256", "payload sizes in bytes for workload 1")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds; contenders run interleaved within each")
+	flag.StringVar(&rates, "rates", "1000,5000,10000", "message rates of the latency workload")
+	flag.DurationVar(&o.duration, "latency-duration", 3*time.Second, "how long each latency run sends")
+	flag.StringVar(&o.only, "only", "", "run only contenders whose name contains this")
+	flag.BoolVar(&o.quick, "quick", false, "a small run that checks correctness only (as CI runs it)")
+	flag.StringVar(&o.report, "report", "BENCHMARKS.md", "where to write the report (empty: stdout only)")
+	flag.StringVar(&o.chart, "chart", "bench/chart.svg", "where to write the chart (empty: none)")
+	flag.Parse()
+	o.sizes, o.rates = ints(sizes), ints(rates)
+	if o.quick {
+		o.n, o.sizes, o.rounds, o.rates, o.duration = 5000, []int{64}, 1, []int{1000}, time.Second
+		o.report, o.chart = "", ""
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func ints(list string) []int {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func run(ctx context.Context, o options) error {
+	url := os.Getenv("REDIS_URL")
+	if url == "" {
+		// A private redis-server, as the tests start one.
+		var err error
+		if url, err = pubsubtest.SharedURL(); err != nil {
+			return err
+		}
+		defer pubsubtest.StopShared()
+	}
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		return fmt.Errorf("REDIS_URL: %w", err)
+	}
+	e := &env{opt: opt, admin: redis.NewClient(opt), trips: &roundTrips{}}
+	defer e.admin.Close()
+	if err := e.admin.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis at %s: %w", opt.Addr, err)
+	}
+
+	var all []*contender
+	for _, c := range contenders() {
+		if o.only == "" || strings.Contains(c.name, o.only) {
+			all = append(all, c)
+		}
+	}
+	started := time.Now()
+	var samples []sample
+	record := func(s sample, err error) {
+		if err != nil {
+			s.lost = max(s.lost, 1) // a run that failed counts as losing
+			fmt.Fprintf(os.Stderr, "%s / %s: %v\n", s.contender, s.workload, err)
+		}
+		samples = append(samples, s)
+		fmt.Println(line(s))
+	}
+
+	fmt.Println("warm-up")
+	for _, c := range all {
+		if _, err := publishThenConsume(ctx, e, c, min(o.n, 2000), 64); err != nil {
+			return fmt.Errorf("warm-up of %s: %w", c.name, err)
+		}
+	}
+	for round := range o.rounds {
+		// Interleave: every contender once per round, starting elsewhere
+		// each round, so drift in the machine spreads over all of them.
+		var order []*contender
+		if len(all) > 0 {
+			order = append(all[round%len(all):], all[:round%len(all)]...)
+		}
+		fmt.Printf("round %d of %d\n", round+1, o.rounds)
+		for _, size := range o.sizes {
+			for _, c := range order {
+				record(publishThenConsume(ctx, e, c, o.n, size))
+			}
+		}
+		for _, c := range order {
+			if !c.reference {
+				record(concurrent(ctx, e, c, o.n, 64))
+			}
+		}
+		for _, c := range order {
+			if !c.reference {
+				record(batched(ctx, e, c, o.n, 64))
+			}
+		}
+		for _, perSecond := range o.rates {
+			for _, c := range order {
+				if c.family == "inproc" || c.reference {
+					continue
+				}
+				record(latency(ctx, e, c, perSecond, o.duration, 64))
+			}
+			if o.only == "" || strings.Contains(cWSRoute, o.only) {
+				record(wsrouteLatency(ctx, e, perSecond, o.duration, 64))
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+
+	failures := 0
+	for _, s := range samples {
+		if s.failed() != "" {
+			fmt.Fprintf(os.Stderr, "correctness: %s / %s / %d B: %s\n", s.contender, s.workload, s.size, s.failed())
+			if !s.peer {
+				failures++
+			}
+		}
+	}
+	r := newReport(o, samples, machine(ctx, e), time.Since(started))
+	fmt.Println(r.markdown(o.chart))
+	if o.report != "" {
+		if err := os.WriteFile(o.report, []byte(r.markdown(o.chart)), 0o644); err != nil {
+			return err
+		}
+	}
+	if o.chart != "" {
+		if err := os.WriteFile(o.chart, []byte(r.chart()), 0o644); err != nil {
+			return err
+		}
+	}
+	if failures > 0 {
+		return fmt.Errorf("%d runs lost, duplicated or left messages pending", failures)
+	}
+	return nil
+}
+
+func line(s sample) string {
+	switch {
+	case s.p50 > 0:
+		return fmt.Sprintf("  %-36s %-28s p50 %v p99 %v p999 %v %s", s.contender, s.workload, s.p50, s.p99, s.p999, s.failed())
+	default:
+		return fmt.Sprintf("  %-36s %-28s %4d B pub %8.0f/s sub %8.0f/s cmds/msg %.2f trips/msg %.3f %s",
+			s.contender, s.workload, s.size, s.pubRate, s.subRate, s.cmdsPerMsg, s.tripsPerMsg, s.failed())
+	}
+}
