@@ -84,20 +84,26 @@ func (n *Node) Serve(ctx context.Context, conn Conn, clientID string) error {
 		written:   make(chan struct{}),
 		closeDone: make(chan struct{}),
 	}
-	gen, err := n.register(ctx, c, "")
+	// The connection is known here before Redis can route to it: a message
+	// routed in between would otherwise find no such connection and be
+	// dropped.
+	gen, err := n.nextGeneration(ctx, clientID)
 	if err != nil {
 		_ = conn.Close(websocket.StatusInternalError, "registration failed")
 		return err
 	}
 	c.gen = gen
 	if !n.addConn(c) {
-		_ = n.release(context.WithoutCancel(ctx), c)
 		_ = conn.Close(StatusGoingAway, "server shutting down")
 		return ErrClosed
 	}
 	defer n.serving.Done()
 	go c.write()
 	defer n.removeConn(c)
+	if _, err := n.register(ctx, c, gen); err != nil {
+		c.shutdown(websocket.StatusInternalError, "registration failed")
+		return err
+	}
 
 	logger := n.logger.With(watermill.LogFields{"client": clientID, "connection": c.id})
 	for {

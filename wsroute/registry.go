@@ -51,7 +51,15 @@ var (
 	expireNodeScript = redis.NewScript(expireNodeSource)
 )
 
-// register records a local connection; gen "" takes a new generation.
+// nextGeneration takes the client's next generation, the fencing token of
+// a registration: it increases with every registration of the client, so a
+// node can tell a message meant for an earlier registration.
+func (n *Node) nextGeneration(ctx context.Context, clientID string) (string, error) {
+	gen, err := n.config.Client.HIncrBy(ctx, n.keys.client(clientID), "#gen", 1).Result()
+	return strconv.FormatInt(gen, 10), err
+}
+
+// register records a local connection with its generation.
 func (n *Node) register(ctx context.Context, c *localConn, gen string) (string, error) {
 	return registerScript.Run(ctx, n.config.Client, []string{n.keys.client(c.clientID)},
 		n.keys.prefix, c.id, n.config.NodeID, n.incarnation, ms(n.config.RegistrationTTL), gen).Text()

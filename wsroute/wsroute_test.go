@@ -308,3 +308,27 @@ func TestNodeCloseLeaksNoGoroutine(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, node.Close())
 }
+
+func TestAMessageRoutedAtRegistrationIsNotLost(t *testing.T) {
+	// The node must know a connection before Redis can route to it.
+	nodes := cluster(t, 2, wsroute.Config{})
+	for i := range 30 {
+		client := fmt.Sprintf("c%d", i)
+		sent := make(chan string, 1)
+		go func() {
+			for k := 0; ; k++ {
+				probe := fmt.Sprintf("probe %d", k)
+				result, err := nodes[0].SendToClient(context.Background(), client, []byte(probe))
+				if err != nil || result.Status == wsroute.Delivered {
+					sent <- probe
+					return
+				}
+			}
+		}()
+		ws := nodes[1].connect(t, client)
+		first := <-sent
+		for got := read(t, ws); got != first; got = read(t, ws) {
+		}
+	}
+	assert.Zero(t, nodes[1].Stats().Fenced)
+}

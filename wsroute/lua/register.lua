@@ -6,18 +6,13 @@
 -- ARGV[3]  node ID
 -- ARGV[4]  node incarnation
 -- ARGV[5]  TTL of the hash in milliseconds
--- ARGV[6]  generation to record, or "" to take the next one
+-- ARGV[6]  the generation (see Node.nextGeneration)
 --
 -- Registering is a plain claim: it never removes another connection, so a
 -- client may be connected several times (two tabs, phone and laptop). It
 -- does reap the client's entries whose node is no longer alive.
--- Returns the generation, a fencing token that increases with every
--- registration of the client.
-local key, prefix = KEYS[1], ARGV[1]
-local gen = ARGV[6]
-if gen == '' then
-  gen = tostring(redis.call('HINCRBY', key, '#gen', 1))
-end
+-- Returns the generation.
+local key, prefix, gen = KEYS[1], ARGV[1], ARGV[6]
 local fields = redis.call('HGETALL', key)
 for i = 1, #fields, 2 do
   local field, value = fields[i], fields[i + 1]
