@@ -184,6 +184,12 @@ func messagesContext(msgs []*message.Message) (context.Context, func()) {
 		if done == nil || slices.Contains(seen, done) {
 			continue
 		}
+		if mctx.Err() != nil {
+			// AfterFunc would cancel from another goroutine, later: a
+			// message whose context is done already must stop the call now.
+			cancel(context.Cause(mctx))
+			break
+		}
 		seen = append(seen, done)
 		stops = append(stops, context.AfterFunc(mctx, func() { cancel(context.Cause(mctx)) }))
 	}

@@ -110,7 +110,7 @@ type StreamsSubscriberConfig struct {
 	NackMaxDelay time.Duration
 
 	// AckFlushInterval is how long acks may wait to be sent together in one
-	// pipeline. Zero means 1ms.
+	// pipeline. Zero means 2ms.
 	AckFlushInterval time.Duration
 
 	// BlockTime is how long one read waits for new entries. Close interrupts
@@ -161,7 +161,7 @@ func (c *StreamsSubscriberConfig) setDefaults() {
 		c.NackMaxDelay = 10 * time.Second
 	}
 	if c.AckFlushInterval == 0 {
-		c.AckFlushInterval = time.Millisecond
+		c.AckFlushInterval = 2 * time.Millisecond
 	}
 	if c.BlockTime == 0 {
 		c.BlockTime = 2 * time.Second

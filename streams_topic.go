@@ -116,13 +116,16 @@ func (t *streamsTopic) isClosing() bool {
 	}
 }
 
-// waitForRoom blocks until someone consumes the topic and the inbox has
-// room, and returns that room; 0 means the subscriber is closing. Reading
-// only for attached consumers keeps entries in the group for others while
-// nobody here consumes.
+// waitForRoom blocks until someone consumes the topic and the inbox runs
+// low, and returns the room it has; 0 means the subscriber is closing.
+// Reading only for attached consumers keeps entries in the group for others
+// while nobody here consumes.
 func (t *streamsTopic) waitForRoom() int {
 	for {
-		if t.consumers.Load() > 0 {
+		// Read again only when what is buffered runs low: under load the
+		// reads then come in full batches, while an idle consumer (nothing
+		// buffered) still gets new entries at once.
+		if t.consumers.Load() > 0 && t.inbox.buffered() < t.s.config.ReadBatchSize {
 			if free := t.inbox.free(); free > 0 {
 				return free
 			}
