@@ -106,12 +106,8 @@ func contenders() []*contender {
 		},
 		{name: cRawPublish, family: "pubsub", raw: rawPubSub{}},
 		{name: cRawStreams, family: "streams", raw: rawStreams{}, stream: true},
-		{name: cRawCoalescedPublish, family: "pubsub", reference: true, raw: rawCoalesced{rawWorkloads: rawPubSub{}, command: func(ctx context.Context, pipe redis.Pipeliner, topic string, p []byte) {
-			pipe.Publish(ctx, topic, p)
-		}}},
-		{name: cRawCoalescedXAdd, family: "streams", stream: true, reference: true, raw: rawCoalesced{rawWorkloads: rawStreams{}, command: func(ctx context.Context, pipe redis.Pipeliner, topic string, p []byte) {
-			rawStreams{}.xadd(ctx, pipe, topic, p)
-		}}},
+		{name: cRawCoalescedPublish, family: "pubsub", reference: true, raw: rawPubSub{coalesced: true}},
+		{name: cRawCoalescedXAdd, family: "streams", stream: true, reference: true, raw: rawStreams{coalesced: true}},
 	}
 }
 

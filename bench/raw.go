@@ -35,8 +35,17 @@ func pipelinedPublish(ctx context.Context, client *redis.Client, n int, add func
 	})
 }
 
-// rawPubSub is PUBLISH and SUBSCRIBE.
-type rawPubSub struct{}
+// rawPubSub is PUBLISH and SUBSCRIBE. coalesced publishes one message per
+// call (see coalescedPublish) instead of in pipelines of rawBatch.
+type rawPubSub struct{ coalesced bool }
+
+func (r rawPubSub) send(ctx context.Context, client *redis.Client, topic string, n, size int) (time.Duration, error) {
+	add := func(pipe redis.Pipeliner, i int) { pipe.Publish(ctx, topic, payload(i, size)) }
+	if r.coalesced {
+		return coalescedPublish(ctx, client, n, add)
+	}
+	return pipelinedPublish(ctx, client, n, add)
+}
 
 func (rawPubSub) subscribe(ctx context.Context, client *redis.Client, topic string, t *tracker, log *latencyLog) (func(), error) {
 	ps := client.Subscribe(ctx, topic)
@@ -64,7 +73,7 @@ func (rawPubSub) subscribe(ctx context.Context, client *redis.Client, topic stri
 func (r rawPubSub) publish(ctx context.Context, e *env, topic string, n, size int) (time.Duration, error) {
 	client := e.client(false)
 	defer client.Close()
-	return pipelinedPublish(ctx, client, n, func(pipe redis.Pipeliner, i int) { pipe.Publish(ctx, topic, payload(i, size)) })
+	return r.send(ctx, client, topic, n, size)
 }
 
 func (r rawPubSub) publishThenConsume(ctx context.Context, e *env, topic string, n, size int) (time.Duration, time.Duration, *tracker, error) {
@@ -78,7 +87,7 @@ func (r rawPubSub) publishThenConsume(ctx context.Context, e *env, topic string,
 		return 0, 0, nil, err
 	}
 	defer stop()
-	pub, err := pipelinedPublish(ctx, client, n, func(pipe redis.Pipeliner, i int) { pipe.Publish(ctx, topic, payload(i, size)) })
+	pub, err := r.send(ctx, client, topic, n, size)
 	if err != nil {
 		return 0, 0, t, err
 	}
@@ -98,7 +107,7 @@ func (r rawPubSub) concurrent(ctx context.Context, e *env, topic string, n, size
 	}
 	defer stop()
 	start := time.Now()
-	if _, err := pipelinedPublish(ctx, client, n, func(pipe redis.Pipeliner, i int) { pipe.Publish(ctx, topic, payload(i, size)) }); err != nil {
+	if _, err := r.send(ctx, client, topic, n, size); err != nil {
 		return 0, t, err
 	}
 	err = t.wait(ctx, workloadTimeout)
@@ -125,8 +134,9 @@ func (r rawPubSub) latency(ctx context.Context, e *env, topic string, perSecond,
 	return t.wait(ctx, workloadTimeout)
 }
 
-// rawStreams is XADD, and XREADGROUP with batched XACK.
-type rawStreams struct{}
+// rawStreams is XADD, and XREADGROUP with batched XACK. coalesced
+// publishes one message per call (see coalescedPublish).
+type rawStreams struct{ coalesced bool }
 
 func (rawStreams) xadd(ctx context.Context, pipe redis.Cmdable, topic string, p []byte) {
 	pipe.XAdd(ctx, &redis.XAddArgs{Stream: topic, Values: []any{"payload", p}})
@@ -168,7 +178,11 @@ func (rawStreams) consume(ctx context.Context, client *redis.Client, topic strin
 func (r rawStreams) publish(ctx context.Context, e *env, topic string, n, size int) (time.Duration, error) {
 	client := e.client(false)
 	defer client.Close()
-	return pipelinedPublish(ctx, client, n, func(pipe redis.Pipeliner, i int) { r.xadd(ctx, pipe, topic, payload(i, size)) })
+	add := func(pipe redis.Pipeliner, i int) { r.xadd(ctx, pipe, topic, payload(i, size)) }
+	if r.coalesced {
+		return coalescedPublish(ctx, client, n, add)
+	}
+	return pipelinedPublish(ctx, client, n, add)
 }
 
 func (r rawStreams) publishThenConsume(ctx context.Context, e *env, topic string, n, size int) (time.Duration, time.Duration, *tracker, error) {
@@ -226,21 +240,14 @@ func (r rawStreams) latency(ctx context.Context, e *env, topic string, perSecond
 	return <-consumed
 }
 
-// rawCoalesced publishes like the Watermill contenders are asked to: 64
-// goroutines, one message per call, each call waiting for its reply; calls
-// are coalesced into shared pipelines by the simplest code that does it.
-// It is the ceiling of that calling pattern on this machine, without any
-// library overhead; consuming is the raw contender's.
-type rawCoalesced struct {
-	rawWorkloads
-	command func(ctx context.Context, pipe redis.Pipeliner, topic string, p []byte)
-}
-
-func (r rawCoalesced) publish(ctx context.Context, e *env, topic string, n, size int) (time.Duration, error) {
-	client := e.client(false)
-	defer client.Close()
+// coalescedPublish publishes like the Watermill contenders are asked to:
+// 64 goroutines, one message per call, each call waiting for its reply;
+// calls are coalesced into shared pipelines by the simplest code that does
+// it. It is the ceiling of that calling pattern on this machine, without
+// any library overhead.
+func coalescedPublish(ctx context.Context, client *redis.Client, n int, add func(pipe redis.Pipeliner, i int)) (time.Duration, error) {
 	type call struct {
-		p    []byte
+		i    int
 		done chan error
 	}
 	calls := make(chan call, 1024)
@@ -264,7 +271,7 @@ func (r rawCoalesced) publish(ctx context.Context, e *env, topic string, n, size
 				}
 				_, err := client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 					for _, c := range batch {
-						r.command(ctx, pipe, topic, c.p)
+						add(pipe, c.i)
 					}
 					return nil
 				})
@@ -275,44 +282,8 @@ func (r rawCoalesced) publish(ctx context.Context, e *env, topic string, n, size
 		}()
 	}
 	return publishers(n, 64, func(i int) error {
-		c := call{p: payload(i, size), done: make(chan error, 1)}
+		c := call{i: i, done: make(chan error, 1)}
 		calls <- c
 		return <-c.done
 	})
-}
-
-func (r rawCoalesced) publishThenConsume(ctx context.Context, e *env, topic string, n, size int) (time.Duration, time.Duration, *tracker, error) {
-	switch base := r.rawWorkloads.(type) {
-	case rawStreams:
-		client := e.client(false)
-		defer client.Close()
-		if err := client.XGroupCreateMkStream(ctx, topic, benchGroup, "0").Err(); err != nil {
-			return 0, 0, nil, err
-		}
-		pub, err := r.publish(ctx, e, topic, n, size)
-		if err != nil {
-			return 0, 0, nil, err
-		}
-		t := newTracker(n)
-		start := time.Now()
-		err = base.consume(ctx, client, topic, t, nil, 100*time.Millisecond)
-		return pub, time.Since(start), t, err
-	default: // Pub/Sub: receive while sending
-		client := e.client(false)
-		defer client.Close()
-		t := newTracker(n)
-		stop, err := rawPubSub{}.subscribe(ctx, client, topic, t, nil)
-		if err != nil {
-			return 0, 0, nil, err
-		}
-		defer stop()
-		pub, err := r.publish(ctx, e, topic, n, size)
-		if err != nil {
-			return 0, 0, t, err
-		}
-		if err := t.wait(ctx, workloadTimeout); err != nil {
-			return pub, 0, t, err
-		}
-		return pub, time.Duration(t.last.Load() - t.first.Load()), t, nil
-	}
 }
