@@ -333,13 +333,13 @@ func (r *report) chart() string {
 		bars = append(bars, bar{c, p.median, s.median})
 		top = max(top, p.median, s.median)
 	}
-	const left, width, rowHeight = 260, 480, 44
+	const left, width, rowHeight = 320, 460, 44
 	height := 60 + rowHeight*len(bars)
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", left+width+90, height)
 	fmt.Fprintf(&b, `<text x="10" y="20" font-size="14" font-weight="bold">Workload 1, %d B: messages per second (median)</text>`+"\n", size)
 	fmt.Fprintf(&b, `<rect x="%d" y="30" width="12" height="10" fill="#4a7bd0"/><text x="%d" y="39">publish</text>`, left, left+16)
-	fmt.Fprintf(&b, `<rect x="%d" y="30" width="12" height="10" fill="#e08a2c"/><text x="%d" y="39">consume via Router</text>`+"\n", left+80, left+96)
+	fmt.Fprintf(&b, `<rect x="%d" y="30" width="12" height="10" fill="#e08a2c"/><text x="%d" y="39">consume (Router; raw: receive loop)</text>`+"\n", left+80, left+96)
 	for i, br := range bars {
 		y := 50 + i*rowHeight
 		fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end">%s</text>`+"\n", left-8, y+20, br.label)
