@@ -99,61 +99,71 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 // its topics, however many Subscribe calls share it. In Sharded mode on a
 // cluster the count covers only the shard that owns the channel.
 func (p *Publisher) PublishCount(ctx context.Context, topic string, msg *message.Message) (int64, error) {
-	receivers, err := p.publish(ctx, topic, []*message.Message{msg})
-	if err != nil {
-		return 0, err
-	}
-	return receivers[0], nil
+	return p.publish(ctx, topic, []*message.Message{msg})
 }
 
-func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.Message) ([]int64, error) {
+// publish sends msgs and returns how many deliveries Redis reported for
+// all of them together.
+func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.Message) (int64, error) {
 	if len(msgs) == 0 {
-		return nil, nil
+		return 0, nil
 	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed {
-		return nil, ErrPublisherClosed
+		return 0, ErrPublisherClosed
 	}
 
-	payloads := make([][]byte, len(msgs))
-	for i, msg := range msgs {
+	call := &publishCall{publisher: p, ctx: ctx, topic: topic}
+	call.payloads, call.cmds = call.one[:0], call.oneCmd[:]
+	if len(msgs) > 1 {
+		call.payloads, call.cmds = make([][]byte, 0, len(msgs)), make([]*redis.IntCmd, len(msgs))
+	}
+	for _, msg := range msgs {
 		data, err := p.config.Marshaler.Marshal(topic, msg)
 		if err != nil {
-			return nil, fmt.Errorf("redisbus: marshal message %s: %w", msg.UUID, err)
+			return 0, fmt.Errorf("redisbus: marshal message %s: %w", msg.UUID, err)
 		}
-		payloads[i] = data
+		call.payloads = append(call.payloads, data)
 	}
 
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, context.Cause(ctx))
+		return 0, fmt.Errorf("redisbus: publish to %q: %w", topic, context.Cause(ctx))
 	}
-
-	cmds := make([]*redis.IntCmd, len(msgs))
-	err := p.coalescer.do(ctx, len(msgs), func(pipe redis.Pipeliner) {
-		for i, data := range payloads {
-			cmds[i] = p.publishCmd(ctx, pipe, topic, data)
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
+	if err := p.coalescer.do(ctx, len(msgs), call); err != nil {
+		return 0, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
 	}
-	receivers := make([]int64, len(msgs))
-	for i, cmd := range cmds {
+	var receivers int64
+	for _, cmd := range call.cmds {
 		if err := cmd.Err(); err != nil {
-			return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
+			return 0, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
 		}
-		receivers[i] = cmd.Val()
+		receivers += cmd.Val()
 	}
-	p.logger.Trace("Published", watermill.LogFields{"topic": topic, "messages": len(msgs)})
 	return receivers, nil
 }
 
-func (p *Publisher) publishCmd(ctx context.Context, c redis.Cmdable, topic string, data []byte) *redis.IntCmd {
-	if p.config.Sharded {
-		return c.SPublish(ctx, topic, data)
+// publishCall is one publish's commands on their way through the
+// coalescer. Most calls publish one message, which one and oneCmd hold
+// without allocating slices.
+type publishCall struct {
+	publisher *Publisher
+	ctx       context.Context
+	topic     string
+	payloads  [][]byte
+	cmds      []*redis.IntCmd
+	one       [1][]byte
+	oneCmd    [1]*redis.IntCmd
+}
+
+func (c *publishCall) addTo(pipe redis.Pipeliner) {
+	for i, data := range c.payloads {
+		if c.publisher.config.Sharded {
+			c.cmds[i] = pipe.SPublish(c.ctx, c.topic, data)
+		} else {
+			c.cmds[i] = pipe.Publish(c.ctx, c.topic, data)
+		}
 	}
-	return c.Publish(ctx, topic, data)
 }
 
 // Close stops the Publisher: it waits for publishes in progress and makes

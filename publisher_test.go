@@ -3,10 +3,16 @@ package redisbus_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -73,6 +79,63 @@ func TestPublishHonoursEachMessageContext(t *testing.T) {
 	// Nothing of the failed call was sent: the next message is the marker.
 	publish(t, pub, topic, "marker")
 	assert.Equal(t, []string{"marker"}, receive(t, ch, 1))
+}
+
+// A caller that gives up while its round trip is stuck must not disturb the
+// calls after it: the flusher still finishes the abandoned call later.
+func TestPublishGivenUpWhileWaitingDoesNotDisturbLaterCalls(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	stuck := &stallFirstPipeline{release: make(chan struct{})}
+	client.AddHook(stuck)
+	pub := newPublisher(t, redisbus.PublisherConfig{Client: client})
+	sub := newSubscriber(t, redisbus.SubscriberConfig{}, nil)
+	topic := pubsubtest.Topic(t)
+	ch, err := sub.Subscribe(t.Context(), topic)
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	_, err = pub.PublishCount(ctx, topic, message.NewMessage(watermill.NewUUID(), []byte("abandoned")))
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	close(stuck.release)
+
+	const goroutines, each = 64, 20
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range each {
+				msg := message.NewMessage(watermill.NewUUID(), []byte(fmt.Sprintf("%d-%d", g, i)))
+				n, err := pub.PublishCount(t.Context(), topic, msg)
+				assert.NoError(t, err)
+				assert.Equal(t, int64(1), n, "a later call must get its own reply")
+			}
+		})
+	}
+	wg.Wait()
+
+	// The abandoned message was in the stuck pipeline: it arrives too.
+	got := receive(t, ch, goroutines*each+1)
+	assert.Contains(t, got, "abandoned")
+	assert.Len(t, slices.Compact(slices.Sorted(slices.Values(got))), goroutines*each+1, "no duplicates")
+}
+
+// stallFirstPipeline holds the first pipeline a client sends until release
+// is closed.
+type stallFirstPipeline struct {
+	release chan struct{}
+	stalled atomic.Bool
+}
+
+func (h *stallFirstPipeline) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *stallFirstPipeline) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h *stallFirstPipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.stalled.CompareAndSwap(false, true) {
+			<-h.release
+		}
+		return next(ctx, cmds)
+	}
 }
 
 func TestPublishAfterCloseFailsAndLeavesTheClientOpen(t *testing.T) {

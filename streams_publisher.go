@@ -140,13 +140,26 @@ func NewStreamsPublisher(config StreamsPublisherConfig, logger watermill.LoggerA
 func (p *StreamsPublisher) Publish(topic string, msgs ...*message.Message) error {
 	ctx, release := messagesContext(msgs)
 	defer release()
-	_, err := p.PublishIDs(ctx, topic, msgs...)
+	_, err := p.publish(ctx, topic, msgs)
 	return err
 }
 
 // PublishIDs is Publish with a context, returning the stream entry ID Redis
 // gave each message (e.g. "1779520329297-0").
 func (p *StreamsPublisher) PublishIDs(ctx context.Context, topic string, msgs ...*message.Message) ([]string, error) {
+	call, err := p.publish(ctx, topic, msgs)
+	if call == nil || err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(call.cmds))
+	for i, cmd := range call.cmds {
+		ids[i] = cmd.Val()
+	}
+	return ids, nil
+}
+
+// publish appends msgs and returns their commands, all successful.
+func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*message.Message) (*xaddCall, error) {
 	if len(msgs) == 0 {
 		return nil, nil
 	}
@@ -156,42 +169,60 @@ func (p *StreamsPublisher) PublishIDs(ctx context.Context, topic string, msgs ..
 		return nil, ErrPublisherClosed
 	}
 
-	fields := make([][]any, len(msgs))
-	for i, msg := range msgs {
+	call := &xaddCall{ctx: ctx, args: redis.XAddArgs{Stream: topic}}
+	call.fields, call.cmds = call.one[:0], call.oneCmd[:]
+	if len(msgs) > 1 {
+		call.fields, call.cmds = make([][]any, 0, len(msgs)), make([]*redis.StringCmd, len(msgs))
+	}
+	for _, msg := range msgs {
 		f, err := p.config.Marshaler.Marshal(topic, msg)
 		if err != nil {
 			return nil, fmt.Errorf("redisbus: marshal message %s: %w", msg.UUID, err)
 		}
-		fields[i] = f
+		call.fields = append(call.fields, f)
+	}
+	trim := p.trimFor(topic)
+	if !trim.Unbounded && trim.MaxLen > 0 {
+		call.args.MaxLen, call.args.Approx = trim.MaxLen, true
+	}
+	if p.ageTrimDue(topic, trim) {
+		call.trimMinID = strconv.FormatInt(time.Now().Add(-trim.MaxAge).UnixMilli(), 10)
 	}
 
-	cmds := make([]*redis.StringCmd, len(msgs))
-	trim := p.trimFor(topic)
-	err := p.coalescer.do(ctx, len(msgs), func(pipe redis.Pipeliner) {
-		for i, f := range fields {
-			args := &redis.XAddArgs{Stream: topic, Values: f}
-			if !trim.Unbounded && trim.MaxLen > 0 {
-				args.MaxLen, args.Approx = trim.MaxLen, true
-			}
-			cmds[i] = pipe.XAdd(ctx, args)
-		}
-		if p.ageTrimDue(topic, trim) {
-			minID := strconv.FormatInt(time.Now().Add(-trim.MaxAge).UnixMilli(), 10)
-			pipe.XTrimMinIDApprox(ctx, topic, minID, 0)
-		}
-	})
-	if err != nil {
+	if err := p.coalescer.do(ctx, len(msgs), call); err != nil {
 		// The entries may still be written: at-least-once.
 		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
 	}
-	ids := make([]string, len(cmds))
-	for i, cmd := range cmds {
+	for _, cmd := range call.cmds {
 		if err := cmd.Err(); err != nil {
 			return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
 		}
-		ids[i] = cmd.Val()
 	}
-	return ids, nil
+	return call, nil
+}
+
+// xaddCall is one publish's commands on their way through the coalescer.
+// Most calls publish one message, which one and oneCmd hold without
+// allocating slices.
+type xaddCall struct {
+	ctx       context.Context
+	args      redis.XAddArgs // all but Values, shared by the call's entries
+	fields    [][]any
+	trimMinID string // when not empty, an XTRIM MINID ~ follows the entries
+	cmds      []*redis.StringCmd
+	one       [1][]any
+	oneCmd    [1]*redis.StringCmd
+}
+
+func (c *xaddCall) addTo(pipe redis.Pipeliner) {
+	for i, f := range c.fields {
+		args := c.args
+		args.Values = f
+		c.cmds[i] = pipe.XAdd(c.ctx, &args)
+	}
+	if c.trimMinID != "" {
+		pipe.XTrimMinIDApprox(c.ctx, c.args.Stream, c.trimMinID, 0)
+	}
 }
 
 func (p *StreamsPublisher) trimFor(topic string) StreamTrim {

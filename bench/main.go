@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -25,6 +26,7 @@ type options struct {
 	quick    bool
 	report   string
 	chart    string
+	profile  string
 }
 
 func main() {
@@ -39,6 +41,7 @@ func main() {
 	flag.BoolVar(&o.quick, "quick", false, "a small run that checks correctness only (as CI runs it)")
 	flag.StringVar(&o.report, "report", "BENCHMARKS.md", "where to write the report (empty: stdout only)")
 	flag.StringVar(&o.chart, "chart", "bench/chart.svg", "where to write the chart (empty: none)")
+	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	o.sizes, o.rates = ints(sizes), ints(rates)
 	if o.quick {
@@ -48,8 +51,20 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if o.profile != "" {
+		f, err := os.Create(o.profile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -cpuprofile:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
+		pprof.StopCPUProfile() // os.Exit skips the deferred stop
 		os.Exit(1)
 	}
 }

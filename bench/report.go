@@ -189,7 +189,7 @@ func (r *report) markdown(chart string) string {
 		size = r.o.sizes[0]
 	}
 	w("\nWorkload 1 asks for one message per `Publish` from 64 goroutines, each call waiting for Redis' reply; the raw pipelined contenders send batches of 100 from 8 goroutines without waiting per message. ")
-	w("The simplest code that coalesces one-per-call publishes into pipelines (the \"one per call, coalesced\" raw contenders, no library in between) is the ceiling of that calling pattern here:\n\n")
+	w("The simplest code that coalesces one-per-call publishes into pipelines as redisbus does (two pipelines in flight, one yield before sending so that woken callers join the batch; the \"one per call, coalesced\" raw contenders, no library in between) is the ceiling of that calling pattern here:\n\n")
 	for _, pair := range [][3]string{
 		{cOrdered, cRawCoalescedXAdd, cRawStreams},
 		{cPubSub, cRawCoalescedPublish, cRawPublish},
@@ -213,9 +213,10 @@ func (r *report) markdown(chart string) string {
 		}
 		w("\nThe publish floors compare a call that waits for its own reply with batches that do not. ")
 		w("Each `Publish` above parks its goroutine until Redis answers, and wakes it after: two scheduler hand-offs per message, while the raw contenders hand Redis 100 commands at a time from 8 goroutines. ")
-		w("On 2 cores shared with Redis, that per-call hand-off, not Redis, is the limit: even the simplest coalescing code reaches only the ceiling above, and redisbus adds envelopes, metadata, trimming and context handling on top. ")
+		w("On 2 cores shared with Redis, that per-call hand-off is the limit: even the simplest coalescing code reaches only the ceiling above, and redisbus adds envelopes, metadata, trimming and context handling on top. ")
+		w("For Streams, Redis itself also works harder per entry (see Redis CPU µs/msg): a Watermill entry has three fields (UUID, metadata, payload, the layout watermill-redisstream reads) where the raw contender writes one, and the publishers' pipelines are smaller than its batches of 100. ")
 		w("What closes the gap: publishing several messages per call (workload 3: `Publish(topic, msgs...)` runs near the raw rate), more cores for the client, or an asynchronous publish that does not wait per message (not offered: `Publish` returning means stored, which is the point of Streams). ")
-		w("Round trips per message at load count both sides: the publishers' shared pipelines (some 15 messages each, with 64 publishers and two pipelines in flight) and the subscriber's reads and acks.\n")
+		w("Round trips per message at load count both sides: the publishers' shared pipelines (some 25 messages each, with 64 publishers and two pipelines in flight) and the subscriber's reads and acks.\n")
 	}
 	if chart != "" {
 		w("\n![Workload 1 at 64 B](%s)\n", strings.TrimPrefix(chart, "./"))
@@ -257,6 +258,7 @@ func (r *report) markdown(chart string) string {
 	w("| `-only` | | run only contenders whose name contains this |\n")
 	w("| `-report` | BENCHMARKS.md | where to write this report (empty: stdout only) |\n")
 	w("| `-chart` | bench/chart.svg | where to write the chart |\n")
+	w("| `-cpuprofile` | | write a CPU profile of the whole run to this file (`go tool pprof`) |\n")
 	w("| `-quick` | | 5000 messages, one round, 1000 msg/s for 1 s, no files: checks correctness (lost, duplicated, pending) and fails on it, never on speed; `.ci/run` runs it |\n")
 
 	w("\n## Correctness\n\n")
