@@ -96,6 +96,8 @@ func p50(s sample) float64   { return float64(s.p50) }
 func p99(s sample) float64   { return float64(s.p99) }
 func trips(s sample) float64 { return s.tripsPerMsg }
 
+const floorPubSubP99 = "Pub/Sub p99 at 1k msg/s < 2 ms"
+
 // floor is one of issue #5's floors, checked on the medians.
 type floor struct {
 	what     string
@@ -140,9 +142,15 @@ func (r *report) floors() []floor {
 	atMost("Streams p50 at 1k msg/s ≤ 1.5× raw XADD→XREADGROUP", cOrdered, cRawStreams, 1.5)
 	if st, ok := r.stat(lat, 64, cPubSub, p99); ok {
 		d := time.Duration(st.median)
-		floors = append(floors, floor{what: "Pub/Sub p99 at 1k msg/s < 2 ms", measured: d.Round(time.Microsecond).String(), ok: d < 2*time.Millisecond})
+		measured := d.Round(time.Microsecond).String()
+		// The floor is absolute, so it measures the machine too: show what
+		// Redis alone did in the same run.
+		if raw, ok := r.stat(lat, 64, cRawPublish, p99); ok {
+			measured += fmt.Sprintf(" (%s: %s)", cRawPublish, time.Duration(raw.median).Round(time.Microsecond))
+		}
+		floors = append(floors, floor{what: floorPubSubP99, measured: measured, ok: d < 2*time.Millisecond})
 	} else {
-		floors = append(floors, floor{what: "Pub/Sub p99 at 1k msg/s < 2 ms", missing: true})
+		floors = append(floors, floor{what: floorPubSubP99, missing: true})
 	}
 	for _, c := range []string{cOrdered, cConcurrent} {
 		st, ok := r.stat(w2, 64, c, trips)
@@ -201,9 +209,11 @@ func (r *report) markdown(chart string) string {
 		}
 	}
 	var unmet []string
+	p99Unmet := false
 	for _, f := range r.floors() {
 		if !f.ok && !f.missing {
 			unmet = append(unmet, f.what)
+			p99Unmet = p99Unmet || f.what == floorPubSubP99
 		}
 	}
 	if len(unmet) > 0 {
@@ -217,6 +227,10 @@ func (r *report) markdown(chart string) string {
 		w("For Streams, Redis itself also works harder per entry (see Redis CPU µs/msg): a Watermill entry has three fields (UUID, metadata, payload, the layout watermill-redisstream reads) where the raw contender writes one, and the publishers' pipelines are smaller than its batches of 100. ")
 		w("What closes the gap: publishing several messages per call (workload 3: `Publish(topic, msgs...)` runs near the raw rate), more cores for the client, or an asynchronous publish that does not wait per message (not offered: `Publish` returning means stored, which is the point of Streams). ")
 		w("Round trips per message at load count both sides: the publishers' shared pipelines (some 25 messages each, with 64 publishers and two pipelines in flight) and the subscriber's reads and acks.\n")
+		if p99Unmet {
+			w("\nThe p99 floor is an absolute time, so it measures the machine as much as the library: the floor table shows the p99 of raw go-redis PUBLISH→SUBSCRIBE, no library at all, in the same run. ")
+			w("When that is itself near or above 2 ms, the virtual machine's scheduling jitter (steal time from other tenants) sets the tail, not redisbus; the p50 ratio to raw is the comparison that carries over.\n")
+		}
 	}
 	if chart != "" {
 		w("\n![Workload 1 at 64 B](%s)\n", strings.TrimPrefix(chart, "./"))
