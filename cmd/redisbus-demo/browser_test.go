@@ -1,4 +1,4 @@
-//go:build browser
+//go:build browser && unix
 
 package main
 
@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -102,13 +103,14 @@ func startChromium(t *testing.T, ctx context.Context) *chromium {
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
 		"--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
 		"--remote-debugging-port=0", "--user-data-dir="+t.TempDir(), "about:blank")
+	// Chromium runs renderer and helper processes that write to the profile
+	// directory: a process group of its own lets the cleanup stop them all
+	// before the directory is removed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
+	t.Cleanup(func() { stopProcessGroup(t, cmd) })
 
 	// Chromium announces its DevTools endpoint on stderr.
 	var endpoint string
@@ -242,4 +244,20 @@ func (p *tab) waitForLog(t *testing.T, ctx context.Context, text string) {
 		observer.observe(log, {childList: true, characterData: true, subtree: true});
 		setTimeout(() => { observer.disconnect(); reject(new Error('not in the log after 15s: ' + %s + '\nlog: ' + log.textContent)); }, 15000);
 	})`, quoted, quoted))
+}
+
+// stopProcessGroup kills cmd's process group and returns once no process of
+// it is left.
+func stopProcessGroup(t *testing.T, cmd *exec.Cmd) {
+	pgid := cmd.Process.Pid
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	_ = cmd.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for syscall.Kill(-pgid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Errorf("chromium's processes (group %d) outlived SIGKILL by 10 s", pgid)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
