@@ -8,10 +8,11 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// coalescerPipelines is how many pipelines a coalescer keeps in flight:
-// while one waits for Redis, the next batch is gathered and sent. Measured
-// on a 2-core machine, two beat one (no overlap) and three (smaller batches,
-// more write syscalls).
+// coalescerPipelines is how many pipelines a coalescer for waiting callers
+// keeps in flight: while one waits for Redis, the next batch is gathered and
+// sent. Measured on a 2-core machine, two beat one (no overlap) and three
+// (smaller batches, more write syscalls). Calls that nobody waits for use
+// one pipeline at a time (see newCoalescer).
 const coalescerPipelines = 2
 
 // coalescer sends the commands of concurrent callers together. A caller
@@ -24,6 +25,10 @@ type coalescer struct {
 	calls    chan *coalescedCall
 	stop     chan struct{}
 	wg       sync.WaitGroup
+	// ctx is the pipelines' context: close cancels it, so that a Redis that
+	// does not answer cannot hold close up.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // pipelineAdder adds one call's commands to a pipeline. addTo runs on a
@@ -33,11 +38,20 @@ type pipelineAdder interface {
 	addTo(pipe redis.Pipeliner)
 }
 
+// asyncAdder is a pipelineAdder whose caller does not wait: finished runs
+// on the flusher once the commands have their replies (sent) or will never
+// be sent (the call's context was done, or the coalescer closed).
+type asyncAdder interface {
+	pipelineAdder
+	finished(sent bool)
+}
+
 type coalescedCall struct {
-	ctx  context.Context
-	size int // commands add adds
-	add  pipelineAdder
-	sent bool // add ran: its commands carry the results
+	ctx   context.Context
+	size  int // commands add adds
+	add   pipelineAdder
+	async asyncAdder // set for calls from submit: nobody waits on done
+	sent  bool       // add ran: its commands carry the results
 	// done is signalled once by the flusher. It is buffered so that the
 	// flusher never waits for a caller, and reused: calls come from
 	// callPool, because a channel per call was a measurable share of the
@@ -47,14 +61,24 @@ type coalescedCall struct {
 
 var callPool = sync.Pool{New: func() any { return &coalescedCall{done: make(chan struct{}, 1)} }}
 
-func newCoalescer(client redis.UniversalClient, maxBatch int) *coalescer {
+// newCoalescer starts a coalescer whose queue holds up to queue calls
+// waiting for a pipeline. An ordered coalescer sends one pipeline at a time,
+// so calls reach Redis in the order they were queued: asynchronous callers
+// need that, since nothing else orders one goroutine's calls. Otherwise
+// coalescerPipelines pipelines overlap.
+func newCoalescer(client redis.UniversalClient, maxBatch, queue int, ordered bool) *coalescer {
 	c := &coalescer{
 		client:   client,
 		maxBatch: maxBatch,
-		calls:    make(chan *coalescedCall, maxBatch),
+		calls:    make(chan *coalescedCall, queue),
 		stop:     make(chan struct{}),
 	}
-	for range coalescerPipelines {
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	pipelines := coalescerPipelines
+	if ordered {
+		pipelines = 1
+	}
+	for range pipelines {
 		c.wg.Go(c.flush)
 	}
 	return c
@@ -88,10 +112,43 @@ func (c *coalescer) do(ctx context.Context, size int, add pipelineAdder) error {
 	}
 }
 
-// close stops the flushers; calls in progress must have returned.
+// submit queues add's commands and returns without waiting for them;
+// add.finished reports the outcome. It waits while the queue is full, and
+// fails when ctx is done first.
+func (c *coalescer) submit(ctx context.Context, size int, add asyncAdder) error {
+	call := &coalescedCall{ctx: context.WithoutCancel(ctx), size: size, add: add, async: add}
+	select {
+	case c.calls <- call:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// close stops the flushers at once: a pipeline in flight is abandoned, and
+// submitted calls still queued finish unsent. No do or submit may be in
+// progress or follow.
 func (c *coalescer) close() {
+	c.cancel()
 	close(c.stop)
 	c.wg.Wait()
+	for {
+		select {
+		case call := <-c.calls:
+			c.finish(call)
+		default:
+			return
+		}
+	}
+}
+
+// finish tells the call's caller that it is done.
+func (c *coalescer) finish(call *coalescedCall) {
+	if call.async != nil {
+		call.async.finished(call.sent)
+		return
+	}
+	call.done <- struct{}{}
 }
 
 func (c *coalescer) flush() {
@@ -113,9 +170,9 @@ func (c *coalescer) flush() {
 			runtime.Gosched()
 			c.gather(&batch, size)
 		}
-		_, _ = c.client.Pipelined(context.Background(), func(pipe redis.Pipeliner) error {
+		_, _ = c.client.Pipelined(c.ctx, func(pipe redis.Pipeliner) error {
 			for _, call := range batch {
-				if call.ctx.Err() == nil { // otherwise its caller has given up: send nothing for it
+				if call.ctx.Err() == nil && c.ctx.Err() == nil { // otherwise its caller gave up, or close did: send nothing for it
 					call.add.addTo(pipe)
 					call.sent = true
 				}
@@ -123,7 +180,7 @@ func (c *coalescer) flush() {
 			return nil
 		})
 		for _, call := range batch {
-			call.done <- struct{}{}
+			c.finish(call)
 		}
 		clear(batch) // let finished calls go
 	}

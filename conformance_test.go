@@ -24,10 +24,10 @@ var pubSubFeatures = tests.Features{
 	RequireSingleInstance:               true,
 }
 
-func newPubSub(t *testing.T, sharded bool) (message.Publisher, message.Subscriber) {
+func newPubSub(t *testing.T, sharded, async bool) (message.Publisher, message.Subscriber) {
 	client := pubsubtest.NewClient(t)
 	logger := watermill.NewStdLogger(false, false)
-	pub, err := redisbus.NewPublisher(redisbus.PublisherConfig{Client: client, Sharded: sharded}, logger)
+	pub, err := redisbus.NewPublisher(redisbus.PublisherConfig{Client: client, Sharded: sharded, Async: async}, logger)
 	require.NoError(t, err)
 	sub, err := redisbus.NewSubscriber(redisbus.SubscriberConfig{Client: client, Sharded: sharded}, logger)
 	require.NoError(t, err)
@@ -37,13 +37,22 @@ func newPubSub(t *testing.T, sharded bool) (message.Publisher, message.Subscribe
 func TestPubSubConformance(t *testing.T) {
 	t.Parallel()
 	pubsubtest.RunUniversal(t, pubSubFeatures,
-		func(t *testing.T) (message.Publisher, message.Subscriber) { return newPubSub(t, false) },
+		func(t *testing.T) (message.Publisher, message.Subscriber) { return newPubSub(t, false, false) },
 		nil)
 }
 
 func TestPubSubConformanceSharded(t *testing.T) {
 	t.Parallel()
 	pubsubtest.RunUniversal(t, pubSubFeatures,
-		func(t *testing.T) (message.Publisher, message.Subscriber) { return newPubSub(t, true) },
+		func(t *testing.T) (message.Publisher, message.Subscriber) { return newPubSub(t, true, false) },
+		nil)
+}
+
+// Async publishing keeps every promise above: messages of one publishing
+// goroutine reach Redis in order, and none is lost while Redis is up.
+func TestPubSubConformanceAsync(t *testing.T) {
+	t.Parallel()
+	pubsubtest.RunUniversal(t, pubSubFeatures,
+		func(t *testing.T) (message.Publisher, message.Subscriber) { return newPubSub(t, false, true) },
 		nil)
 }

@@ -109,3 +109,43 @@ func ExampleEnvelopeMarshaler() {
 	// c1 52 42 01 00 00 00 02 75 31 00 00 00 01 00 00 00 01 6b 00 00 00 01 76 68 65 6c 6c 6f
 	// hi from PHP
 }
+
+// An asynchronous publisher never makes its caller wait for Redis: Publish
+// returns once the message is queued, and failures are reported instead of
+// returned.
+func ExamplePublisherConfig_async() {
+	client := newRedisClient()
+	defer client.Close()
+
+	subscriber, err := redisbus.NewSubscriber(redisbus.SubscriberConfig{Client: client}, nil)
+	if err != nil {
+		panic(err)
+	}
+	defer subscriber.Close()
+	invalidations, err := subscriber.Subscribe(context.Background(), "cache:invalidate")
+	if err != nil {
+		panic(err)
+	}
+
+	publisher, err := redisbus.NewPublisher(redisbus.PublisherConfig{
+		Client: client,
+		Async:  true,
+		OnAsyncError: func(topic string, messages int, err error) {
+			fmt.Printf("%d invalidations for %s were lost: %v\n", messages, topic, err)
+		},
+	}, nil)
+	if err != nil {
+		panic(err)
+	}
+	defer publisher.Close()
+
+	// In a request handler: returns without a round trip.
+	if err := publisher.Publish("cache:invalidate", message.NewMessage(watermill.NewUUID(), []byte("user:42"))); err != nil {
+		panic(err) // only an invalid message, a full queue or a closed publisher
+	}
+
+	msg := <-invalidations
+	msg.Ack()
+	fmt.Printf("evict %s\n", msg.Payload)
+	// Output: evict user:42
+}

@@ -2,9 +2,12 @@ package redisbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -29,6 +32,37 @@ type PublisherConfig struct {
 	// MaxBatchSize bounds how many PUBLISHes go in one pipeline when
 	// concurrent Publish calls are coalesced. Zero means 512.
 	MaxBatchSize int
+
+	// Async makes Publish return once its messages are queued, before Redis
+	// has them, so that a caller never waits for a round trip. A message
+	// that then fails to reach Redis is logged, counted in
+	// Stats().AsyncFailed and passed to OnAsyncError; Publish itself fails
+	// only when the message is invalid, the queue stays full until the
+	// message's context is done, or the Publisher is closed. The message's
+	// context bounds only that wait: the send goes on after the caller's
+	// request ends. Flush waits for the queue; Close sends what is queued,
+	// for up to AsyncCloseTimeout. PublishCount always waits for Redis.
+	//
+	// Async suits fire-and-forget broadcasts (cache invalidation, live
+	// updates) from request handlers. It trades the error Publish would
+	// return for latency and throughput.
+	Async bool
+
+	// AsyncQueueSize bounds the Publish calls queued in Async mode. When
+	// the queue is full, Publish waits for room (or for its message's
+	// context): a Redis that falls behind slows publishers down instead of
+	// growing memory. Zero means 10,000.
+	AsyncQueueSize int
+
+	// AsyncCloseTimeout bounds how long Close sends queued messages in Async
+	// mode; what is still unsent then is counted as failed. Zero means 5
+	// seconds.
+	AsyncCloseTimeout time.Duration
+
+	// OnAsyncError, if set, is called for every batch of messages that did
+	// not reach Redis in Async mode, with their count and the error. It runs
+	// on the goroutine that sends to Redis, so it must not block.
+	OnAsyncError func(topic string, messages int, err error)
 }
 
 func (c *PublisherConfig) setDefaults() {
@@ -37,6 +71,12 @@ func (c *PublisherConfig) setDefaults() {
 	}
 	if c.MaxBatchSize == 0 {
 		c.MaxBatchSize = 512
+	}
+	if c.AsyncQueueSize == 0 {
+		c.AsyncQueueSize = 10_000
+	}
+	if c.AsyncCloseTimeout == 0 {
+		c.AsyncCloseTimeout = 5 * time.Second
 	}
 }
 
@@ -47,6 +87,10 @@ func (c PublisherConfig) Validate() error {
 		return configError("PublisherConfig.Client", "is required")
 	case c.MaxBatchSize < 0:
 		return configError("PublisherConfig.MaxBatchSize", "must not be negative")
+	case c.AsyncQueueSize < 0:
+		return configError("PublisherConfig.AsyncQueueSize", "must not be negative")
+	case c.AsyncCloseTimeout < 0:
+		return configError("PublisherConfig.AsyncCloseTimeout", "must not be negative")
 	}
 	return nil
 }
@@ -58,7 +102,7 @@ func (c PublisherConfig) Validate() error {
 //
 // Concurrent Publish calls are coalesced (see coalescer): many goroutines
 // publishing one message each share round trips, while a lone call is sent
-// at once.
+// at once. With PublisherConfig.Async, Publish does not wait at all.
 type Publisher struct {
 	config    PublisherConfig
 	logger    watermill.LoggerAdapter
@@ -68,6 +112,21 @@ type Publisher struct {
 	// for them and nothing is sent after Close returns.
 	mu     sync.RWMutex
 	closed bool
+
+	queued      pendingCounter // messages queued in Async mode, not yet finished
+	asyncFailed atomic.Uint64
+}
+
+// PublisherStats are counters since the Publisher was created.
+type PublisherStats struct {
+	// AsyncFailed counts the messages Publish accepted in Async mode that
+	// did not reach Redis.
+	AsyncFailed uint64
+}
+
+// Stats returns the Publisher's counters.
+func (p *Publisher) Stats() PublisherStats {
+	return PublisherStats{AsyncFailed: p.asyncFailed.Load()}
 }
 
 // NewPublisher creates a Publisher. A nil logger means no logging.
@@ -79,7 +138,11 @@ func NewPublisher(config PublisherConfig, logger watermill.LoggerAdapter) (*Publ
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	return &Publisher{config: config, logger: logger, coalescer: newCoalescer(config.Client, config.MaxBatchSize)}, nil
+	queue := config.MaxBatchSize
+	if config.Async {
+		queue = config.AsyncQueueSize
+	}
+	return &Publisher{config: config, logger: logger, coalescer: newCoalescer(config.Client, config.MaxBatchSize, queue, config.Async)}, nil
 }
 
 // Publish sends msgs to topic in one pipelined round trip, shared with
@@ -89,7 +152,7 @@ func NewPublisher(config PublisherConfig, logger watermill.LoggerAdapter) (*Publ
 func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	ctx, release := messagesContext(msgs)
 	defer release()
-	_, err := p.publish(ctx, topic, msgs)
+	_, err := p.publish(ctx, topic, msgs, !p.config.Async)
 	return err
 }
 
@@ -99,12 +162,13 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 // its topics, however many Subscribe calls share it. In Sharded mode on a
 // cluster the count covers only the shard that owns the channel.
 func (p *Publisher) PublishCount(ctx context.Context, topic string, msg *message.Message) (int64, error) {
-	return p.publish(ctx, topic, []*message.Message{msg})
+	return p.publish(ctx, topic, []*message.Message{msg}, true)
 }
 
-// publish sends msgs and returns how many deliveries Redis reported for
-// all of them together.
-func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.Message) (int64, error) {
+// publish sends msgs and, if wait, returns how many deliveries Redis
+// reported for all of them together; otherwise it returns once they are
+// queued.
+func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.Message, wait bool) (int64, error) {
 	if len(msgs) == 0 {
 		return 0, nil
 	}
@@ -129,6 +193,17 @@ func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.M
 
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("redisbus: publish to %q: %w", topic, context.Cause(ctx))
+	}
+	if !wait {
+		// The message's context bounds the wait for room in the queue only:
+		// the caller's request may end before the message is sent.
+		call.ctx = context.WithoutCancel(ctx)
+		p.queued.add(len(msgs))
+		if err := p.coalescer.submit(ctx, len(msgs), call); err != nil {
+			p.queued.done(len(msgs))
+			return 0, fmt.Errorf("redisbus: publish to %q: queue full: %w", topic, err)
+		}
+		return 0, nil
 	}
 	if err := p.coalescer.do(ctx, len(msgs), call); err != nil {
 		return 0, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
@@ -156,6 +231,30 @@ type publishCall struct {
 	oneCmd    [1]*redis.IntCmd
 }
 
+// finished reports an asynchronous call's failure, if any.
+func (c *publishCall) finished(sent bool) {
+	p := c.publisher
+	err := errUnsentAtClose
+	if sent {
+		err = nil
+		for _, cmd := range c.cmds {
+			if err = cmd.Err(); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		p.asyncFailed.Add(uint64(len(c.payloads)))
+		p.logger.Error("Async publish failed", err, watermill.LogFields{"topic": c.topic, "messages": len(c.payloads)})
+		if p.config.OnAsyncError != nil {
+			p.config.OnAsyncError(c.topic, len(c.payloads), err)
+		}
+	}
+	p.queued.done(len(c.payloads))
+}
+
+var errUnsentAtClose = errors.New("redisbus: publisher closed before the message was sent")
+
 func (c *publishCall) addTo(pipe redis.Pipeliner) {
 	for i, data := range c.payloads {
 		if c.publisher.config.Sharded {
@@ -166,15 +265,37 @@ func (c *publishCall) addTo(pipe redis.Pipeliner) {
 	}
 }
 
+// Flush waits until every message queued in Async mode has reached Redis
+// or failed, or until ctx is done. Publish calls wait while Flush runs.
+// Without Async there is nothing to wait for.
+func (p *Publisher) Flush(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.queued.wait(ctx)
+}
+
 // Close stops the Publisher: it waits for publishes in progress and makes
-// later ones fail with ErrPublisherClosed. It does not close the client.
-// Close is idempotent.
+// later ones fail with ErrPublisherClosed. In Async mode it first sends
+// what is queued, for up to AsyncCloseTimeout, and reports how many
+// messages it had to give up; a round trip that Redis does not answer holds
+// Close up for at most the client's ReadTimeout more. It does not close the
+// client. Close is idempotent.
 func (p *Publisher) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.closed {
-		p.closed = true
-		p.coalescer.close()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	failedBefore := p.asyncFailed.Load()
+	if p.config.Async {
+		ctx, cancel := context.WithTimeout(context.Background(), p.config.AsyncCloseTimeout)
+		_ = p.queued.wait(ctx)
+		cancel()
+	}
+	p.coalescer.close()
+	if failed := p.asyncFailed.Load() - failedBefore; failed > 0 {
+		return fmt.Errorf("redisbus: %d queued messages did not reach Redis before Close", failed)
 	}
 	return nil
 }

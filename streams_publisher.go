@@ -128,7 +128,7 @@ func NewStreamsPublisher(config StreamsPublisherConfig, logger watermill.LoggerA
 	p := &StreamsPublisher{
 		config:      config,
 		logger:      logger,
-		coalescer:   newCoalescer(config.Client, config.MaxBatchSize),
+		coalescer:   newCoalescer(config.Client, config.MaxBatchSize, config.MaxBatchSize, false),
 		lastAgeTrim: map[string]time.Time{},
 	}
 	return p, nil

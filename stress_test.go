@@ -17,7 +17,7 @@ func TestPubSubStress(t *testing.T) {
 	t.Parallel()
 	pubsubtest.RunStress(t, func(t *testing.T) (tests.Features, tests.PubSubConstructor, tests.ConsumerGroupPubSubConstructor) {
 		return pubSubFeatures,
-			func(t *testing.T) (message.Publisher, message.Subscriber) { return newPubSub(t, false) },
+			func(t *testing.T) (message.Publisher, message.Subscriber) { return newPubSub(t, false, false) },
 			nil
 	})
 }

@@ -71,6 +71,17 @@ func contenders() []*contender {
 			},
 		},
 		{
+			name: cPubSubAsync, family: "pubsub",
+			watermill: func(e *env, n int) (message.Publisher, message.Subscriber, func()) {
+				client := e.client(false)
+				pub, err := redisbus.NewPublisher(redisbus.PublisherConfig{Client: client, Async: true}, nil)
+				must(err)
+				sub, err := redisbus.NewSubscriber(redisbus.SubscriberConfig{Client: client, InboxSize: n + 1024}, nil)
+				must(err)
+				return pub, sub, closer(pub, sub, client)
+			},
+		},
+		{
 			name: "redisbus Streams (ordered)", family: "streams", stream: true,
 			watermill: redisbusStreams(1),
 		},
