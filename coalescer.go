@@ -20,7 +20,10 @@ const coalescerPipelines = 2
 // pipeline is free go to Redis in one round trip, up to maxBatch commands.
 // A lone call is sent at once: nothing waits for a batch to fill.
 type coalescer struct {
-	client   redis.UniversalClient
+	client redis.UniversalClient
+	// route, when set, picks the client each pipeline goes to; see
+	// clusterPublishRoute.
+	route    func(ctx context.Context) (*redis.Client, error)
 	maxBatch int
 	calls    chan *coalescedCall
 	stop     chan struct{}
@@ -40,10 +43,10 @@ type pipelineAdder interface {
 
 // asyncAdder is a pipelineAdder whose caller does not wait: finished runs
 // on the flusher once the commands have their replies (sent) or will never
-// be sent (the call's context was done, or the coalescer closed).
+// be sent (the coalescer closed, or err says why).
 type asyncAdder interface {
 	pipelineAdder
-	finished(sent bool)
+	finished(sent bool, err error)
 }
 
 type coalescedCall struct {
@@ -52,6 +55,7 @@ type coalescedCall struct {
 	add   pipelineAdder
 	async asyncAdder // set for calls from submit: nobody waits on done
 	sent  bool       // add ran: its commands carry the results
+	err   error      // the pipeline could not be sent at all
 	// done is signalled once by the flusher. It is buffered so that the
 	// flusher never waits for a caller, and reused: calls come from
 	// callPool, because a channel per call was a measurable share of the
@@ -99,9 +103,12 @@ func (c *coalescer) do(ctx context.Context, size int, add pipelineAdder) error {
 	}
 	select {
 	case <-call.done:
-		sent := call.sent
-		call.ctx, call.add = nil, nil
+		sent, err := call.sent, call.err
+		call.ctx, call.add, call.err = nil, nil, nil
 		callPool.Put(call)
+		if err != nil {
+			return err
+		}
 		if !sent {
 			return context.Cause(ctx)
 		}
@@ -145,7 +152,7 @@ func (c *coalescer) close() {
 // finish tells the call's caller that it is done.
 func (c *coalescer) finish(call *coalescedCall) {
 	if call.async != nil {
-		call.async.finished(call.sent)
+		call.async.finished(call.sent, call.err)
 		return
 	}
 	call.done <- struct{}{}
@@ -170,7 +177,20 @@ func (c *coalescer) flush() {
 			runtime.Gosched()
 			c.gather(&batch, size)
 		}
-		_, _ = c.client.Pipelined(c.ctx, func(pipe redis.Pipeliner) error {
+		var target redis.Cmdable = c.client
+		if c.route != nil {
+			node, err := c.route(c.ctx)
+			if err != nil {
+				for _, call := range batch {
+					call.err = err
+					c.finish(call)
+				}
+				clear(batch)
+				continue
+			}
+			target = node
+		}
+		_, _ = target.Pipelined(c.ctx, func(pipe redis.Pipeliner) error {
 			for _, call := range batch {
 				if call.ctx.Err() == nil && c.ctx.Err() == nil { // otherwise its caller gave up, or close did: send nothing for it
 					call.add.addTo(pipe)

@@ -142,7 +142,24 @@ func NewPublisher(config PublisherConfig, logger watermill.LoggerAdapter) (*Publ
 	if config.Async {
 		queue = config.AsyncQueueSize
 	}
-	return &Publisher{config: config, logger: logger, coalescer: newCoalescer(config.Client, config.MaxBatchSize, queue, config.Async)}, nil
+	c := newCoalescer(config.Client, config.MaxBatchSize, queue, config.Async)
+	if cluster, ok := config.Client.(*redis.ClusterClient); ok && !config.Sharded {
+		c.route = clusterPublishRoute(cluster)
+	}
+	return &Publisher{config: config, logger: logger, coalescer: c}, nil
+}
+
+// clusterPublishRoute sends plain PUBLISHes on a Redis Cluster through one
+// master. A PUBLISH names no key, so go-redis sends each to a random node;
+// every node forwards it to the whole cluster, but messages entering at
+// different nodes lose their order on the way, which Watermill's ordering
+// tests caught. Through one node they keep it, and cost the cluster the same:
+// each node delivers every message anyway. The master is looked up for
+// every pipeline, so a failover moves the route with the slot map.
+func clusterPublishRoute(cluster *redis.ClusterClient) func(ctx context.Context) (*redis.Client, error) {
+	return func(ctx context.Context) (*redis.Client, error) {
+		return cluster.MasterForKey(ctx, "{redisbus}")
+	}
 }
 
 // Publish sends msgs to topic in one pipelined round trip, shared with
@@ -159,8 +176,10 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 // PublishCount publishes msg to topic and returns how many subscribed
 // connections Redis delivered it to: zero means nobody was listening. Each
 // Subscriber holds one connection per topic (in Sharded mode) or one for all
-// its topics, however many Subscribe calls share it. In Sharded mode on a
-// cluster the count covers only the shard that owns the channel.
+// its topics, however many Subscribe calls share it. On a Redis Cluster the
+// count covers one node: the shard that owns the channel in Sharded mode,
+// otherwise the master plain PUBLISHes go through (see
+// clusterPublishRoute).
 func (p *Publisher) PublishCount(ctx context.Context, topic string, msg *message.Message) (int64, error) {
 	return p.publish(ctx, topic, []*message.Message{msg}, true)
 }
@@ -232,11 +251,12 @@ type publishCall struct {
 }
 
 // finished reports an asynchronous call's failure, if any.
-func (c *publishCall) finished(sent bool) {
+func (c *publishCall) finished(sent bool, err error) {
 	p := c.publisher
-	err := errUnsentAtClose
+	if err == nil && !sent {
+		err = errUnsentAtClose
+	}
 	if sent {
-		err = nil
 		for _, cmd := range c.cmds {
 			if err = cmd.Err(); err != nil {
 				break

@@ -33,6 +33,8 @@ type ServerOptions struct {
 	// AOF turns on the append-only file with fsync on every write, so data
 	// acknowledged to a client survives a restart.
 	AOF bool
+	// Cluster starts the server in cluster mode (see StartCluster).
+	Cluster bool
 }
 
 // Server is a Redis server the tests can reach.
@@ -199,7 +201,7 @@ func (s *Server) args() []string {
 	if s.opts.AOF {
 		appendonly = "yes"
 	}
-	return []string{
+	args := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--dir", s.dir,
@@ -210,6 +212,13 @@ func (s *Server) args() []string {
 		"--logfile", "",
 		"--enable-debug-command", "local",
 	}
+	if s.opts.Cluster {
+		args = append(args,
+			"--cluster-enabled", "yes",
+			"--cluster-config-file", fmt.Sprintf("nodes-%d.conf", s.port),
+			"--cluster-node-timeout", "5000")
+	}
+	return args
 }
 
 // start launches redis-server and returns when it accepts connections.
