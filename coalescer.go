@@ -120,10 +120,10 @@ func (c *coalescer) do(ctx context.Context, size int, add pipelineAdder) error {
 }
 
 // submit queues add's commands and returns without waiting for them;
-// add.finished reports the outcome. It waits while the queue is full, and
-// fails when ctx is done first.
+// add.finished reports the outcome. ctx bounds only the wait while the queue
+// is full: once queued, the call is sent whatever becomes of ctx.
 func (c *coalescer) submit(ctx context.Context, size int, add asyncAdder) error {
-	call := &coalescedCall{ctx: context.WithoutCancel(ctx), size: size, add: add, async: add}
+	call := &coalescedCall{ctx: context.Background(), size: size, add: add, async: add}
 	select {
 	case c.calls <- call:
 		return nil
@@ -167,8 +167,7 @@ func (c *coalescer) flush() {
 		case <-c.stop:
 			return
 		}
-		size := batch[0].size
-		size = c.gather(&batch, size)
+		size := c.gather(&batch, batch[0].size)
 		if size < c.maxBatch {
 			// The callers a finished pipeline woke are runnable but may not
 			// have run yet: let them hand in their calls before sending.
@@ -177,33 +176,34 @@ func (c *coalescer) flush() {
 			runtime.Gosched()
 			c.gather(&batch, size)
 		}
-		var target redis.Cmdable = c.client
-		if c.route != nil {
-			node, err := c.route(c.ctx)
-			if err != nil {
-				for _, call := range batch {
-					call.err = err
-					c.finish(call)
-				}
-				clear(batch)
-				continue
-			}
-			target = node
-		}
-		_, _ = target.Pipelined(c.ctx, func(pipe redis.Pipeliner) error {
+		if target, err := c.target(); err != nil {
 			for _, call := range batch {
-				if call.ctx.Err() == nil && c.ctx.Err() == nil { // otherwise its caller gave up, or close did: send nothing for it
-					call.add.addTo(pipe)
-					call.sent = true
-				}
+				call.err = err
 			}
-			return nil
-		})
+		} else {
+			_, _ = target.Pipelined(c.ctx, func(pipe redis.Pipeliner) error {
+				for _, call := range batch {
+					if call.ctx.Err() == nil && c.ctx.Err() == nil { // otherwise its caller gave up, or close did: send nothing for it
+						call.add.addTo(pipe)
+						call.sent = true
+					}
+				}
+				return nil
+			})
+		}
 		for _, call := range batch {
 			c.finish(call)
 		}
 		clear(batch) // let finished calls go
 	}
+}
+
+// target is the client the next pipeline goes to.
+func (c *coalescer) target() (redis.Cmdable, error) {
+	if c.route == nil {
+		return c.client, nil
+	}
+	return c.route(c.ctx)
 }
 
 // gather appends the calls waiting now to batch, up to maxBatch commands,

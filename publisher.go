@@ -227,11 +227,11 @@ func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.M
 	if err := p.coalescer.do(ctx, len(msgs), call); err != nil {
 		return 0, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
 	}
+	if err := call.firstError(); err != nil {
+		return 0, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
+	}
 	var receivers int64
 	for _, cmd := range call.cmds {
-		if err := cmd.Err(); err != nil {
-			return 0, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
-		}
 		receivers += cmd.Val()
 	}
 	return receivers, nil
@@ -253,15 +253,12 @@ type publishCall struct {
 // finished reports an asynchronous call's failure, if any.
 func (c *publishCall) finished(sent bool, err error) {
 	p := c.publisher
-	if err == nil && !sent {
+	switch {
+	case err != nil:
+	case !sent:
 		err = errUnsentAtClose
-	}
-	if sent {
-		for _, cmd := range c.cmds {
-			if err = cmd.Err(); err != nil {
-				break
-			}
-		}
+	default:
+		err = c.firstError()
 	}
 	if err != nil {
 		p.asyncFailed.Add(uint64(len(c.payloads)))
@@ -271,6 +268,16 @@ func (c *publishCall) finished(sent bool, err error) {
 		}
 	}
 	p.queued.done(len(c.payloads))
+}
+
+// firstError is the first error among the call's commands, once sent.
+func (c *publishCall) firstError() error {
+	for _, cmd := range c.cmds {
+		if err := cmd.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 var errUnsentAtClose = errors.New("redisbus: publisher closed before the message was sent")

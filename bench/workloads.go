@@ -95,6 +95,11 @@ func (t *tracker) record(p []byte) {
 	}
 }
 
+// tally records in s what was lost and duplicated.
+func (t *tracker) tally(s *sample) {
+	s.lost, s.dups = t.n-t.unique.Load(), t.dups.Load()
+}
+
 func (t *tracker) wait(ctx context.Context, timeout time.Duration) error {
 	select {
 	case <-t.done:
@@ -254,7 +259,7 @@ func publishThenConsume(ctx context.Context, e *env, c *contender, n, size int) 
 			pub, sub, t, err := c.raw.publishThenConsume(ctx, e, topic, n, size)
 			s.pubRate, s.subRate = rate(n, pub), rate(n, sub)
 			if t != nil {
-				s.lost, s.dups = t.n-t.unique.Load(), t.dups.Load()
+				t.tally(&s)
 			}
 			return err
 		})
@@ -278,7 +283,7 @@ func publishThenConsume(ctx context.Context, e *env, c *contender, n, size int) 
 		return err
 	})
 	release() // flushes acks
-	s.lost, s.dups = t.n-t.unique.Load(), t.dups.Load()
+	t.tally(&s)
 	s.pending = pendingIf(ctx, e, c, topic)
 	cleanup(ctx, e, topic)
 	return s, err
@@ -294,7 +299,7 @@ func concurrent(ctx context.Context, e *env, c *contender, n, size int) (sample,
 			d, t, err := c.raw.concurrent(ctx, e, topic, n, size)
 			s.subRate = rate(n, d)
 			if t != nil {
-				s.lost, s.dups = t.n-t.unique.Load(), t.dups.Load()
+				t.tally(&s)
 			}
 			return err
 		})
@@ -323,7 +328,7 @@ func concurrent(ctx context.Context, e *env, c *contender, n, size int) (sample,
 		return err
 	})
 	release()
-	s.lost, s.dups = t.n-t.unique.Load(), t.dups.Load()
+	t.tally(&s)
 	s.pending = pendingIf(ctx, e, c, topic)
 	cleanup(ctx, e, topic)
 	return s, err
@@ -462,7 +467,7 @@ func latency(ctx context.Context, e *env, c *contender, perSecond int, duration 
 			stop()
 		}
 		release()
-		s.lost, s.dups = t.n-t.unique.Load(), t.dups.Load()
+		t.tally(&s)
 	}
 	cleanup(ctx, e, topic)
 	if err != nil {

@@ -96,7 +96,7 @@ func wsrouteLatency(ctx context.Context, e *env, perSecond int, duration time.Du
 	if err == nil {
 		err = t.wait(ctx, workloadTimeout)
 	}
-	s.lost, s.dups = t.n-t.unique.Load(), t.dups.Load()
+	t.tally(&s)
 	if err != nil {
 		return s, fmt.Errorf("%w (node b: %+v)", err, nodes[1].Stats())
 	}
