@@ -3,7 +3,9 @@ package redisbus
 import (
 	"context"
 	"reflect"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -24,8 +26,8 @@ const (
 	DropNewest
 )
 
-// overflowKeep never drops: for readers that bound themselves by free, where
-// a race between two of them may only exceed the limit by a batch.
+// overflowKeep never drops: for readers that bound themselves by what the
+// inbox wants (see want), where a race may only exceed the limit by a batch.
 const overflowKeep OverflowPolicy = -1
 
 func (p OverflowPolicy) String() string {
@@ -39,23 +41,64 @@ func (p OverflowPolicy) String() string {
 }
 
 // inboxEntry is one message in a topic's inbox.
+//
+// The inbox never hands out the same *message.Message twice: a handler may
+// change the message it got and then nack it, and the next delivery must
+// carry what was read. The owner makes a fresh message for every delivery
+// (inboxOwner.message).
 type inboxEntry struct {
-	// msg is the decoded message. The first delivery hands out msg itself;
-	// once spent, its Ack state is taken and later deliveries use copies.
-	msg   *message.Message
-	spent bool
+	// first is the message decoded when the entry was read, for its first
+	// offer; nil once used, after which the owner decodes afresh.
+	first *message.Message
+	// raw is what a Pub/Sub entry was read as.
+	raw string
+	// uuid is the UUID of the first decoding. Decoding again must not
+	// change it, and a payload without one gets a random one.
+	uuid string
 
-	id         string    // stream entry ID (Streams only)
-	deliveries int       // times handed to a consumer, as Redis counts them for Streams
-	notBefore  time.Time // a nacked message waits until then
+	// Streams only.
+	id     string
+	values map[string]any // the entry's fields as read: fresh copies and dead letters come from them
+	// deliveries is how often the entry may have been handed to a handler,
+	// counting the delivery it is held for; see streamsTopic for how it
+	// is kept in Redis.
+	deliveries int
+	// exact says deliveries is exact, not one more than may have happened
+	// (a previous holder might have crashed before handing it out).
+	exact bool
+	// reserved says deliveries already counts a delivery that has not
+	// happened yet; handing the entry back without delivering it takes
+	// that count back.
+	reserved bool
+	// isolate asks for the entry to be handled alone: an earlier delivery
+	// failed or died with its process, and it must not take other messages
+	// down with it again.
+	isolate bool
+	// freshUntil is when Redis' last word that the entry is still ours may
+	// have lapsed (Unix nanoseconds); 0 means never.
+	freshUntil atomic.Int64
+	// lost is set when the entry turned out to be someone else's.
+	lost atomic.Bool
+	// acked is set once a handler acked it: it stays held until Redis has
+	// the ack, so that nothing reads it as pending meanwhile.
+	acked atomic.Bool
+
+	notBefore time.Time // a nacked message waits until then
+}
+
+func (e *inboxEntry) isFresh(now time.Time) bool {
+	until := e.freshUntil.Load()
+	return until == 0 || now.UnixNano() < until
 }
 
 // inboxOwner is what a topicInbox reports to and asks: the Pub/Sub
 // Subscriber, or one topic of a Streams subscriber. Its methods run on the
 // dispatcher goroutine and must not block.
 type inboxOwner interface {
-	// prepare adds per-delivery metadata to msg, about to be offered for e.
-	prepare(e *inboxEntry, msg *message.Message)
+	// message returns a new message for one delivery of e, with the
+	// per-delivery metadata set; nil means e cannot be delivered and is
+	// gone (the owner took care of it).
+	message(e *inboxEntry) *message.Message
 	delivered(e *inboxEntry)
 	acked(e *inboxEntry)
 	// nacked decides when e is offered again; redeliver false means the
@@ -63,8 +106,21 @@ type inboxOwner interface {
 	nacked(e *inboxEntry) (delay time.Duration, redeliver bool)
 	// overflowed reports an entry the overflow policy dropped.
 	overflowed(e *inboxEntry)
+	// stale reports that e waits for Redis to confirm it is still ours.
+	stale(e *inboxEntry)
+	// mayHandOut reports whether e may be handed out now; when not, the owner
+	// pokes the inbox once it may.
+	mayHandOut(e *inboxEntry) bool
 	// consumersChanged reports how many Subscribe calls are attached.
 	consumersChanged(n int)
+	// surrender takes back entries that nobody here is going to handle
+	// (inboxes configured to surrender): the last consumer left, or the
+	// inbox closed.
+	surrender(entries []*inboxEntry)
+	// closedWithInFlight hands over, when the inbox closes, the deliveries
+	// that consumers still had (inboxes configured to surrender): their
+	// handlers may still ack them.
+	closedWithInFlight(deliveries []*delivery)
 }
 
 // inboxConfig sizes an inbox.
@@ -75,6 +131,24 @@ type inboxConfig struct {
 	// (the ordered default) a consumer gets its next message only after
 	// the previous one was acked or nacked.
 	maxInFlight int
+
+	// pull inboxes are filled by a reader that asks how much to read
+	// (want).
+	pull bool
+	// surrender hands back to the owner what waits while no consumer is
+	// attached, and everything held at shutdown (consumer groups, where
+	// other processes can take it).
+	surrender bool
+	// readAhead is how much handler time of entries a pull inbox keeps
+	// waiting beyond what its consumers can take at once; negative: none.
+	readAhead time.Duration
+	// fixedAhead reads ahead limit entries whatever the handlers take: for
+	// fan-out, where no other process wants the entries.
+	fixedAhead bool
+	// orphanGrace is how long messages a consumer had when its Subscribe
+	// ended may still be acked or nacked before they are taken back; 0
+	// takes them back at once.
+	orphanGrace time.Duration
 }
 
 // topicInbox holds one topic's messages in this process until they are
@@ -89,6 +163,12 @@ type inboxConfig struct {
 // message goes back to the head of the queue (or, when order is given up,
 // waits aside until its delay ends); one whose consumer went away is handed
 // to the next.
+//
+// A pull inbox (Streams) also tells its reader how much to read: enough for
+// every free consumer slot, plus what the handlers are expected to start
+// within readAhead, judged by how long they have been taking. Entries
+// therefore stay in Redis, where other processes of the group can take them,
+// until this process is about to need them.
 type topicInbox struct {
 	owner  inboxOwner
 	config inboxConfig
@@ -99,8 +179,15 @@ type topicInbox struct {
 	// queue to offer it (head). It counts against the limit but is never
 	// dropped: it is being delivered.
 	headHeld bool
-	wake     chan struct{} // capacity 1: the queue got an entry
-	space    chan struct{} // capacity 1: the queue lost an entry
+	// What the dispatcher holds besides the queue, kept for want.
+	delayedN, inflightN, slots, freeSlots, ahead int
+	// isolatedHeld counts entries to be handled alone that the inbox holds,
+	// waiting or in flight: while there are any, nothing else is taken.
+	isolatedHeld atomic.Int32
+
+	wake    chan struct{} // capacity 1: the queue got an entry
+	space   chan struct{} // capacity 1: the reader should read
+	refresh chan struct{} // capacity 1: entries were confirmed or lost
 
 	attach  chan *consumer
 	results chan ackResult // acks of consumers with maxInFlight > 1
@@ -111,9 +198,16 @@ type topicInbox struct {
 	consumers []*consumer
 	head      *inboxEntry
 	delayed   []*inboxEntry // nacked entries waiting aside (maxInFlight > 1)
-	timer     *time.Timer
-	cases     []reflect.SelectCase
-	caseOf    []selectCase
+	isolated  int           // deliveries in flight of entries handled alone
+	// orphans are deliveries whose consumer left while its handler still
+	// had them: an Ack or a Nack still counts until orphanGrace is over.
+	orphans []*delivery
+	timer   *time.Timer
+	cases   []reflect.SelectCase
+	caseOf  []selectCase
+	// serviceTime is a moving average of how long a delivery takes from
+	// hand-out to Ack or Nack, in nanoseconds; 0 until the first one.
+	serviceTime float64
 }
 
 // consumer is one Subscribe call: an output channel and what it holds.
@@ -121,8 +215,9 @@ type consumer struct {
 	ctx context.Context
 	out chan *message.Message
 
-	offer    *message.Message // the head, prepared for this consumer
-	offerCtx *messageContext
+	offer      *message.Message // the head, prepared for this consumer
+	offerCtx   *messageContext
+	offerEntry *inboxEntry
 
 	inflight []*delivery // delivered, not yet acked or nacked
 }
@@ -136,7 +231,14 @@ type delivery struct {
 	// consumer, which may replace its context (a Router does): the inbox
 	// keeps its own reference.
 	ctx     *messageContext
+	start   time.Time
 	settled bool // acked, nacked or taken back; later results are stale
+	// abandon, when a goroutine watches the delivery's outcome (see
+	// watch), is closed when the delivery ends.
+	abandon chan struct{}
+	// orphanedUntil is set when the consumer's Subscribe ended while it
+	// had the message: it is taken back then, unless settled first.
+	orphanedUntil time.Time
 }
 
 type ackResult struct {
@@ -151,6 +253,7 @@ func newTopicInbox(owner inboxOwner, config inboxConfig, closing <-chan struct{}
 		queue:   deque{limit: config.limit},
 		wake:    make(chan struct{}, 1),
 		space:   make(chan struct{}, 1),
+		refresh: make(chan struct{}, 1),
 		attach:  make(chan *consumer),
 		results: make(chan ackResult, 64),
 		closing: closing,
@@ -162,9 +265,11 @@ func newTopicInbox(owner inboxOwner, config inboxConfig, closing <-chan struct{}
 }
 
 // push adds an entry, applying the overflow policy when the inbox is full.
-// It never blocks on consumers. Readers that must not lose entries check
-// free first.
+// It never blocks on consumers.
 func (t *topicInbox) push(e *inboxEntry) {
+	if e.isolate {
+		t.isolatedHeld.Add(1)
+	}
 	t.mu.Lock()
 	full := t.queue.len()+btoi(t.headHeld) >= t.queue.limit
 	var dropped *inboxEntry
@@ -191,12 +296,57 @@ func (t *topicInbox) push(e *inboxEntry) {
 	}
 }
 
-// free returns how many entries fit before the inbox is full.
-func (t *topicInbox) free() int {
+// want returns how many entries the reader of a pull inbox should read
+// now; 0 means none. Reads are held back until a good batch is due (half
+// the target missing), unless a consumer is idle for want of entries.
+// recovering readers take only what free consumers start at once.
+func (t *topicInbox) want(recovering bool) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.queue.limit - t.queue.len() - btoi(t.headHeld)
+	return t.wantLocked(recovering)
 }
+
+func (t *topicInbox) wantLocked(recovering bool) int {
+	waiting := t.queue.len() + btoi(t.headHeld)
+	free := t.freeSlots
+	if t.isolatedHeld.Load() > 0 {
+		free = 0 // nothing else starts before an isolated entry ran
+	}
+	target := free + t.ahead
+	if recovering {
+		target = free
+	}
+	// Whatever the targets say, never hold more than the limit waiting
+	// and a full set of deliveries in flight.
+	room := t.queue.limit + t.slots - waiting - t.delayedN - t.inflightN
+	deficit := min(target-waiting, room)
+	switch {
+	case deficit <= 0:
+		return 0
+	case waiting == 0 && free > 0, 2*deficit >= target:
+		return deficit
+	}
+	return 0
+}
+
+// waitWant blocks until the reader should read, and returns how much; 0
+// means closing.
+func (t *topicInbox) waitWant(recovering func() bool, closing <-chan struct{}) int {
+	for {
+		if n := t.want(recovering()); n > 0 {
+			return n
+		}
+		select {
+		case <-t.space:
+		case <-closing:
+			return 0
+		}
+	}
+}
+
+// poke makes the dispatcher look at its entries again: the owner confirmed
+// or lost some.
+func (t *topicInbox) poke() { signal(t.refresh) }
 
 func (t *topicInbox) buffered() int {
 	t.mu.Lock()
@@ -235,11 +385,20 @@ func (t *topicInbox) run() {
 	defer t.shutdown()
 
 	for {
+		t.releaseDueDelayed()
+		t.takeBackOrphans()
+		if t.head != nil && t.head.lost.Load() {
+			t.dropHead()
+		}
 		// Only take a head when someone can take it: an entry nobody is
 		// being offered stays in the queue, where DropOldest can reach it.
 		if t.head == nil && len(t.consumers) > 0 {
 			t.head = t.pop()
 		}
+		if len(t.consumers) == 0 && t.config.surrender {
+			t.surrenderWaiting()
+		}
+		t.publish()
 		if !t.handle(t.wait()) {
 			return
 		}
@@ -249,19 +408,31 @@ func (t *topicInbox) run() {
 // pop takes the next entry from the queue to become the head. It is called
 // whenever there is no head, so it also ends the count of the previous one.
 func (t *topicInbox) pop() *inboxEntry {
-	t.releaseDueDelayed()
 	t.mu.Lock()
 	e := t.queue.popFront()
+	for e != nil && e.lost.Load() {
+		t.leaveIsolation(e)
+		e = t.queue.popFront() // someone else's now: forget it
+	}
 	t.headHeld = e != nil
 	t.mu.Unlock()
-	if e != nil {
-		signal(t.space)
-	}
 	return e
 }
 
+// takeBackOrphans takes back the messages whose consumer left and whose
+// handler has not settled them within orphanGrace.
+func (t *topicInbox) takeBackOrphans() {
+	now := time.Now()
+	for _, d := range slices.Clone(t.orphans) {
+		if !d.orphanedUntil.After(now) {
+			t.removeDelivery(d)
+			t.requeue(d.entry, 0)
+		}
+	}
+}
+
 // releaseDueDelayed moves delayed entries whose time has come to the front
-// of the queue.
+// of the queue, so a due entry never waits for a timer that keeps firing.
 func (t *topicInbox) releaseDueDelayed() {
 	now := time.Now()
 	n := 0
@@ -277,6 +448,72 @@ func (t *topicInbox) releaseDueDelayed() {
 	}
 	t.mu.Unlock()
 	t.delayed = append(t.delayed[:0], t.delayed[n:]...)
+	signal(t.wake)
+}
+
+// publish updates what want reads and wakes the reader when it should
+// read. The read-ahead target follows the measured service time: enough
+// entries to keep every consumer slot busy for readAhead.
+func (t *topicInbox) publish() {
+	if !t.config.pull {
+		return
+	}
+	slots, inflight := len(t.consumers)*t.config.maxInFlight, len(t.orphans)
+	free := 0
+	for _, c := range t.consumers {
+		inflight += len(c.inflight)
+		free += max(0, t.config.maxInFlight-len(c.inflight))
+	}
+	ahead := 0
+	switch {
+	case slots == 0 || t.config.readAhead < 0:
+	case t.config.fixedAhead:
+		ahead = t.config.limit
+	case t.serviceTime > 0:
+		ahead = int(min(float64(t.config.limit), float64(slots)*float64(t.config.readAhead)/t.serviceTime))
+	}
+	t.mu.Lock()
+	t.delayedN, t.inflightN, t.slots, t.freeSlots, t.ahead = len(t.delayed), inflight, slots, free, ahead
+	read := t.wantLocked(false) > 0
+	t.mu.Unlock()
+	if read {
+		signal(t.space)
+	}
+}
+
+// surrenderWaiting hands every entry waiting here back to the owner: no
+// consumer is attached, and entries held without one only keep other
+// processes from them.
+func (t *topicInbox) surrenderWaiting() {
+	t.mu.Lock()
+	var entries []*inboxEntry
+	if t.head != nil {
+		entries = append(entries, t.head)
+		t.head = nil
+	}
+	for e := t.queue.popFront(); e != nil; e = t.queue.popFront() {
+		entries = append(entries, e)
+	}
+	t.headHeld = false
+	t.mu.Unlock()
+	entries = append(entries, t.delayed...)
+	t.delayed = nil
+	for _, e := range entries {
+		if e.isolate {
+			t.isolatedHeld.Add(-1) // counted again if it is pushed back
+		}
+	}
+	if len(entries) > 0 {
+		t.owner.surrender(entries)
+	}
+}
+
+// leaveIsolation ends e's claim to run alone: it ran, or it is gone.
+func (t *topicInbox) leaveIsolation(e *inboxEntry) {
+	if e != nil && e.isolate {
+		e.isolate = false
+		t.isolatedHeld.Add(-1)
+	}
 }
 
 type eventKind int
@@ -286,6 +523,7 @@ const (
 	evAttach
 	evWake
 	evTimer
+	evRefresh
 	evResult
 	evSent
 	evAcked
@@ -305,22 +543,52 @@ type selectCase struct {
 	c    *consumer
 }
 
-// armTimer reports whether the head may be offered now, and arms the timer
-// for the earliest moment something that waits becomes due.
-func (t *topicInbox) armTimer() (headReady bool) {
+// headReady reports whether the head may be offered now, and arms the timer
+// for the earliest moment something that waits changes: a nacked entry
+// becomes due, or the head's ownership needs confirming again.
+func (t *topicInbox) headReady() bool {
 	var next time.Time
-	headReady = t.head != nil
-	if t.head != nil && time.Until(t.head.notBefore) > 0 {
-		headReady = false
-		next = t.head.notBefore
+	ready := t.head != nil
+	now := time.Now()
+	if e := t.head; e != nil {
+		switch {
+		case e.lost.Load():
+			ready = false
+		case e.notBefore.After(now):
+			ready, next = false, e.notBefore
+		case !e.isFresh(now):
+			ready = false
+			t.owner.stale(e) // the owner pokes us once Redis answered
+		case e.freshUntil.Load() != 0:
+			next = time.Unix(0, e.freshUntil.Load())
+		}
+		if ready && (t.isolated > 0 || e.isolate && t.inflight() > 0) {
+			ready = false // an isolated entry runs alone
+		}
+		if ready && !t.owner.mayHandOut(e) {
+			ready = false
+		}
 	}
 	if len(t.delayed) > 0 && (next.IsZero() || t.delayed[0].notBefore.Before(next)) {
 		next = t.delayed[0].notBefore
 	}
+	for _, d := range t.orphans {
+		if next.IsZero() || d.orphanedUntil.Before(next) {
+			next = d.orphanedUntil
+		}
+	}
 	if !next.IsZero() {
 		t.timer.Reset(max(time.Until(next), 0))
 	}
-	return headReady
+	return ready
+}
+
+func (t *topicInbox) inflight() int {
+	n := len(t.orphans)
+	for _, c := range t.consumers {
+		n += len(c.inflight)
+	}
+	return n
 }
 
 // hasRoom reports whether c may take another message.
@@ -332,13 +600,13 @@ func (t *topicInbox) hasRoom(c *consumer) bool {
 // most one consumer, as under a Router, it uses a plain select; with more it
 // builds the select dynamically.
 func (t *topicInbox) wait() event {
-	ready := t.armTimer()
+	ready := t.headReady()
 	var wake chan struct{}
-	if t.head == nil && len(t.consumers) > 0 {
+	if t.head == nil && (len(t.consumers) > 0 || t.config.surrender) {
 		wake = t.wake
 	}
 	var results chan ackResult
-	if t.config.maxInFlight > 1 {
+	if t.config.maxInFlight > 1 || len(t.orphans) > 0 {
 		results = t.results
 	}
 	if len(t.consumers) > 1 {
@@ -353,9 +621,12 @@ func (t *topicInbox) wait() event {
 		c = t.consumers[0]
 		detached = c.ctx.Done()
 		if ready && t.hasRoom(c) {
-			offer, out = t.offerFor(c), c.out
+			offer = t.offerFor(c)
+			if offer != nil {
+				out = c.out
+			}
 		}
-		if results == nil && len(c.inflight) == 1 {
+		if t.config.maxInFlight == 1 && len(c.inflight) == 1 {
 			acked, nacked = c.inflight[0].msg.Acked(), c.inflight[0].msg.Nacked()
 		}
 	}
@@ -369,6 +640,8 @@ func (t *topicInbox) wait() event {
 		return event{kind: evWake}
 	case <-t.timer.C:
 		return event{kind: evTimer}
+	case <-t.refresh:
+		return event{kind: evRefresh}
 	case r := <-results:
 		return event{kind: evResult, result: r}
 	case out <- offer:
@@ -394,6 +667,7 @@ func (t *topicInbox) waitMany(ready bool, wake chan struct{}, results chan ackRe
 	add(evClosing, nil, recv(t.closing))
 	add(evAttach, nil, recv(t.attach))
 	add(evTimer, nil, recv(t.timer.C))
+	add(evRefresh, nil, recv(t.refresh))
 	if wake != nil {
 		add(evWake, nil, recv(wake))
 	}
@@ -405,9 +679,11 @@ func (t *topicInbox) waitMany(ready bool, wake chan struct{}, results chan ackRe
 			add(evDetached, c, recv(done))
 		}
 		if ready && t.hasRoom(c) {
-			add(evSent, c, reflect.SelectCase{Dir: reflect.SelectSend, Chan: reflect.ValueOf(c.out), Send: reflect.ValueOf(t.offerFor(c))})
+			if offer := t.offerFor(c); offer != nil {
+				add(evSent, c, reflect.SelectCase{Dir: reflect.SelectSend, Chan: reflect.ValueOf(c.out), Send: reflect.ValueOf(offer)})
+			}
 		}
-		if results == nil && len(c.inflight) == 1 {
+		if t.config.maxInFlight == 1 && len(c.inflight) == 1 {
 			add(evAcked, c, recv(c.inflight[0].msg.Acked()))
 			add(evNacked, c, recv(c.inflight[0].msg.Nacked()))
 		}
@@ -433,8 +709,8 @@ func (t *topicInbox) handle(ev event) bool {
 	case evAttach:
 		t.consumers = append(t.consumers, c)
 		t.owner.consumersChanged(len(t.consumers))
-	case evWake, evTimer:
-		// Loop around: the head is refilled or now ready.
+	case evWake, evTimer, evRefresh:
+		// Loop around: the head is refilled, due, confirmed or lost.
 	case evSent:
 		t.sent(c)
 	case evAcked:
@@ -453,19 +729,48 @@ func (t *topicInbox) handle(ev event) bool {
 
 // sent records that c took the head.
 func (t *topicInbox) sent(c *consumer) {
-	d := &delivery{c: c, entry: t.head, msg: c.offer, ctx: c.offerCtx}
-	c.offer, c.offerCtx = nil, nil
+	e := t.head
+	d := &delivery{c: c, entry: e, msg: c.offer, ctx: c.offerCtx, start: time.Now()}
+	c.offer, c.offerCtx, c.offerEntry = nil, nil, nil
 	c.inflight = append(c.inflight, d)
 	t.head = nil
+	t.mu.Lock()
+	t.headHeld = false
+	t.mu.Unlock()
 	t.withdrawOffers()
-	t.owner.delivered(d.entry)
+	e.reserved = false
+	if e.isolate {
+		t.isolated++
+	}
+	t.owner.delivered(e)
 	if t.config.maxInFlight > 1 {
+		t.startWatch(d)
+	}
+}
+
+// startWatch reports the delivery's outcome through results: for
+// consumers that may hold several messages, and for orphans.
+func (t *topicInbox) startWatch(d *delivery) {
+	if d.abandon == nil {
+		d.abandon = make(chan struct{})
 		go t.watch(d)
 	}
 }
 
+// dropHead forgets a head that is gone (someone else's now, or not
+// deliverable), and wakes the loop to take the next.
+func (t *topicInbox) dropHead() {
+	t.withdrawOffers()
+	t.leaveIsolation(t.head)
+	t.head = nil
+	t.mu.Lock()
+	t.headHeld = false
+	t.mu.Unlock()
+	signal(t.wake)
+}
+
 // watch reports the outcome of a delivery; only consumers that may hold
-// several messages need a goroutine for it.
+// several messages, and orphans, need a goroutine for it.
 func (t *topicInbox) watch(d *delivery) {
 	var r ackResult
 	select {
@@ -473,8 +778,10 @@ func (t *topicInbox) watch(d *delivery) {
 		r = ackResult{d: d, acked: true}
 	case <-d.msg.Nacked():
 		r = ackResult{d: d, acked: false}
-	case <-d.ctx.Done():
-		return // taken back: the consumer left or the inbox closed
+	case <-d.abandon:
+		return // settled otherwise, or taken back
+	case <-t.done:
+		return
 	}
 	select {
 	case t.results <- r:
@@ -485,6 +792,8 @@ func (t *topicInbox) watch(d *delivery) {
 // settle applies an Ack or a Nack.
 func (t *topicInbox) settle(d *delivery, acked bool) {
 	t.removeDelivery(d)
+	t.leaveIsolation(d.entry) // it ran alone once; a Nack is an ordinary failure
+	t.measure(time.Since(d.start))
 	if acked {
 		t.owner.acked(d.entry)
 		return
@@ -495,11 +804,33 @@ func (t *topicInbox) settle(d *delivery, acked bool) {
 	}
 }
 
+// measure adds one delivery's duration to the moving average of service
+// times that sizes the read-ahead.
+func (t *topicInbox) measure(d time.Duration) {
+	const weight = 0.2
+	ns := float64(max(d, time.Microsecond))
+	if t.serviceTime == 0 {
+		t.serviceTime = ns
+		return
+	}
+	t.serviceTime += weight * (ns - t.serviceTime)
+}
+
 // removeDelivery ends a delivery: its message's context is cancelled and
 // its consumer gets room for another.
 func (t *topicInbox) removeDelivery(d *delivery) {
 	d.settled = true
 	d.ctx.cancel()
+	if d.abandon != nil {
+		close(d.abandon)
+	}
+	if d.entry.isolate {
+		t.isolated--
+	}
+	if !d.orphanedUntil.IsZero() {
+		t.orphans = slices.DeleteFunc(t.orphans, func(x *delivery) bool { return x == d })
+		return
+	}
 	for i, x := range d.c.inflight {
 		if x == d {
 			d.c.inflight = append(d.c.inflight[:i], d.c.inflight[i+1:]...)
@@ -548,9 +879,19 @@ func (t *topicInbox) detach(c *consumer) {
 			continue
 		default:
 		}
+		if t.config.orphanGrace > 0 {
+			// A Router stops a handler while it still runs: its Ack or Nack
+			// counts. Its context ends, to tell it to stop.
+			d.ctx.cancel()
+			d.orphanedUntil = time.Now().Add(t.config.orphanGrace)
+			t.orphans = append(t.orphans, d)
+			t.startWatch(d)
+			continue
+		}
 		t.removeDelivery(d)
 		t.requeue(d.entry, 0)
 	}
+	c.inflight = nil
 	t.withdraw(c)
 	close(c.out)
 	for i, x := range t.consumers {
@@ -576,21 +917,26 @@ func (t *topicInbox) parkHead() {
 	t.head = nil
 }
 
-// offerFor returns the head message prepared for c: its own copy, with a
-// context derived from c's Subscribe context.
+// offerFor returns the head message prepared for c: a message of its own,
+// with a context derived from c's Subscribe context. Nil means the head is
+// gone (the owner could not make a message of it).
 func (t *topicInbox) offerFor(c *consumer) *message.Message {
-	if c.offer != nil {
+	if c.offer != nil && c.offerEntry == t.head {
 		return c.offer
 	}
-	msg := t.head.msg
-	if t.head.spent {
-		msg = msg.Copy()
+	t.withdraw(c)
+	msg := t.head.first
+	t.head.first = nil
+	if msg == nil {
+		msg = t.owner.message(t.head)
 	}
-	t.head.spent = true
-	t.owner.prepare(t.head, msg)
+	if msg == nil {
+		t.dropHead()
+		return nil
+	}
 	ctx := newMessageContext(c.ctx)
 	msg.SetContext(ctx)
-	c.offer, c.offerCtx = msg, ctx
+	c.offer, c.offerCtx, c.offerEntry = msg, ctx, t.head
 	return msg
 }
 
@@ -603,29 +949,45 @@ func (t *topicInbox) withdrawOffers() {
 func (t *topicInbox) withdraw(c *consumer) {
 	if c.offer != nil {
 		c.offerCtx.cancel()
-		c.offer, c.offerCtx = nil, nil
+		c.offer, c.offerCtx, c.offerEntry = nil, nil, nil
 	}
 }
 
 // shutdown closes every output channel and cancels the contexts of the
 // messages handed out, as Watermill expects on Close. An Ack that came just
 // before Close still counts, even if the dispatcher had not seen it yet.
+// An inbox that surrenders hands back what waits, and hands over what
+// consumers still have.
 func (t *topicInbox) shutdown() {
 	t.timer.Stop()
+	var unsettled []*delivery
+	ended := func(d *delivery) {
+		d.settled = true
+		select {
+		case <-d.msg.Acked():
+			t.owner.acked(d.entry)
+		default:
+			unsettled = append(unsettled, d)
+		}
+		d.ctx.cancel()
+	}
 	for _, c := range t.consumers {
 		t.withdraw(c)
 		for _, d := range c.inflight {
-			d.settled = true
-			select {
-			case <-d.msg.Acked():
-				t.owner.acked(d.entry)
-			default:
-			}
-			d.ctx.cancel()
+			ended(d)
 		}
 		close(c.out)
 	}
+	for _, d := range t.orphans {
+		ended(d)
+	}
+	t.orphans = nil
 	t.consumers = nil
+	t.owner.consumersChanged(0)
+	if t.config.surrender {
+		t.surrenderWaiting()
+		t.owner.closedWithInFlight(unsettled)
+	}
 }
 
 // deque is a bounded double-ended queue of entries on a ring buffer that

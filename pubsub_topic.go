@@ -39,23 +39,37 @@ func (t *pubsubTopic) confirm() {
 	t.confirmOnce.Do(func() { close(t.confirmed) })
 }
 
-// receive decodes a payload read from Redis and queues it; it never loses
-// one to bad data.
-func (t *pubsubTopic) receive(raw []byte) {
+// receive queues a payload read from Redis. It is decoded when it is
+// offered, afresh for every delivery, so a handler that changes its message
+// and nacks it gets what was read again.
+func (t *pubsubTopic) receive(raw string) {
 	t.s.stats.received.Add(1)
-	msg, err := t.s.config.Marshaler.Unmarshal(t.name, raw)
+	t.inbox.push(&inboxEntry{raw: raw})
+}
+
+// message decodes e for one delivery; it never loses one to bad data.
+// Decoding again must not change the message's UUID, which a payload that
+// is not an envelope gets at random.
+func (t *pubsubTopic) message(e *inboxEntry) *message.Message {
+	data := []byte(e.raw)
+	msg, err := t.s.config.Marshaler.Unmarshal(t.name, data)
 	if err == nil && msg == nil {
 		err = errNoMessage
 	}
 	if err != nil {
-		t.s.stats.decodeErrors.Add(1)
-		t.logger.Error("Cannot decode message, delivering it raw", err, nil)
-		msg = rawFallback(raw, err)
+		if e.uuid == "" {
+			t.s.stats.decodeErrors.Add(1)
+			t.logger.Error("Cannot decode message, delivering it raw", err, nil)
+		}
+		msg = rawFallback(data, err)
 	}
-	t.inbox.push(&inboxEntry{msg: msg})
+	if e.uuid == "" {
+		e.uuid = msg.UUID
+	} else {
+		msg.UUID = e.uuid
+	}
+	return msg
 }
-
-func (t *pubsubTopic) prepare(*inboxEntry, *message.Message) {}
 
 func (t *pubsubTopic) delivered(*inboxEntry) { t.s.stats.delivered.Add(1) }
 
@@ -80,3 +94,11 @@ func (t *pubsubTopic) overflowed(*inboxEntry) {
 }
 
 func (t *pubsubTopic) consumersChanged(int) {}
+
+func (t *pubsubTopic) stale(*inboxEntry) {}
+
+func (t *pubsubTopic) mayHandOut(*inboxEntry) bool { return true }
+
+func (t *pubsubTopic) surrender([]*inboxEntry) {}
+
+func (t *pubsubTopic) closedWithInFlight([]*delivery) {}

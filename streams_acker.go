@@ -19,7 +19,7 @@ const (
 	DeadLetterFieldID         = "redisbus_origin_id"     // its ID there
 	DeadLetterFieldGroup      = "redisbus_group"         // the consumer group that gave up ("" in fan-out)
 	DeadLetterFieldConsumer   = "redisbus_consumer"      // the consumer that moved it
-	DeadLetterFieldDeliveries = "redisbus_deliveries"    // how often it had been delivered
+	DeadLetterFieldDeliveries = "redisbus_deliveries"    // how often it had reached a handler, at most
 )
 
 // deadLetterMaxLen bounds dead-letter streams (MAXLEN ~).
@@ -32,27 +32,46 @@ const ackBatchSize = 512
 // ackFinalFlush bounds how long Close tries to send what is left.
 const ackFinalFlush = 5 * time.Second
 
+// Retry backoff: acks (idempotent, and what most of them are) retry soon;
+// dead letters that Redis refuses (full, or the key is not a stream) wait
+// longer, as the cause rarely goes away in milliseconds.
+const (
+	ackRetryMin        = 10 * time.Millisecond
+	ackRetryMax        = time.Second
+	deadLetterRetryMin = 100 * time.Millisecond
+	deadLetterRetryMax = 10 * time.Second
+)
+
 type ackKind int
 
 const (
 	opAck        ackKind = iota // XACK
 	opDeliveries                // record a delivery count after a Nack
-	opDeadLetter                // XADD to the dead-letter stream, then XACK
+	opDeadLetter                // XADD a copy to the dead-letter stream; once stored, XACK
+	opRelease                   // hand an entry back to the group
 )
 
 // ackOp is one write the subscriber owes Redis for an entry.
 type ackOp struct {
-	kind       ackKind
-	topic      *streamsTopic
-	id         string
-	deliveries int
-	fields     []any  // opDeadLetter: the entry's fields
-	reason     string // opDeadLetter
+	kind  ackKind
+	topic *streamsTopic
+	id    string
+	// entry is the held entry, held until the operation is done.
+	entry  *inboxEntry
+	count  string // opDeliveries: the count to record; opRelease: that or "-"
+	reason string // opDeadLetter
+	// counted says the ack is in its topic's acksUnsent.
+	counted bool
+
+	failures  int
+	notBefore time.Time // retry no earlier
 }
 
-// streamsAcker sends a subscriber's acks, delivery counts and dead letters
-// in batches: whatever accumulated within AckFlushInterval of the first one
-// goes in one pipeline. A failed batch is retried with backoff; what is
+// streamsAcker sends a subscriber's acks, delivery counts, dead letters and
+// hand-backs in batches: whatever accumulated within AckFlushInterval of the
+// first one goes in one round trip (scripts: one call per stream). Each
+// operation that fails is retried on its own, with backoff: a dead letter
+// Redis refuses does not hold up acks, of its stream or any other. What is
 // still unsent when Close gives up stays pending in Redis and is delivered
 // again, which at-least-once allows.
 type streamsAcker struct {
@@ -60,35 +79,69 @@ type streamsAcker struct {
 
 	mu   sync.Mutex
 	ops  []ackOp
-	wake chan struct{} // capacity 1: the first op of a batch arrived
+	wake chan struct{} // capacity 1: an operation arrived
 	full chan struct{} // capacity 1: a batch is full
 	stop chan struct{}
 	done chan struct{}
 	once sync.Once
+
+	// Owned by run.
+	retry         *time.Timer
+	lastAckError  time.Time
+	deadLetterErr map[*streamsTopic]string // the last dead-letter error logged per topic
 }
 
 func newStreamsAcker(s *StreamsSubscriber) *streamsAcker {
 	a := &streamsAcker{
-		s:    s,
-		wake: make(chan struct{}, 1),
-		full: make(chan struct{}, 1),
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
+		s:             s,
+		wake:          make(chan struct{}, 1),
+		full:          make(chan struct{}, 1),
+		stop:          make(chan struct{}),
+		done:          make(chan struct{}),
+		retry:         time.NewTimer(time.Hour),
+		deadLetterErr: map[*streamsTopic]string{},
 	}
+	a.retry.Stop()
 	go a.run()
 	return a
 }
 
-func (a *streamsAcker) ack(t *streamsTopic, id string) {
-	a.add(ackOp{kind: opAck, topic: t, id: id})
+// ack acks e in the group, and then stops holding it.
+func (a *streamsAcker) ack(t *streamsTopic, e *inboxEntry) {
+	t.acksUnsent.Add(1)
+	a.add(ackOp{kind: opAck, topic: t, id: e.id, entry: e, counted: true})
 }
 
-func (a *streamsAcker) recordDeliveries(t *streamsTopic, id string, deliveries int) {
-	a.add(ackOp{kind: opDeliveries, topic: t, id: id, deliveries: deliveries})
+// flushSoon sends what is queued without waiting for AckFlushInterval.
+func (a *streamsAcker) flushSoon() {
+	signal(a.wake)
+	signal(a.full)
 }
 
-func (a *streamsAcker) deadLetter(t *streamsTopic, id string, fields []any, deliveries int, reason string) {
-	a.add(ackOp{kind: opDeadLetter, topic: t, id: id, fields: fields, deliveries: deliveries, reason: reason})
+// recordDeliveries records e's delivery count after a Nack.
+func (a *streamsAcker) recordDeliveries(t *streamsTopic, e *inboxEntry) {
+	a.add(ackOp{kind: opDeliveries, topic: t, id: e.id, count: strconv.Itoa(e.deliveries)})
+}
+
+func (a *streamsAcker) deadLetter(t *streamsTopic, e *inboxEntry, reason string) {
+	a.add(ackOp{kind: opDeadLetter, topic: t, id: e.id, entry: e, reason: reason})
+}
+
+// release hands entries back to the group. It runs on the dispatcher,
+// which owns the entries' state.
+func (a *streamsAcker) release(t *streamsTopic, entries []*inboxEntry) {
+	for _, e := range entries {
+		a.add(ackOp{kind: opRelease, topic: t, id: e.id, entry: e, count: releaseCount(e)})
+	}
+}
+
+// releaseCount is the delivery count to record when e is handed back: one
+// less when its count includes a delivery that did not happen.
+func releaseCount(e *inboxEntry) string {
+	if e.reserved {
+		return strconv.Itoa(max(e.deliveries-1, 0))
+	}
+	return "-"
 }
 
 func (a *streamsAcker) add(op ackOp) {
@@ -96,74 +149,20 @@ func (a *streamsAcker) add(op ackOp) {
 	a.ops = append(a.ops, op)
 	n := len(a.ops)
 	a.mu.Unlock()
-	if n == 1 {
-		signal(a.wake)
-	}
+	signal(a.wake)
 	if n >= ackBatchSize {
 		signal(a.full)
 	}
 }
 
-// close sends what is left and stops the acker.
-func (a *streamsAcker) close() {
-	a.once.Do(func() { close(a.stop) })
-	<-a.done
-}
-
-func (a *streamsAcker) wait() { <-a.done }
-
-func (a *streamsAcker) stopping() bool {
-	select {
-	case <-a.stop:
-		return true
-	default:
-		return false
-	}
-}
-
-func (a *streamsAcker) run() {
-	defer close(a.done)
-	backoff := minReconnectBackoff
-	var deadline time.Time // for the last flushes, once stopping
-	for {
-		a.gather()
-		if a.stopping() && deadline.IsZero() {
-			deadline = time.Now().Add(ackFinalFlush)
-		}
-		if a.flush() {
-			backoff = minReconnectBackoff
-			if a.stopping() && a.pending() == 0 {
-				return
-			}
-			continue
-		}
-		if a.stopping() && time.Now().After(deadline) {
-			a.s.logger.Error("Closing with acks unsent; their entries will be delivered again", nil,
-				watermill.LogFields{"operations": a.pending()})
-			return
-		}
-		time.Sleep(backoff) // Redis is unreachable: retry, stopping or not
-		backoff = min(2*backoff, maxReconnectBackoff)
-		signal(a.wake)
-	}
-}
-
-// gather waits for the first operation of a batch, then AckFlushInterval
-// for more to join unless the batch fills up first; stopping cuts both
-// waits short.
-func (a *streamsAcker) gather() {
-	select {
-	case <-a.wake:
-	case <-a.stop:
-		return
-	}
-	timer := time.NewTimer(a.s.config.AckFlushInterval)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-	case <-a.full:
-	case <-a.stop:
-	}
+// close sends what is left, hands back every entry the topics still hold
+// and gives up their consumer names, then stops the acker.
+func (a *streamsAcker) close(topics []*streamsTopic) {
+	a.once.Do(func() {
+		close(a.stop)
+		<-a.done
+		a.finish(topics)
+	})
 }
 
 func (a *streamsAcker) pending() int {
@@ -172,38 +171,122 @@ func (a *streamsAcker) pending() int {
 	return len(a.ops)
 }
 
-// flush sends every queued operation; it reports false, and keeps the
-// failed ones queued, when Redis could not be reached.
-func (a *streamsAcker) flush() bool {
-	a.mu.Lock()
-	ops := a.ops
-	a.ops = nil
-	a.mu.Unlock()
-	if len(ops) == 0 {
-		return true
+func (a *streamsAcker) run() {
+	defer close(a.done)
+	for {
+		select {
+		case <-a.wake:
+		case <-a.retry.C:
+		case <-a.stop:
+			return
+		}
+		// Let more operations join the batch, unless it fills first.
+		timer := time.NewTimer(a.s.config.AckFlushInterval)
+		select {
+		case <-timer.C:
+		case <-a.full:
+		case <-a.stop:
+		}
+		timer.Stop()
+		a.flush(false)
 	}
-
-	var failed []ackOp
-	var lastErr error
-	if rest, err := a.sendAcksAndDeadLetters(ops); err != nil {
-		failed, lastErr = append(failed, rest...), err
-	}
-	if rest, err := a.sendDeliveryCounts(ops); err != nil {
-		failed, lastErr = append(failed, rest...), err
-	}
-	if len(failed) == 0 {
-		return true
-	}
-	a.s.logger.Error("Cannot send acks, retrying", lastErr, watermill.LogFields{"operations": len(failed)})
-	a.mu.Lock()
-	a.ops = append(failed, a.ops...)
-	a.mu.Unlock()
-	return false
 }
 
-// sendAcksAndDeadLetters sends one XACK per stream and the dead letters, in
-// one pipeline.
-func (a *streamsAcker) sendAcksAndDeadLetters(ops []ackOp) ([]ackOp, error) {
+// finish sends what is left, for up to ackFinalFlush, then releases what
+// the topics hold. Hand-backs queued before are covered by the last step.
+func (a *streamsAcker) finish(topics []*streamsTopic) {
+	deadline := time.Now().Add(ackFinalFlush)
+	for a.pending() > 0 && time.Now().Before(deadline) {
+		if !a.flush(true) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if n := a.pending(); n > 0 {
+		a.s.logger.Error("Closing with acks unsent; their entries will be delivered again", nil,
+			watermill.LogFields{"operations": n})
+	}
+	for _, t := range topics {
+		if t.grouped() {
+			t.releaseHeld()
+		}
+	}
+}
+
+// flush sends the operations that are due (all of them when final) and
+// requeues those that failed; it reports whether everything went.
+func (a *streamsAcker) flush(final bool) bool {
+	now := time.Now()
+	a.mu.Lock()
+	var due, later []ackOp
+	for _, op := range a.ops {
+		if final && op.kind == opRelease {
+			continue // finish releases everything held
+		}
+		if final || !op.notBefore.After(now) {
+			due = append(due, op)
+		} else {
+			later = append(later, op)
+		}
+	}
+	a.ops = later
+	a.mu.Unlock()
+
+	var failed []ackOp
+	for len(due) > 0 {
+		var next []ackOp
+		next, failed = a.send(due, failed)
+		due = next // acks of entries just dead-lettered go at once
+	}
+	a.mu.Lock()
+	a.ops = append(a.ops, failed...)
+	earliest := time.Time{}
+	for _, op := range a.ops {
+		if earliest.IsZero() || op.notBefore.Before(earliest) {
+			earliest = op.notBefore
+		}
+	}
+	a.mu.Unlock()
+	if !earliest.IsZero() {
+		a.retry.Reset(max(time.Until(earliest), 0))
+	}
+	return len(failed) == 0
+}
+
+// send sends one batch; it returns the operations that follow from it
+// (acks of stored dead letters) and adds the failed ones to failed.
+func (a *streamsAcker) send(ops []ackOp, failed []ackOp) (next, _ []ackOp) {
+	var acks, deadLetters []ackOp
+	deliveries := map[*streamsTopic][]ackOp{}
+	releases := map[*streamsTopic][]ackOp{}
+	for _, op := range ops {
+		switch op.kind {
+		case opAck:
+			acks = append(acks, op)
+		case opDeadLetter:
+			deadLetters = append(deadLetters, op)
+		case opDeliveries:
+			deliveries[op.topic] = append(deliveries[op.topic], op)
+		case opRelease:
+			releases[op.topic] = append(releases[op.topic], op)
+		}
+	}
+	next, failed = a.sendAcksAndDeadLetters(acks, deadLetters, failed)
+	for t, topicOps := range deliveries {
+		failed = a.sendDeliveryCounts(t, topicOps, failed)
+	}
+	for t, topicOps := range releases {
+		failed = a.sendReleases(t, topicOps, failed)
+	}
+	return next, failed
+}
+
+// sendAcksAndDeadLetters sends the dead letters' copies and one XACK per
+// stream in one pipeline. A dead letter is acked only once its copy is
+// stored: its XACK follows in the next batch.
+func (a *streamsAcker) sendAcksAndDeadLetters(acks, deadLetters, failed []ackOp) (next, _ []ackOp) {
+	if len(acks) == 0 && len(deadLetters) == 0 {
+		return nil, failed
+	}
 	cfg := a.s.config
 	ctx := context.Background()
 	type ackBatch struct {
@@ -213,48 +296,23 @@ func (a *streamsAcker) sendAcksAndDeadLetters(ops []ackOp) ([]ackOp, error) {
 	}
 	var batches []*ackBatch
 	byTopic := map[*streamsTopic]*ackBatch{}
-	var deadLetters []ackOp
-	for _, op := range ops {
-		switch op.kind {
-		case opDeadLetter:
-			deadLetters = append(deadLetters, op)
-			if !op.topic.grouped() {
-				continue
-			}
-			fallthrough // a dead letter leaves the group's pending list too
-		case opAck:
-			b := byTopic[op.topic]
-			if b == nil {
-				b = &ackBatch{topic: op.topic}
-				byTopic[op.topic] = b
-				batches = append(batches, b)
-			}
-			b.ids = append(b.ids, op.id)
-			if op.kind == opAck {
-				b.ops = append(b.ops, op)
-			}
+	for _, op := range acks {
+		b := byTopic[op.topic]
+		if b == nil {
+			b = &ackBatch{topic: op.topic}
+			byTopic[op.topic] = b
+			batches = append(batches, b)
 		}
-	}
-	if len(batches) == 0 && len(deadLetters) == 0 {
-		return nil, nil
+		b.ids = append(b.ids, op.id)
+		b.ops = append(b.ops, op)
 	}
 
 	ackCmds := make([]*redis.IntCmd, len(batches))
 	dlCmds := make([]*redis.StringCmd, len(deadLetters))
-	_, err := cfg.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		// Dead letters first: an entry leaves the group only once its copy
-		// is stored.
+	_, _ = cfg.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, op := range deadLetters {
-			fields := append(op.fields[:len(op.fields):len(op.fields)],
-				DeadLetterFieldReason, op.reason,
-				DeadLetterFieldStream, op.topic.name,
-				DeadLetterFieldID, op.id,
-				DeadLetterFieldGroup, cfg.ConsumerGroup,
-				DeadLetterFieldConsumer, cfg.Consumer,
-				DeadLetterFieldDeliveries, strconv.Itoa(op.deliveries),
-			)
 			dlCmds[i] = pipe.XAdd(ctx, &redis.XAddArgs{
-				Stream: cfg.DeadLetterTopic(op.topic.name), Values: fields,
+				Stream: cfg.DeadLetterTopic(op.topic.name), Values: a.deadLetterFields(op),
 				MaxLen: deadLetterMaxLen, Approx: true,
 			})
 		}
@@ -263,56 +321,196 @@ func (a *streamsAcker) sendAcksAndDeadLetters(ops []ackOp) ([]ackOp, error) {
 		}
 		return nil
 	})
-	if err == nil {
-		return nil, nil
-	}
-	// Retry what failed. A dead letter whose XADD failed is retried whole;
-	// one whose XADD succeeded but XACK failed is acked on the retry.
-	var failed []ackOp
+
 	for i, op := range deadLetters {
-		if dlCmds[i].Err() != nil {
-			failed = append(failed, op)
-		} else if op.topic.grouped() {
-			failed = append(failed, ackOp{kind: opAck, topic: op.topic, id: op.id})
+		if err := dlCmds[i].Err(); err != nil {
+			failed = append(failed, a.deadLetterFailed(op, err))
+			continue
+		}
+		a.s.stats.deadLettered.Add(1)
+		if a.deadLetterErr[op.topic] != "" {
+			delete(a.deadLetterErr, op.topic)
+			op.topic.logger.Info("Dead letters are stored again", nil)
+		}
+		if op.topic.grouped() {
+			next = append(next, ackOp{kind: opAck, topic: op.topic, id: op.id, entry: op.entry})
+		} else {
+			op.topic.held.release(op.id)
 		}
 	}
 	for i, b := range batches {
-		if ackCmds[i].Err() != nil {
-			failed = append(failed, b.ops...)
+		err := ackCmds[i].Err()
+		switch {
+		case err == nil:
+		case isRedisError(err, "NOGROUP"), isRedisError(err, "WRONGTYPE"):
+			// The group or the stream is gone: nothing left to ack.
+			b.topic.logger.Error("Cannot ack: the consumer group or the stream is gone", err,
+				watermill.LogFields{"entries": len(b.ids)})
+		default:
+			failed = a.retryAll(failed, b.ops, err)
+			continue
 		}
+		b.topic.held.releaseAll(b.ops)
+		b.topic.acksSent(b.ops)
 	}
-	return failed, err
+	return next, failed
+}
+
+func (a *streamsAcker) deadLetterFields(op ackOp) []any {
+	fields := fieldsOf(op.entry.values)
+	return append(fields,
+		DeadLetterFieldReason, op.reason,
+		DeadLetterFieldStream, op.topic.name,
+		DeadLetterFieldID, op.id,
+		DeadLetterFieldGroup, a.s.config.ConsumerGroup,
+		DeadLetterFieldConsumer, op.topic.consumerName(),
+		DeadLetterFieldDeliveries, strconv.Itoa(op.entry.deliveries),
+	)
+}
+
+// deadLetterFailed counts a dead letter Redis refused, logs it when the
+// error is new for the topic, and schedules the next try. The entry stays
+// pending with this consumer meanwhile, held and renewed.
+func (a *streamsAcker) deadLetterFailed(op ackOp, err error) ackOp {
+	a.s.stats.deadLetterFailures.Add(1)
+	if a.deadLetterErr[op.topic] != err.Error() {
+		a.deadLetterErr[op.topic] = err.Error()
+		op.topic.logger.Error("Cannot store a dead letter; the entry stays pending here and is tried again", err,
+			watermill.LogFields{"entry_id": op.id, "dead_letter_stream": a.s.config.DeadLetterTopic(op.topic.name)})
+	}
+	return retryLater(op, deadLetterRetryMin, deadLetterRetryMax)
+}
+
+// ackFailed logs failing acks at most once a second.
+func (a *streamsAcker) ackFailed(err error, n int) {
+	if time.Since(a.lastAckError) < time.Second {
+		return
+	}
+	a.lastAckError = time.Now()
+	a.s.logger.Error("Cannot send acks, retrying", err, watermill.LogFields{"operations": n})
+}
+
+// retryAll logs failed operations (see ackFailed) and schedules them again.
+func (a *streamsAcker) retryAll(failed, ops []ackOp, err error) []ackOp {
+	a.ackFailed(err, len(ops))
+	for _, op := range ops {
+		failed = append(failed, retryLater(op, ackRetryMin, ackRetryMax))
+	}
+	return failed
+}
+
+func retryLater(op ackOp, minDelay, maxDelay time.Duration) ackOp {
+	op.failures++
+	op.notBefore = time.Now().Add(nackDelay(minDelay, maxDelay, op.failures))
+	return op
 }
 
 // sendDeliveryCounts records the delivery counts of nacked entries with the
-// touch script, one call per stream.
-func (a *streamsAcker) sendDeliveryCounts(ops []ackOp) ([]ackOp, error) {
-	byTopic := map[*streamsTopic][]ackOp{}
-	var topics []*streamsTopic
+// touch script.
+func (a *streamsAcker) sendDeliveryCounts(t *streamsTopic, ops, failed []ackOp) []ackOp {
+	id := t.identity.Load()
+	if id == nil {
+		return failed // the name is lost, and with it these entries
+	}
+	args := t.scriptArgs(id, 2*len(ops))
 	for _, op := range ops {
-		if op.kind != opDeliveries {
-			continue
-		}
-		if byTopic[op.topic] == nil {
-			topics = append(topics, op.topic)
-		}
-		byTopic[op.topic] = append(byTopic[op.topic], op)
+		args = append(args, op.id, op.count)
 	}
-	var failed []ackOp
-	var lastErr error
-	for _, t := range topics {
-		topicOps := byTopic[t]
-		args := make([]any, 0, 2+2*len(topicOps))
-		args = append(args, a.s.config.ConsumerGroup, a.s.config.Consumer)
-		for _, op := range topicOps {
-			args = append(args, op.id, op.deliveries)
+	lost, err := touchScript.Run(context.Background(), a.s.config.Client, []string{t.name, id.key}, args...).StringSlice()
+	if holder, taken := leaseLost(err); taken {
+		t.nameLost(id, holder)
+		return failed
+	}
+	if err != nil {
+		if isRedisError(err, "NOGROUP") {
+			return failed
 		}
-		lost, err := touchScript.Run(context.Background(), a.s.config.Client, []string{t.name}, args...).StringSlice()
+		return a.retryAll(failed, ops, err)
+	}
+	t.lost(lost)
+	return failed
+}
+
+// sendReleases hands entries back to the group; they stay held, and
+// renewed, until Redis has them.
+func (a *streamsAcker) sendReleases(t *streamsTopic, ops, failed []ackOp) []ackOp {
+	id := t.identity.Load()
+	if id == nil {
+		return failed
+	}
+	if t.consumers.Load() > 0 {
+		// A Subscribe came back before the entries went: deliver them here.
+		for _, op := range ops {
+			t.inbox.push(op.entry)
+		}
+		return failed
+	}
+	args := t.scriptArgs(id, 2*len(ops), "0")
+	for _, op := range ops {
+		args = append(args, op.id, op.count)
+	}
+	released, err := releaseScript.Run(context.Background(), a.s.config.Client, []string{t.name, id.key}, args...).Int()
+	if holder, taken := leaseLost(err); taken {
+		t.nameLost(id, holder)
+		return failed
+	}
+	if err != nil {
+		return a.retryAll(failed, ops, err)
+	}
+	for _, op := range ops {
+		t.held.release(op.id)
+	}
+	a.s.stats.released.Add(uint64(released))
+	t.resume.Store(true) // if a consumer attaches again, they are ours to resume
+	return failed
+}
+
+// acksSent counts acks that reached Redis (or never will) and lets the
+// inbox hand out what waited for them.
+func (t *streamsTopic) acksSent(ops []ackOp) {
+	n := int64(0)
+	for _, op := range ops {
+		if op.counted {
+			n++
+		}
+	}
+	if n > 0 && t.acksUnsent.Add(-n) == 0 {
+		t.inbox.poke()
+	}
+}
+
+// releaseHeld hands back every entry the topic still holds and gives up
+// its consumer name; it runs when the subscriber closes.
+func (t *streamsTopic) releaseHeld() {
+	id := t.identity.Load()
+	if id == nil {
+		return
+	}
+	entries := t.held.unacked()
+	var chunkList [][]*inboxEntry
+	for chunk := range chunks(entries, 512) {
+		chunkList = append(chunkList, chunk)
+	}
+	for i, chunk := range chunkList {
+		dropName := "0"
+		if i == len(chunkList)-1 {
+			dropName = "1"
+		}
+		args := t.scriptArgs(id, 2*len(chunk), dropName)
+		for _, e := range chunk {
+			args = append(args, e.id, releaseCount(e))
+		}
+		released, err := releaseScript.Run(context.Background(), t.s.config.Client, []string{t.name, id.key}, args...).Int()
 		if err != nil {
-			failed, lastErr = append(failed, topicOps...), err
-			continue
+			if _, taken := leaseLost(err); !taken {
+				t.logger.Error("Cannot hand entries back on Close; they stay pending with this consumer", err,
+					watermill.LogFields{"entries": len(chunk)})
+			}
+			return
 		}
-		t.lost(lost)
+		for _, e := range chunk {
+			t.held.release(e.id)
+		}
+		t.s.stats.released.Add(uint64(released))
 	}
-	return failed, lastErr
 }

@@ -53,6 +53,9 @@ func newStreamsPubSub(t *testing.T, client redis.UniversalClient, group string) 
 		NackResendDelay: 5 * time.Millisecond,
 		NackMaxDelay:    20 * time.Millisecond,
 		MaxDeliveries:   -1,
+		// Several tests take messages they never ack and then close the
+		// subscriber; Close need not wait for those acks.
+		CloseTimeout: 50 * time.Millisecond,
 	}, logger)
 	require.NoError(t, err)
 	return pub, sub

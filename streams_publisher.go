@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -12,31 +13,32 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// StreamTrim bounds a stream. The zero StreamTrim means the defaults:
-// MaxLen 1,000,000 and MaxAge 7 days. In a non-zero StreamTrim a zero field
-// means no bound of that kind.
+// StreamTrim bounds a stream.
 //
-// Trimming removes entries whether or not every consumer group has read
-// them: size the bounds above the largest backlog you expect.
+// The zero StreamTrim trims only what is safe: the entries that every
+// consumer group of the stream has read and acked (below each group's
+// oldest pending entry and its last-delivered ID). A group that falls
+// behind keeps its backlog, however old or long; a stream without groups
+// is not trimmed, since its entries wait for the first group. Fan-out
+// readers (no group) are not waited for.
+//
+// MaxLen and MaxAge are hard caps instead: the stream keeps at most that
+// many entries, or none older, whether groups consumed them or not, and
+// consumed entries are kept up to the caps (a history new groups can
+// read). What a cap removes before some group consumed it is counted
+// (StreamsPublisherStats.TrimmedUnconsumed) and logged.
 type StreamTrim struct {
-	// MaxLen trims the stream to about this many entries on every XADD
-	// (MAXLEN ~, which trims whole macro nodes and is cheap).
+	// MaxLen caps the stream at about this many entries.
 	MaxLen int64
-	// MaxAge trims entries older than this (XTRIM MINID ~), at most once a
-	// second per topic.
+	// MaxAge caps the age of entries.
 	MaxAge time.Duration
 	// Unbounded turns trimming off for the stream.
 	Unbounded bool
 }
 
-var defaultStreamTrim = StreamTrim{MaxLen: 1_000_000, MaxAge: 7 * 24 * time.Hour}
-
-func (t StreamTrim) orDefault() StreamTrim {
-	if t == (StreamTrim{}) {
-		return defaultStreamTrim
-	}
-	return t
-}
+// trimInterval is how often a publisher trims each topic it publishes to.
+// A trim is one script run, not a cost on every publish.
+const trimInterval = time.Second
 
 // StreamsPublisherConfig configures a StreamsPublisher.
 type StreamsPublisherConfig struct {
@@ -48,7 +50,8 @@ type StreamsPublisherConfig struct {
 	Marshaler StreamsMarshaler
 
 	// Trim bounds every stream the publisher writes to, unless TopicTrim
-	// names the topic. See StreamTrim for the defaults.
+	// names the topic. The zero value trims what every consumer group has
+	// consumed; see StreamTrim.
 	Trim StreamTrim
 	// TopicTrim overrides Trim per topic.
 	TopicTrim map[string]StreamTrim
@@ -111,8 +114,25 @@ type StreamsPublisher struct {
 	mu     sync.RWMutex
 	closed bool
 
-	trimMu      sync.Mutex
-	lastAgeTrim map[string]time.Time
+	trimMu        sync.Mutex
+	trims         map[string]*topicTrim
+	lastTrimError time.Time
+
+	trimmed, trimmedUnconsumed atomic.Uint64
+}
+
+// topicTrim is when a topic was last trimmed and what was published since.
+type topicTrim struct {
+	last      time.Time
+	published int64
+}
+
+// StreamsPublisherStats are counters since the publisher was created.
+type StreamsPublisherStats struct {
+	Trimmed uint64 // entries trimmed from streams
+	// TrimmedUnconsumed counts entries a MaxLen or MaxAge cap trimmed
+	// before some consumer group of the stream had read and acked them.
+	TrimmedUnconsumed uint64
 }
 
 // NewStreamsPublisher creates a StreamsPublisher. A nil logger means no
@@ -126,10 +146,10 @@ func NewStreamsPublisher(config StreamsPublisherConfig, logger watermill.LoggerA
 		logger = watermill.NopLogger{}
 	}
 	p := &StreamsPublisher{
-		config:      config,
-		logger:      logger,
-		coalescer:   newCoalescer(config.Client, config.MaxBatchSize, config.MaxBatchSize, false),
-		lastAgeTrim: map[string]time.Time{},
+		config:    config,
+		logger:    logger,
+		coalescer: newCoalescer(config.Client, config.MaxBatchSize, config.MaxBatchSize, false),
+		trims:     map[string]*topicTrim{},
 	}
 	return p, nil
 }
@@ -181,13 +201,7 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 		}
 		call.fields = append(call.fields, f)
 	}
-	trim := p.trimFor(topic)
-	if !trim.Unbounded && trim.MaxLen > 0 {
-		call.args.MaxLen, call.args.Approx = trim.MaxLen, true
-	}
-	if p.ageTrimDue(topic, trim) {
-		call.trimMinID = strconv.FormatInt(time.Now().Add(-trim.MaxAge).UnixMilli(), 10)
-	}
+	call.trim = p.trimDue(topic, len(msgs))
 
 	if err := p.coalescer.do(ctx, len(msgs), call); err != nil {
 		// The entries may still be written: at-least-once.
@@ -198,6 +212,9 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 			return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
 		}
 	}
+	if call.trimCmd != nil {
+		p.trimDone(topic, call.trimCmd)
+	}
 	return call, nil
 }
 
@@ -205,13 +222,14 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 // Most calls publish one message, which one and oneCmd hold without
 // allocating slices.
 type xaddCall struct {
-	ctx       context.Context
-	args      redis.XAddArgs // all but Values, shared by the call's entries
-	fields    [][]any
-	trimMinID string // when not empty, an XTRIM MINID ~ follows the entries
-	cmds      []*redis.StringCmd
-	one       [1][]any
-	oneCmd    [1]*redis.StringCmd
+	ctx     context.Context
+	args    redis.XAddArgs // all but Values, shared by the call's entries
+	fields  [][]any
+	trim    []any // when set, lua/trim.lua's arguments: the stream is trimmed after the entries
+	cmds    []*redis.StringCmd
+	trimCmd *redis.Cmd
+	one     [1][]any
+	oneCmd  [1]*redis.StringCmd
 }
 
 func (c *xaddCall) addTo(pipe redis.Pipeliner) {
@@ -220,32 +238,77 @@ func (c *xaddCall) addTo(pipe redis.Pipeliner) {
 		args.Values = f
 		c.cmds[i] = pipe.XAdd(c.ctx, &args)
 	}
-	if c.trimMinID != "" {
-		pipe.XTrimMinIDApprox(c.ctx, c.args.Stream, c.trimMinID, 0)
+	if c.trim != nil {
+		// EVAL, not EVALSHA: a pipeline cannot fall back when the script is
+		// not loaded, and this runs about once a second per topic.
+		c.trimCmd = pipe.Eval(c.ctx, trimSource, []string{c.args.Stream}, c.trim...)
 	}
 }
 
 func (p *StreamsPublisher) trimFor(topic string) StreamTrim {
 	if trim, ok := p.config.TopicTrim[topic]; ok {
-		return trim.orDefault()
+		return trim
 	}
-	return p.config.Trim.orDefault()
+	return p.config.Trim
 }
 
-// ageTrimDue reports whether the topic's age trim should run now: at most
-// once a second, since XTRIM MINID walks the stream's radix tree.
-func (p *StreamsPublisher) ageTrimDue(topic string, trim StreamTrim) bool {
-	if trim.Unbounded || trim.MaxAge == 0 {
-		return false
+// trimDue returns the trim script's arguments when the topic is due for
+// a trim: once a second, or sooner when half a MaxLen was published since
+// the last one, so that a cap holds within half its size.
+func (p *StreamsPublisher) trimDue(topic string, published int) []any {
+	trim := p.trimFor(topic)
+	if trim.Unbounded {
+		return nil
 	}
 	p.trimMu.Lock()
 	defer p.trimMu.Unlock()
-	now := time.Now()
-	if now.Sub(p.lastAgeTrim[topic]) < time.Second {
-		return false
+	state := p.trims[topic]
+	if state == nil {
+		state = &topicTrim{}
+		p.trims[topic] = state
 	}
-	p.lastAgeTrim[topic] = now
-	return true
+	state.published += int64(published)
+	now := time.Now()
+	if now.Sub(state.last) < trimInterval && (trim.MaxLen == 0 || state.published < max(trim.MaxLen/2, 1)) {
+		return nil
+	}
+	state.last, state.published = now, 0
+	minID := ""
+	if trim.MaxAge > 0 {
+		minID = strconv.FormatInt(now.Add(-trim.MaxAge).UnixMilli(), 10) + "-0"
+	}
+	return []any{trim.MaxLen, minID}
+}
+
+// trimDone counts what a trim removed. A trim that failed is logged (at
+// most every ten seconds) and tried again at the next interval; the
+// entries it followed were stored all the same.
+func (p *StreamsPublisher) trimDone(topic string, cmd *redis.Cmd) {
+	result, err := cmd.Int64Slice()
+	if err != nil || len(result) != 2 {
+		p.trimMu.Lock()
+		report := time.Since(p.lastTrimError) >= 10*time.Second
+		if report {
+			p.lastTrimError = time.Now()
+		}
+		p.trimMu.Unlock()
+		if report {
+			p.logger.Error("Cannot trim stream", err, watermill.LogFields{"topic": topic})
+		}
+		return
+	}
+	p.trimmed.Add(uint64(result[0]))
+	if lost := result[1]; lost > 0 {
+		p.trimmedUnconsumed.Add(uint64(lost))
+		p.logger.Error("A trim cap removed entries that a consumer group had not consumed", nil, watermill.LogFields{
+			"topic": topic, "entries": lost, "cap": fmt.Sprintf("%+v", p.trimFor(topic)),
+		})
+	}
+}
+
+// Stats returns the publisher's counters.
+func (p *StreamsPublisher) Stats() StreamsPublisherStats {
+	return StreamsPublisherStats{Trimmed: p.trimmed.Load(), TrimmedUnconsumed: p.trimmedUnconsumed.Load()}
 }
 
 // Close waits for publishes in progress and stops the publisher; later

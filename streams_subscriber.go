@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,12 +52,23 @@ type StreamsSubscriberConfig struct {
 	// keeping its position in memory only, and Ack and Nack stay local.
 	ConsumerGroup string
 
-	// Consumer names this subscriber within the group. It should be stable
-	// across restarts, so that a restarted process takes up its own pending
-	// entries at once. The default is the host name; a second subscriber of
-	// the same group in one process gets "-2" appended, and so on. Run
-	// several processes of one group on one host with distinct names.
+	// Consumer names this subscriber within the group. Keep it stable
+	// across restarts (a StatefulSet ordinal, say, not a random pod name),
+	// so that a restarted process takes up its own pending entries at once.
+	//
+	// A name is leased to one live subscriber per stream and group (a key
+	// in Redis, renewed while it runs, see ConsumerLease): two processes
+	// never share one, which would make each take the other's entries. The
+	// default is the host name; when a live subscriber holds it, the next
+	// of name-2, name-3 … that is free. An explicit name that a live
+	// subscriber holds makes Subscribe fail; one left by a process that
+	// stopped without Close is taken once its lease lapses.
 	Consumer string
+
+	// ConsumerLease is how long a consumer name stays leased after its
+	// subscriber stopped renewing it: how long a process restarted after a
+	// crash waits for its explicit Consumer name. Zero means 10s.
+	ConsumerLease time.Duration
 
 	// StartID is where a new consumer group, or a fan-out subscription,
 	// starts: "0" for the beginning of the stream, "$" for new entries only,
@@ -78,22 +87,34 @@ type StreamsSubscriberConfig struct {
 	// over. Zero means ClaimMinIdle/10, between 10ms and 5s.
 	ClaimInterval time.Duration
 
-	// MaxDeliveries is how many times an entry is delivered before it is
-	// moved to the dead-letter stream: after that many Nacks, or when a
-	// claimed entry has been delivered more often (a message that crashes
-	// its consumer). Zero means 10; negative means never.
+	// MaxDeliveries is how many times an entry may reach a handler without
+	// being acked (Nacks, and handlers that died with their process) before
+	// it is moved to the dead-letter stream. Only deliveries to a handler
+	// count, never reads: an entry that changed hands (a consumer crashed,
+	// restarted or handed it back) may get one delivery more, never fewer.
+	// Zero means 10; negative means never.
 	MaxDeliveries int
 
 	// DeadLetterTopic names the dead-letter stream of a topic. Nil means
 	// topic + ":dead".
 	DeadLetterTopic func(topic string) string
 
-	// Prefetch bounds how many entries per topic are read ahead of their
-	// delivery. Zero means 1024.
+	// Prefetch bounds how many entries per topic wait in this process
+	// beyond those its handlers hold (see ReadAhead). Zero means 1024.
 	Prefetch int
 
-	// ReadBatchSize is the COUNT of each read. Zero means 256 (never more
-	// than Prefetch).
+	// ReadAhead sizes what each topic reads ahead of its handlers, in
+	// handler time: about as many entries as the handlers are expected to
+	// start within ReadAhead, judged by how long they have been taking, at
+	// most Prefetch. Fast handlers get large batches; slow ones leave the
+	// entries in Redis, where the other consumers of the group take them.
+	// Until a handler has finished once, nothing is read ahead. Zero means
+	// 20ms; negative means never read ahead (read only what a free handler
+	// starts at once).
+	ReadAhead time.Duration
+
+	// ReadBatchSize is the most entries one read asks for. Zero means 256
+	// (never more than Prefetch).
 	ReadBatchSize int
 
 	// MaxInFlight is how many unacked messages each Subscribe channel may
@@ -116,6 +137,13 @@ type StreamsSubscriberConfig struct {
 	// BlockTime is how long one read waits for new entries. Close interrupts
 	// a waiting read, so this matters little. Zero means 2s.
 	BlockTime time.Duration
+
+	// CloseTimeout is how long Close waits for messages already handed out
+	// to be acked or nacked before it hands them back to the group: a
+	// Router closes its subscribers while its handlers finish, and their
+	// acks should count rather than the messages come again. Close returns
+	// as soon as none is left. Zero means 5s; negative means not at all.
+	CloseTimeout time.Duration
 
 	// ConsumerIdleTimeout removes consumers of the group that have nothing
 	// pending and have been idle this long. Zero means 1h; negative means
@@ -147,6 +175,15 @@ func (c *StreamsSubscriberConfig) setDefaults() {
 	}
 	if c.Prefetch == 0 {
 		c.Prefetch = 1024
+	}
+	if c.ReadAhead == 0 {
+		c.ReadAhead = 20 * time.Millisecond
+	}
+	if c.ConsumerLease == 0 {
+		c.ConsumerLease = 10 * time.Second
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = 5 * time.Second
 	}
 	if c.ReadBatchSize == 0 {
 		c.ReadBatchSize = min(256, c.Prefetch)
@@ -195,24 +232,36 @@ func (c StreamsSubscriberConfig) Validate() error {
 		return configError(field("AckFlushInterval"), "must not be negative")
 	case c.BlockTime < 0:
 		return configError(field("BlockTime"), "must not be negative")
+	case c.ConsumerLease < 0:
+		return configError(field("ConsumerLease"), "must not be negative")
+	case c.ConsumerLease > 0 && c.ConsumerLease < 10*time.Millisecond:
+		return configError(field("ConsumerLease"), "must be at least 10ms")
 	}
 	return nil
 }
 
 // StreamsSubscriberStats are counters since the subscriber was created.
 type StreamsSubscriberStats struct {
-	Read         uint64 // entries read from streams (own pending ones included)
+	Read         uint64 // entries read from streams: new ones, own pending ones resumed, and claimed ones
 	Claimed      uint64 // entries taken over from other consumers
 	Delivered    uint64 // messages handed to Subscribe channels, redeliveries included
 	Acked        uint64
 	Nacked       uint64
-	DeadLettered uint64 // entries moved to a dead-letter stream
-	Lost         uint64 // held entries that another consumer claimed meanwhile
-	Held         int    // entries in memory now, read and not yet acked
+	DeadLettered uint64 // entries moved to a dead-letter stream (stored there, then acked)
+	// DeadLetterFailures counts attempts to move an entry to a dead-letter
+	// stream that Redis refused (full, or the key is not a stream). The
+	// entry stays pending with this consumer and is tried again.
+	DeadLetterFailures uint64
+	Lost               uint64 // held entries that another consumer claimed meanwhile
+	Released           uint64 // entries handed back to the group unhandled: a topic's last Subscribe ended, or Close
+	// Trimmed counts pending entries whose stream entry was trimmed or
+	// deleted before they were handled: nothing is left to deliver.
+	Trimmed uint64
+	Held    int // entries in memory now, read and not yet acked in Redis
 }
 
 type streamsCounters struct {
-	read, claimed, delivered, acked, nacked, deadLettered, lost atomic.Uint64
+	read, claimed, delivered, acked, nacked, deadLettered, deadLetterFailures, lost, released, trimmed atomic.Uint64
 }
 
 // StreamsSubscriber is an at-least-once Watermill Subscriber over Redis
@@ -221,15 +270,19 @@ type streamsCounters struct {
 // be decoded or keep failing go to a dead-letter stream.
 //
 // Each topic is read once per subscriber, however many Subscribe calls share
-// it; entries are read in batches into a bounded per-topic inbox and handed
-// out as the Pub/Sub Subscriber does (see topicInbox).
+// it; entries are read into a per-topic inbox, as many as the handlers will
+// start soon (see StreamsSubscriberConfig.ReadAhead), and handed out as the
+// Pub/Sub Subscriber does (see topicInbox).
 type StreamsSubscriber struct {
 	config StreamsSubscriberConfig
 	logger watermill.LoggerAdapter
 	stats  streamsCounters
+	// explicitName says the Consumer name was configured, not defaulted.
+	explicitName bool
 
-	// blocking runs the blocking reads; owned (and closed) by the
-	// subscriber unless it is config.Client itself.
+	// blocking runs the commands that move entries to this consumer:
+	// blocking reads, claims and takes. Owned (and closed) by the subscriber
+	// unless it is config.Client itself.
 	blocking    redis.UniversalClient
 	ownBlocking bool
 	acker       *streamsAcker
@@ -239,8 +292,9 @@ type StreamsSubscriber struct {
 	topics  map[string]*streamsTopic
 	closing chan struct{}
 	wg      sync.WaitGroup
-
-	releaseName func()
+	// closeDone is closed when Close has finished: every concurrent Close
+	// returns only then.
+	closeDone chan struct{}
 }
 
 // NewStreamsSubscriber creates a StreamsSubscriber. A nil logger means no
@@ -254,19 +308,17 @@ func NewStreamsSubscriber(config StreamsSubscriberConfig, logger watermill.Logge
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-
-	name, release, err := claimConsumerName(config.ConsumerGroup, config.Consumer, explicitName)
-	if err != nil {
-		return nil, err
+	if !explicitName {
+		config.Consumer = defaultConsumerName()
 	}
-	config.Consumer = name
 
 	s := &StreamsSubscriber{
-		config:      config,
-		logger:      logger.With(watermill.LogFields{"consumer_group": config.ConsumerGroup, "consumer": name}),
-		topics:      map[string]*streamsTopic{},
-		closing:     make(chan struct{}),
-		releaseName: release,
+		config:       config,
+		explicitName: explicitName,
+		logger:       logger.With(watermill.LogFields{"consumer_group": config.ConsumerGroup}),
+		topics:       map[string]*streamsTopic{},
+		closing:      make(chan struct{}),
+		closeDone:    make(chan struct{}),
 	}
 	s.blocking = config.ReadClient
 	if s.blocking == nil {
@@ -277,12 +329,14 @@ func NewStreamsSubscriber(config StreamsSubscriberConfig, logger watermill.Logge
 }
 
 // blockingClient makes a client with the options of c for the commands that
-// move entries into this consumer's pending list: blocking reads and claims.
+// move entries into this consumer's pending list: blocking reads, claims
+// and takes.
 //
 // It never retries by itself. A read whose reply is lost to a broken
-// connection has still moved its entries to the pending list; a silent retry
-// would read the next ones and leave those behind until ClaimMinIdle. Seeing
-// the error, the reader reads its pending list again instead.
+// connection has still moved its entries to the pending list, and a take
+// has counted a delivery; a silent retry would read the next entries, or
+// count again. Seeing the error, the reader resumes its pending list
+// instead.
 func blockingClient(c redis.UniversalClient) (redis.UniversalClient, bool) {
 	// Each topic's reader holds a connection while it waits; connections
 	// are opened on demand, so a large pool costs nothing up front.
@@ -303,9 +357,10 @@ func blockingClient(c redis.UniversalClient) (redis.UniversalClient, bool) {
 }
 
 // Subscribe returns a channel of the topic's messages. The consumer group is
-// created on first use (with the stream, if missing). The channel is closed
-// when ctx is done or the subscriber closes; messages then unacked go to the
-// next Subscribe on the topic, or stay pending in the group.
+// created on first use (with the stream, if missing), and the consumer name
+// leased (see StreamsSubscriberConfig.Consumer). The channel is closed
+// when ctx is done or the subscriber closes; messages then unacked go to
+// the next Subscribe on the topic or, when none is left, back to the group.
 func (s *StreamsSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	t, err := s.topic(ctx, topic)
 	if err != nil {
@@ -339,15 +394,21 @@ func (s *StreamsSubscriber) topic(ctx context.Context, name string) (*streamsTop
 	if !known {
 		t.initErr = t.init(ctx)
 		s.mu.Lock()
+		closed := s.closed && t.initErr == nil
 		switch {
 		case t.initErr != nil:
 			delete(s.topics, name)
-		case s.closed:
+		case closed:
 			t.initErr = ErrSubscriberClosed
 		default:
 			t.start()
 		}
 		s.mu.Unlock()
+		if closed && t.grouped() {
+			// Close ran meanwhile, perhaps before the name was leased.
+			t.releaseHeld()
+			t.releaseName()
+		}
 		close(t.ready)
 	}
 
@@ -357,6 +418,9 @@ func (s *StreamsSubscriber) topic(ctx context.Context, name string) (*streamsTop
 		return nil, context.Cause(ctx)
 	}
 	if t.initErr != nil {
+		if errors.Is(t.initErr, ErrSubscriberClosed) {
+			return nil, t.initErr
+		}
 		return nil, fmt.Errorf("redisbus: subscribe to %q: %w", name, t.initErr)
 	}
 	return t, nil
@@ -367,83 +431,68 @@ func (s *StreamsSubscriber) Stats() StreamsSubscriberStats {
 	s.mu.Lock()
 	held := 0
 	for _, t := range s.topics {
-		held += t.heldCount()
+		held += t.held.count()
 	}
 	s.mu.Unlock()
 	return StreamsSubscriberStats{
-		Read:         s.stats.read.Load(),
-		Claimed:      s.stats.claimed.Load(),
-		Delivered:    s.stats.delivered.Load(),
-		Acked:        s.stats.acked.Load(),
-		Nacked:       s.stats.nacked.Load(),
-		DeadLettered: s.stats.deadLettered.Load(),
-		Lost:         s.stats.lost.Load(),
-		Held:         held,
+		Read:               s.stats.read.Load(),
+		Claimed:            s.stats.claimed.Load(),
+		Delivered:          s.stats.delivered.Load(),
+		Acked:              s.stats.acked.Load(),
+		Nacked:             s.stats.nacked.Load(),
+		DeadLettered:       s.stats.deadLettered.Load(),
+		DeadLetterFailures: s.stats.deadLetterFailures.Load(),
+		Lost:               s.stats.lost.Load(),
+		Released:           s.stats.released.Load(),
+		Trimmed:            s.stats.trimmed.Load(),
+		Held:               held,
 	}
 }
 
-// Close closes every subscription channel, sends the acks not yet sent and
-// returns when the subscriber's goroutines have exited. Entries read but not
-// acked stay pending in their groups: this consumer resumes them when it
-// starts again, or another claims them after ClaimMinIdle. Close does not
-// close the client and is idempotent.
+// Close closes every subscription channel and cancels the contexts of the
+// messages handed out; waits up to CloseTimeout for those messages to be
+// acked or nacked (a Router closes its subscribers while its handlers still
+// run); sends the acks not yet sent; hands every entry it holds unacked back
+// to its group, so that the other consumers take them at once; gives up
+// its consumer names; and returns when the subscriber's goroutines have
+// exited. Close does not close the client and is idempotent: concurrent
+// calls all return once it is done.
 func (s *StreamsSubscriber) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		s.wg.Wait()
-		s.acker.wait()
+		<-s.closeDone
 		return nil
 	}
 	s.closed = true
 	close(s.closing)
+	topics := make([]*streamsTopic, 0, len(s.topics))
+	for _, t := range s.topics {
+		topics = append(topics, t)
+	}
 	s.mu.Unlock()
 
 	if s.ownBlocking {
 		_ = s.blocking.Close() // interrupts blocking reads
 	}
 	s.wg.Wait()
-	s.acker.close()
-	s.releaseName()
+	if s.config.CloseTimeout > 0 {
+		deadline := time.NewTimer(s.config.CloseTimeout)
+		for _, t := range topics {
+			if t.awaitInFlight(deadline.C) {
+				break
+			}
+		}
+		deadline.Stop()
+	}
+	// The dispatchers have surrendered what they held: release it, with
+	// the acks, and then the names.
+	s.acker.close(topics)
+	for _, t := range topics {
+		t.releaseName()
+	}
+	close(s.closeDone)
 	return nil
-}
-
-// consumerNames are the group/consumer names held by live subscribers of
-// this process: two subscribers sharing a name would share one list of
-// pending entries and take each other's.
-var consumerNames = struct {
-	sync.Mutex
-	used map[string]bool
-}{used: map[string]bool{}}
-
-func claimConsumerName(group, name string, explicit bool) (string, func(), error) {
-	if !explicit {
-		host, err := os.Hostname()
-		if err != nil || host == "" {
-			host = "redisbus"
-		}
-		name = host
-	}
-	consumerNames.Lock()
-	defer consumerNames.Unlock()
-	candidate := name
-	for i := 2; consumerNames.used[group+"\x00"+candidate]; i++ {
-		if explicit {
-			return "", nil, configError("StreamsSubscriberConfig.Consumer",
-				fmt.Sprintf("%q is already used by another StreamsSubscriber of group %q in this process", name, group))
-		}
-		candidate = name + "-" + strconv.Itoa(i)
-	}
-	key := group + "\x00" + candidate
-	consumerNames.used[key] = true
-	var once sync.Once
-	return candidate, func() {
-		once.Do(func() {
-			consumerNames.Lock()
-			delete(consumerNames.used, key)
-			consumerNames.Unlock()
-		})
-	}, nil
 }
 
 // isRedisError reports whether err is a Redis error reply starting with

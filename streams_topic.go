@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,9 +14,17 @@ import (
 )
 
 // streamsTopic is one stream a StreamsSubscriber consumes: a reader that
-// fills the inbox in batches, a maintenance loop that claims, renews and
-// tidies, and the inbox that hands messages to Subscribe calls. It
-// implements inboxOwner.
+// fills the inbox, a maintenance loop that renews what the topic holds and
+// tidies the group, and the inbox that hands messages to Subscribe calls.
+// It implements inboxOwner.
+//
+// In a consumer group, entries come from three sources, in this order of
+// priority: the consumer's own pending list (left by an earlier run, or
+// handed back, or whose read reply was lost), entries other consumers left
+// idle for ClaimMinIdle (claims), and new entries. New entries are read
+// ahead as far as the inbox wants (see topicInbox.want); the first two are
+// taken only as far as free handlers start them at once, because taking
+// one counts a delivery (see lua/take.lua).
 type streamsTopic struct {
 	s      *StreamsSubscriber
 	name   string
@@ -28,47 +34,94 @@ type streamsTopic struct {
 	ready   chan struct{} // closed when init is done; initErr says how
 	initErr error
 
+	// identity is the consumer name the topic reads under and its lease;
+	// nil while the name is lost to another subscriber (grouped only).
+	identity atomic.Pointer[consumerIdentity]
+	held     heldEntries
+
 	consumers atomic.Int32
-	attached  chan struct{} // capacity 1: consumers went from none to some
+	// acksUnsent counts acks handed to the acker and not yet in Redis.
+	acksUnsent atomic.Int64
+	// resume asks the reader to go through its own pending list again:
+	// entries were handed back, or a read's reply was lost.
+	resume   atomic.Bool
+	renewNow chan struct{} // capacity 1: the dispatcher waits for a renewal
 
-	// rereadPending asks the reader to read this consumer's pending list
-	// again: a claim failed, and its entries may be pending with us unseen.
-	rereadPending atomic.Bool
-
-	// held maps the IDs of entries in memory (read and not yet acked) to
-	// their entries, so that an entry read twice (own pending list, claims)
-	// is delivered once, and so they can be renewed.
-	heldMu sync.Mutex
-	held   map[string]*inboxEntry
-
-	// lastID is a fan-out subscription's position: the last entry ID read.
 	// Reader only.
-	lastID string
+	resuming      bool     // reading the own pending list
+	pendingPage   []string // own pending IDs listed, not yet taken
+	pendingCursor string   // where the next page of the own pending list starts
+	lastPage      bool     // pendingPage is the end of the list
+	claimCursor   string
+	claiming      bool      // claims found entries: take them before new ones
+	nextClaim     time.Time // when to look for idle entries again
+	lastID        string    // a fan-out subscription's position
+
+	// inFlightAtClose are the deliveries handlers had when the inbox
+	// closed; set by the dispatcher as it exits, read by Close after.
+	inFlightAtClose []*delivery
 }
 
 func newStreamsTopic(s *StreamsSubscriber, name string) *streamsTopic {
 	t := &streamsTopic{
-		s:        s,
-		name:     name,
-		logger:   s.logger.With(watermill.LogFields{"topic": name}),
-		ready:    make(chan struct{}),
-		attached: make(chan struct{}, 1),
-		held:     map[string]*inboxEntry{},
+		s:           s,
+		name:        name,
+		logger:      s.logger.With(watermill.LogFields{"topic": name}),
+		ready:       make(chan struct{}),
+		renewNow:    make(chan struct{}, 1),
+		held:        heldEntries{entries: map[string]*inboxEntry{}},
+		claimCursor: "0-0",
 	}
 	t.inbox = newTopicInbox(t, inboxConfig{
 		limit:       s.config.Prefetch,
 		overflow:    overflowKeep,
 		maxInFlight: s.config.MaxInFlight,
+		pull:        true,
+		surrender:   t.grouped(),
+		readAhead:   s.config.ReadAhead,
+		fixedAhead:  !t.grouped(),
+		orphanGrace: max(s.config.CloseTimeout, 0),
 	}, s.closing)
 	return t
 }
 
 func (t *streamsTopic) grouped() bool { return t.s.config.ConsumerGroup != "" }
 
-// init creates the consumer group, or finds where fan-out starts.
+// consumerName is the name the topic reads under now, for logs and dead
+// letters.
+func (t *streamsTopic) consumerName() string {
+	if id := t.identity.Load(); id != nil {
+		return id.name
+	}
+	return t.s.config.Consumer
+}
+
+// renewPeriod is how often the topic renews its entries and its consumer
+// name: often enough that neither lapses while the subscriber runs.
+func (t *streamsTopic) renewPeriod() time.Duration {
+	return max(min(t.s.config.ClaimMinIdle, t.s.config.ConsumerLease)/3, time.Millisecond)
+}
+
+// freshFor is how long after Redis confirmed an entry as ours it may be
+// handed out without asking again: another consumer may claim it only
+// after ClaimMinIdle, and a renewal comes every renewPeriod.
+func (t *streamsTopic) freshFor() time.Duration { return t.renewPeriod() * 3 / 2 }
+
+// init creates the consumer group and leases the consumer name, or finds
+// where fan-out starts.
 func (t *streamsTopic) init(ctx context.Context) error {
 	if t.grouped() {
-		return t.createGroup(ctx, t.s.config.StartID)
+		if err := t.ensureGroup(ctx, t.s.config.StartID); err != nil {
+			return err
+		}
+		id, err := t.acquireName(ctx)
+		if err != nil {
+			return err
+		}
+		t.identity.Store(id)
+		t.logger = t.logger.With(watermill.LogFields{"consumer": id.name})
+		t.resume.Store(true)
+		return nil
 	}
 	t.lastID = t.s.config.StartID
 	if t.lastID != "$" {
@@ -88,8 +141,20 @@ func (t *streamsTopic) init(ctx context.Context) error {
 	return nil
 }
 
-func (t *streamsTopic) createGroup(ctx context.Context, start string) error {
-	err := t.s.config.Client.XGroupCreateMkStream(ctx, t.name, t.s.config.ConsumerGroup, start).Err()
+// ensureGroup creates the consumer group (and the stream) unless it
+// exists. It looks first, without writing: a Redis that is full refuses
+// XGROUP CREATE before it would say BUSYGROUP, and a consumer of an
+// existing group must start then, as reading and acking still work.
+func (t *streamsTopic) ensureGroup(ctx context.Context, start string) error {
+	groups, err := t.s.config.Client.XInfoGroups(ctx, t.name).Result()
+	if err == nil {
+		for _, g := range groups {
+			if g.Name == t.s.config.ConsumerGroup {
+				return nil
+			}
+		}
+	}
+	err = t.s.config.Client.XGroupCreateMkStream(ctx, t.name, t.s.config.ConsumerGroup, start).Err()
 	if err != nil && !isRedisError(err, "BUSYGROUP") {
 		return err
 	}
@@ -116,104 +181,109 @@ func (t *streamsTopic) isClosing() bool {
 	}
 }
 
-// waitForRoom blocks until someone consumes the topic and the inbox runs
-// low, and returns the room it has; 0 means the subscriber is closing.
-// Reading only for attached consumers keeps entries in the group for others
-// while nobody here consumes.
-func (t *streamsTopic) waitForRoom() int {
-	for {
-		// Read again only when what is buffered runs low: under load the
-		// reads then come in full batches, while an idle consumer (nothing
-		// buffered) still gets new entries at once.
-		if t.consumers.Load() > 0 && t.inbox.buffered() < t.s.config.ReadBatchSize {
-			if free := t.inbox.free(); free > 0 {
-				return free
-			}
-		}
-		select {
-		case <-t.attached:
-		case <-t.inbox.space:
-		case <-t.closing():
-			return 0
-		}
-	}
-}
+// errNameLost stops reading while another subscriber holds the consumer
+// name; see nameLost.
+var errNameLost = errors.New("redisbus: the consumer name is held by another subscriber")
 
-// read fills the inbox until Close. In a group it first reads the entries
-// pending with this consumer (left by an earlier run, or whose read reply
-// was lost to a broken connection), then new ones.
+// read fills the inbox until Close.
 func (t *streamsTopic) read() {
-	ownPending := t.grouped()
-	cursor := "0"
 	backoff := minReconnectBackoff
 	for {
-		room := t.waitForRoom()
-		if room == 0 {
+		n := t.inbox.waitWant(t.takesOnly, t.closing())
+		if n == 0 {
 			return
 		}
-		count := int64(min(room, t.s.config.ReadBatchSize))
-		if t.rereadPending.Swap(false) {
-			ownPending, cursor = true, "0"
-		}
-
-		var entries []redis.XMessage
 		var err error
 		switch {
 		case !t.grouped():
-			entries, err = t.readFanOut(count)
-		case ownPending:
-			entries, err = t.readGroup(cursor, count, -1)
+			err = t.readFanOut(n)
+		case t.identity.Load() == nil:
+			err = errNameLost
+		case t.resuming:
+			err = t.resumeOwn(n)
+		case t.claiming:
+			err = t.claim(n)
+		case !time.Now().Before(t.nextClaim):
+			// Claims are due: from now on take only what free handlers
+			// start, until claims come up empty.
+			t.claiming = true
+			continue
 		default:
-			entries, err = t.readGroup(">", count, t.s.config.BlockTime)
+			err = t.readNew(n)
 		}
 		if t.isClosing() {
 			return
 		}
 		if err != nil {
-			t.readFailed(err)
+			if !errors.Is(err, errNameLost) {
+				t.readFailed(err)
+			}
 			if !sleep(backoff, t.closing()) {
 				return
 			}
 			backoff = min(2*backoff, maxReconnectBackoff)
-			// Whatever the failed read delivered is pending with us now.
-			ownPending, cursor = t.grouped(), "0"
+			// Whatever the failed command delivered is pending with us now.
+			t.resume.Store(t.grouped())
 			continue
 		}
 		backoff = minReconnectBackoff
-
-		switch {
-		case ownPending && len(entries) == 0:
-			ownPending = false
-		case ownPending:
-			cursor = entries[len(entries)-1].ID
-			t.accept(entries, true)
-		default:
-			if !t.grouped() && len(entries) > 0 {
-				t.lastID = entries[len(entries)-1].ID
-			}
-			t.accept(entries, false)
-		}
 	}
 }
 
-func (t *streamsTopic) readGroup(id string, count int64, block time.Duration) ([]redis.XMessage, error) {
-	streams, err := t.s.blocking.XReadGroup(context.Background(), &redis.XReadGroupArgs{
-		Group:    t.s.config.ConsumerGroup,
-		Consumer: t.s.config.Consumer,
-		Streams:  []string{t.name, id},
-		Count:    count,
-		Block:    block,
-	}).Result()
-	return firstStream(streams, err)
+// takesOnly reports whether the reader takes only what free handlers start
+// at once (own pending list, claims). It runs on the reader goroutine,
+// which is also where resume requests are picked up.
+func (t *streamsTopic) takesOnly() bool {
+	if t.resume.Swap(false) {
+		t.resuming, t.pendingPage, t.pendingCursor, t.lastPage = true, nil, "", false
+	}
+	return t.resuming || t.claiming
 }
 
-func (t *streamsTopic) readFanOut(count int64) ([]redis.XMessage, error) {
+// readNew reads entries no consumer of the group has had (XREADGROUP >).
+func (t *streamsTopic) readNew(n int) error {
+	id := t.identity.Load()
+	// Wake up for the next claim check even when nothing new arrives.
+	block := max(min(t.s.config.BlockTime, time.Until(t.nextClaim)), time.Millisecond)
+	start := time.Now()
+	streams, err := t.s.blocking.XReadGroup(context.Background(), &redis.XReadGroupArgs{
+		Group:    t.s.config.ConsumerGroup,
+		Consumer: id.name,
+		Streams:  []string{t.name, ">"},
+		Count:    int64(n),
+		Block:    block,
+	}).Result()
+	entries, err := firstStream(streams, err)
+	if err != nil {
+		return err
+	}
+	t.s.stats.read.Add(uint64(len(entries)))
+	freshUntil := start.Add(t.freshFor()).UnixNano()
+	for _, xm := range entries {
+		// Reading counted a delivery that has not happened yet.
+		e := &inboxEntry{id: xm.ID, values: xm.Values, deliveries: 1, exact: true, reserved: true}
+		e.freshUntil.Store(freshUntil)
+		t.accept(e)
+	}
+	return nil
+}
+
+func (t *streamsTopic) readFanOut(n int) error {
 	streams, err := t.s.blocking.XRead(context.Background(), &redis.XReadArgs{
 		Streams: []string{t.name, t.lastID},
-		Count:   count,
+		Count:   int64(n),
 		Block:   t.s.config.BlockTime,
 	}).Result()
-	return firstStream(streams, err)
+	entries, err := firstStream(streams, err)
+	if err != nil {
+		return err
+	}
+	t.s.stats.read.Add(uint64(len(entries)))
+	for _, xm := range entries {
+		t.lastID = xm.ID
+		t.accept(&inboxEntry{id: xm.ID, values: xm.Values, deliveries: 1, exact: true})
+	}
+	return nil
 }
 
 func firstStream(streams []redis.XStream, err error) ([]redis.XMessage, error) {
@@ -224,6 +294,226 @@ func firstStream(streams []redis.XStream, err error) ([]redis.XMessage, error) {
 		return nil, err
 	}
 	return streams[0].Messages, nil
+}
+
+// resumeOwn takes entries from this consumer's own pending list: up to n,
+// from a page listed ahead (XPENDING), skipping those held already.
+func (t *streamsTopic) resumeOwn(n int) error {
+	if len(t.pendingPage) == 0 {
+		if t.lastPage {
+			t.resuming = false
+			return nil
+		}
+		if err := t.listOwnPending(max(n, 256)); err != nil {
+			return err
+		}
+		if len(t.pendingPage) == 0 {
+			return nil // all held here already; lastPage ends the pass next time
+		}
+	}
+	take := t.pendingPage[:min(n, len(t.pendingPage))]
+	_, done, err := t.take(take)
+	t.pendingPage = t.pendingPage[done:]
+	return err
+}
+
+func (t *streamsTopic) listOwnPending(count int) error {
+	start := "-"
+	if t.pendingCursor != "" {
+		start = "(" + t.pendingCursor
+	}
+	pending, err := t.s.config.Client.XPendingExt(context.Background(), &redis.XPendingExtArgs{
+		Stream: t.name, Group: t.s.config.ConsumerGroup, Consumer: t.identity.Load().name,
+		Start: start, End: "+", Count: int64(count),
+	}).Result()
+	if err != nil {
+		return err
+	}
+	t.lastPage = len(pending) < count
+	for _, p := range pending {
+		t.pendingCursor = p.ID
+		if !t.held.has(p.ID) {
+			t.pendingPage = append(t.pendingPage, p.ID)
+		}
+	}
+	return nil
+}
+
+// claim takes over up to n entries that have been pending with other
+// consumers for ClaimMinIdle (XAUTOCLAIM … JUSTID, which does not count a
+// delivery; take does, for the ones it hands out). While claims find
+// entries, the reader takes them before new ones.
+func (t *streamsTopic) claim(n int) error {
+	id := t.identity.Load()
+	reply, err := t.s.blocking.Do(context.Background(), "XAUTOCLAIM", t.name, t.s.config.ConsumerGroup, id.name,
+		t.s.config.ClaimMinIdle.Milliseconds(), t.claimCursor, "COUNT", n, "JUSTID").Slice()
+	if err != nil {
+		t.claiming = false
+		t.nextClaim = time.Now().Add(t.s.config.ClaimInterval)
+		return err
+	}
+	next, ids, deleted := parseAutoClaim(reply)
+	if len(deleted) > 0 {
+		t.trimmed(len(deleted))
+	}
+	t.claimCursor = next
+	t.claiming = len(ids) > 0 || next != "0-0"
+	if next == "0-0" && len(ids) == 0 {
+		t.nextClaim = time.Now().Add(t.s.config.ClaimInterval)
+	}
+	var toTake []string
+	for _, claimed := range ids {
+		if !t.held.has(claimed) {
+			toTake = append(toTake, claimed)
+		}
+	}
+	if len(toTake) == 0 {
+		return nil
+	}
+	taken, done, err := t.take(toTake)
+	if done < len(toTake) {
+		t.resume.Store(true) // claimed, not yet taken: ours, in the own pending list
+	}
+	if taken > 0 {
+		t.s.stats.claimed.Add(uint64(taken))
+		t.logger.Info("Claimed entries idle with other consumers", watermill.LogFields{"entries": taken})
+	}
+	return err
+}
+
+func parseAutoClaim(reply []any) (next string, ids, deleted []string) {
+	if len(reply) < 2 {
+		return "0-0", nil, nil
+	}
+	next, _ = reply[0].(string)
+	for _, v := range asSlice(reply[1]) {
+		if s, ok := v.(string); ok {
+			ids = append(ids, s)
+		}
+	}
+	if len(reply) > 2 {
+		for _, v := range asSlice(reply[2]) {
+			if s, ok := v.(string); ok {
+				deleted = append(deleted, s)
+			}
+		}
+	}
+	return next, ids, deleted
+}
+
+func asSlice(v any) []any {
+	s, _ := v.([]any)
+	return s
+}
+
+// take readies entries pending with this consumer for delivery (see
+// lua/take.lua) and queues them; it returns how many it queued, and how
+// many of ids it got to (it stops at an entry that must run alone).
+func (t *streamsTopic) take(ids []string) (queued, done int, err error) {
+	id := t.identity.Load()
+	args := t.scriptArgs(id, 1+len(ids), max(t.s.config.MaxDeliveries, 0))
+	for _, entryID := range ids {
+		args = append(args, entryID)
+	}
+	start := time.Now()
+	reply, err := takeScript.Run(context.Background(), t.s.blocking, []string{t.name, id.key}, args...).Slice()
+	if err != nil {
+		if holder, lost := leaseLost(err); lost {
+			t.nameLost(id, holder)
+			return 0, 0, errNameLost
+		}
+		return 0, 0, err
+	}
+	freshUntil := start.Add(t.freshFor()).UnixNano()
+	gone := 0
+	done = len(reply)
+	for _, item := range reply {
+		fields := asSlice(item)
+		if len(fields) < 2 {
+			continue
+		}
+		entryID, _ := fields[0].(string)
+		status, _ := fields[1].(string)
+		switch status {
+		case "gone":
+			gone++
+			continue
+		case "other":
+			continue
+		}
+		count, _ := fields[2].(int64)
+		e := &inboxEntry{id: entryID, values: valuesOf(asSlice(fields[3])), deliveries: int(count)}
+		e.freshUntil.Store(freshUntil)
+		t.s.stats.read.Add(1)
+		if status == "exhausted" {
+			if t.held.tryHold(e) {
+				t.deadLetter(e, fmt.Sprintf("delivered %d times without an ack, MaxDeliveries is %d", count-1, t.s.config.MaxDeliveries))
+			}
+			continue
+		}
+		// count includes the delivery about to happen; the one before may
+		// never have reached a handler (the reader crashed first).
+		e.reserved = true
+		// At least one earlier delivery surely reached a handler and was
+		// not acked: if it crashed its process, it must not take the other
+		// messages in flight down with it again.
+		e.isolate = count-2 >= 1
+		if t.accept(e) {
+			queued++
+		}
+	}
+	if gone > 0 {
+		t.trimmed(gone)
+	}
+	return queued, done, nil
+}
+
+// scriptArgs starts the arguments of a consumer's script (see
+// lua/lease.lua): the group, the consumer, its lease token and time to
+// live, then extra; room is how many more will follow.
+func (t *streamsTopic) scriptArgs(id *consumerIdentity, room int, extra ...any) []any {
+	args := make([]any, 0, 4+len(extra)+room)
+	args = append(args, t.s.config.ConsumerGroup, id.name, id.token, t.s.config.ConsumerLease.Milliseconds())
+	return append(args, extra...)
+}
+
+// valuesOf turns a flat field list from a script into entry values, as
+// go-redis returns them from XRANGE.
+func valuesOf(flat []any) map[string]any {
+	values := make(map[string]any, len(flat)/2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		k, _ := flat[i].(string)
+		values[k] = flat[i+1]
+	}
+	return values
+}
+
+// accept holds and queues an entry read from Redis; it reports false when
+// the entry was held already (read twice) or cannot be delivered.
+func (t *streamsTopic) accept(e *inboxEntry) bool {
+	if !t.held.tryHold(e) {
+		return false
+	}
+	msg, err := t.decode(e.values)
+	if err != nil {
+		// No handler will ever see it.
+		e.deliveries = 0
+		t.deadLetter(e, "cannot decode entry: "+err.Error())
+		return false
+	}
+	e.uuid = msg.UUID
+	t.prepare(e, msg)
+	e.first = msg
+	t.inbox.push(e)
+	return true
+}
+
+func (t *streamsTopic) decode(values map[string]any) (*message.Message, error) {
+	msg, err := t.s.config.Marshaler.Unmarshal(t.name, values)
+	if err == nil && msg == nil {
+		err = errNoMessage
+	}
+	return msg, err
 }
 
 // readFailed logs a read error and repairs what it can: a group or stream
@@ -239,85 +529,16 @@ func (t *streamsTopic) readFailed(err error) {
 	// time-based), so starting after the last entry read could skip new
 	// entries. At-least-once prefers the duplicates.
 	t.logger.Error("Consumer group or stream disappeared; recreating the group at the start of the stream", err, nil)
-	if err := t.createGroup(context.Background(), "0"); err != nil {
+	if err := t.ensureGroup(context.Background(), "0"); err != nil {
 		t.logger.Error("Cannot recreate consumer group", err, nil)
 	}
 }
 
-// accept queues entries read from Redis. Entries that were delivered before
-// (own pending list, claims) carry the group's delivery count; those beyond
-// MaxDeliveries, and entries that cannot be decoded, go to the dead-letter
-// stream instead.
-func (t *streamsTopic) accept(entries []redis.XMessage, delivered bool) {
-	t.s.stats.read.Add(uint64(len(entries)))
-	entries = slices.DeleteFunc(entries, func(xm redis.XMessage) bool { return t.isHeld(xm.ID) })
-	var counts map[string]int
-	if delivered && len(entries) > 0 {
-		counts = t.deliveryCounts(entries)
-	}
-	for _, xm := range entries {
-		if xm.Values == nil {
-			// Trimmed away while pending: nothing left to deliver.
-			t.s.acker.ack(t, xm.ID)
-			continue
-		}
-		deliveries := 1
-		if counts != nil {
-			n, pending := counts[xm.ID]
-			if !pending {
-				continue // acked or claimed by another consumer meanwhile
-			}
-			deliveries = n
-		}
-		msg, err := t.s.config.Marshaler.Unmarshal(t.name, xm.Values)
-		if err == nil && msg == nil {
-			err = errNoMessage
-		}
-		if err != nil {
-			t.deadLetter(xm.ID, fieldsOf(xm.Values), deliveries, "cannot decode entry: "+err.Error())
-			continue
-		}
-		if max := t.s.config.MaxDeliveries; max > 0 && deliveries > max {
-			t.deadLetter(xm.ID, fieldsOf(xm.Values), deliveries,
-				fmt.Sprintf("delivered %d times, more than MaxDeliveries (%d)", deliveries, max))
-			continue
-		}
-		e := &inboxEntry{msg: msg, id: xm.ID, deliveries: deliveries}
-		t.hold(e)
-		t.inbox.push(e)
-	}
-}
-
-// deliveryCounts asks the group how often each entry has been delivered.
-func (t *streamsTopic) deliveryCounts(entries []redis.XMessage) map[string]int {
-	ctx := context.Background()
-	cmds := make([]*redis.XPendingExtCmd, len(entries))
-	_, err := t.s.config.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for i, xm := range entries {
-			cmds[i] = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{
-				Stream: t.name, Group: t.s.config.ConsumerGroup,
-				Start: xm.ID, End: xm.ID, Count: 1, Consumer: t.s.config.Consumer,
-			})
-		}
-		return nil
-	})
-	counts := make(map[string]int, len(entries))
-	if err != nil && !errors.Is(err, redis.Nil) {
-		// Without counts, treat them as delivered once more than before:
-		// the entries are ours, and losing the count only delays a
-		// dead-letter.
-		t.logger.Error("Cannot read delivery counts", err, nil)
-		for _, xm := range entries {
-			counts[xm.ID] = 1
-		}
-		return counts
-	}
-	for _, cmd := range cmds {
-		for _, p := range cmd.Val() {
-			counts[p.ID] = int(p.RetryCount)
-		}
-	}
-	return counts
+// trimmed reports pending entries whose stream entry is gone.
+func (t *streamsTopic) trimmed(n int) {
+	t.s.stats.trimmed.Add(uint64(n))
+	t.logger.Error("Pending entries were trimmed or deleted from the stream before they were handled; they are lost", nil,
+		watermill.LogFields{"entries": n})
 }
 
 // fieldsOf turns entry values back into XADD fields, for the dead-letter
@@ -330,69 +551,31 @@ func fieldsOf(values map[string]any) []any {
 	return fields
 }
 
-func (t *streamsTopic) deadLetter(id string, fields []any, deliveries int, reason string) {
-	t.unhold(id)
-	t.s.stats.deadLettered.Add(1)
+// deadLetter moves a held entry to the dead-letter stream: the acker
+// stores a copy of the entry as it was read, then acks it in the group.
+func (t *streamsTopic) deadLetter(e *inboxEntry, reason string) {
 	t.logger.Error("Moving entry to the dead-letter stream", nil, watermill.LogFields{
-		"entry_id": id, "reason": reason, "dead_letter_stream": t.s.config.DeadLetterTopic(t.name),
+		"entry_id": e.id, "reason": reason, "dead_letter_stream": t.s.config.DeadLetterTopic(t.name),
 	})
-	t.s.acker.deadLetter(t, id, fields, deliveries, reason)
+	t.s.acker.deadLetter(t, e, reason)
 }
 
-func (t *streamsTopic) hold(e *inboxEntry) {
-	t.heldMu.Lock()
-	t.held[e.id] = e
-	t.heldMu.Unlock()
-}
-
-func (t *streamsTopic) unhold(id string) {
-	t.heldMu.Lock()
-	delete(t.held, id)
-	t.heldMu.Unlock()
-}
-
-func (t *streamsTopic) isHeld(id string) bool {
-	t.heldMu.Lock()
-	defer t.heldMu.Unlock()
-	_, ok := t.held[id]
-	return ok
-}
-
-func (t *streamsTopic) heldCount() int {
-	t.heldMu.Lock()
-	defer t.heldMu.Unlock()
-	return len(t.held)
-}
-
-func (t *streamsTopic) heldIDs() []string {
-	t.heldMu.Lock()
-	defer t.heldMu.Unlock()
-	ids := make([]string, 0, len(t.held))
-	for id := range t.held {
-		ids = append(ids, id)
-	}
-	return ids
-}
-
-// maintain claims entries of dead consumers, renews the entries this
-// subscriber holds and removes idle consumers, until Close.
+// maintain renews what the topic holds and removes idle consumers, until
+// Close.
 func (t *streamsTopic) maintain() {
-	cfg := t.s.config
-	claim := time.NewTicker(cfg.ClaimInterval)
-	defer claim.Stop()
-	renew := time.NewTicker(max(cfg.ClaimMinIdle/3, time.Millisecond))
+	renew := time.NewTicker(t.renewPeriod())
 	defer renew.Stop()
 	var tidy <-chan time.Time
-	if cfg.ConsumerIdleTimeout > 0 {
-		ticker := time.NewTicker(min(cfg.ConsumerIdleTimeout/2, 10*time.Minute))
+	if timeout := t.s.config.ConsumerIdleTimeout; timeout > 0 {
+		ticker := time.NewTicker(min(timeout/2, 10*time.Minute))
 		defer ticker.Stop()
 		tidy = ticker.C
 	}
 	for {
 		select {
-		case <-claim.C:
-			t.claim()
 		case <-renew.C:
+			t.renew()
+		case <-t.renewNow:
 			t.renew()
 		case <-tidy:
 			t.removeIdleConsumers()
@@ -402,94 +585,14 @@ func (t *streamsTopic) maintain() {
 	}
 }
 
-// claim takes over entries that have been pending with any consumer for
-// longer than ClaimMinIdle, as far as the inbox has room and someone here
-// consumes the topic. Entries this subscriber holds are renewed and so never
-// idle that long.
-func (t *streamsTopic) claim() {
-	cursor := "0-0"
-	for range 16 { // a bounded amount of work per tick
-		if t.consumers.Load() == 0 {
-			return
-		}
-		room := t.inbox.free()
-		if room <= 0 {
-			return
-		}
-		entries, next, err := t.s.blocking.XAutoClaim(context.Background(), &redis.XAutoClaimArgs{
-			Stream:   t.name,
-			Group:    t.s.config.ConsumerGroup,
-			Consumer: t.s.config.Consumer,
-			MinIdle:  t.s.config.ClaimMinIdle,
-			Start:    cursor,
-			Count:    int64(min(room, t.s.config.ReadBatchSize)),
-		}).Result()
-		if err != nil {
-			if !t.isClosing() && !isRedisError(err, "NOGROUP") {
-				t.logger.Error("Cannot claim idle entries", err, nil)
-				t.rereadPending.Store(true)
-			}
-			return
-		}
-		if len(entries) > 0 {
-			t.s.stats.claimed.Add(uint64(len(entries)))
-			t.logger.Info("Claimed entries idle with other consumers", watermill.LogFields{"entries": len(entries)})
-			t.accept(entries, true)
-		}
-		if next == "0-0" || next == "" {
-			return
-		}
-		cursor = next
-	}
-}
-
-// renew resets the idle time of every entry this subscriber holds, so that
-// no other consumer claims them while they wait or a handler runs long.
-func (t *streamsTopic) renew() {
-	ids := t.heldIDs()
-	for chunk := range slices.Chunk(ids, 512) {
-		args := make([]any, 0, 2+2*len(chunk))
-		args = append(args, t.s.config.ConsumerGroup, t.s.config.Consumer)
-		for _, id := range chunk {
-			args = append(args, id, "-")
-		}
-		lost, err := touchScript.Run(context.Background(), t.s.config.Client, []string{t.name}, args...).StringSlice()
-		if err != nil {
-			if !t.isClosing() {
-				t.logger.Error("Cannot renew held entries", err, nil)
-			}
-			return
-		}
-		t.lost(lost)
-	}
-}
-
-// lost forgets entries that are no longer this consumer's. Those still
-// waiting here would be processed twice; those already handed out are.
-func (t *streamsTopic) lost(ids []string) {
-	if len(ids) == 0 {
+func (t *streamsTopic) removeIdleConsumers() {
+	id := t.identity.Load()
+	if id == nil {
 		return
 	}
-	t.heldMu.Lock()
-	n := 0
-	for _, id := range ids {
-		if _, ok := t.held[id]; ok {
-			delete(t.held, id)
-			n++
-		}
-	}
-	t.heldMu.Unlock()
-	if n > 0 {
-		t.s.stats.lost.Add(uint64(n))
-		t.logger.Error("Held entries were claimed by another consumer; they may be processed twice", nil,
-			watermill.LogFields{"entries": n})
-	}
-}
-
-func (t *streamsTopic) removeIdleConsumers() {
 	idleMs := strconv.FormatInt(t.s.config.ConsumerIdleTimeout.Milliseconds(), 10)
 	removed, err := deleteIdleConsumersScript.Run(context.Background(), t.s.config.Client, []string{t.name},
-		t.s.config.ConsumerGroup, idleMs, t.s.config.Consumer).StringSlice()
+		t.s.config.ConsumerGroup, idleMs, id.name).StringSlice()
 	if err != nil {
 		if !t.isClosing() && !isRedisError(err, "NOGROUP") {
 			t.logger.Error("Cannot remove idle consumers", err, nil)
@@ -503,6 +606,18 @@ func (t *streamsTopic) removeIdleConsumers() {
 
 // inboxOwner
 
+func (t *streamsTopic) message(e *inboxEntry) *message.Message {
+	msg, err := t.decode(e.values)
+	if err != nil {
+		// It decoded when it was read: a Marshaler that changed its mind.
+		t.deadLetter(e, "cannot decode entry: "+err.Error())
+		return nil
+	}
+	msg.UUID = e.uuid // a fresh UUID for entries without one must stay the same
+	t.prepare(e, msg)
+	return msg
+}
+
 func (t *streamsTopic) prepare(e *inboxEntry, msg *message.Message) {
 	msg.Metadata.Set(MetadataStreamID, e.id)
 	msg.Metadata.Set(MetadataDeliveryCount, strconv.Itoa(e.deliveries))
@@ -512,31 +627,33 @@ func (t *streamsTopic) delivered(*inboxEntry) { t.s.stats.delivered.Add(1) }
 
 func (t *streamsTopic) acked(e *inboxEntry) {
 	t.s.stats.acked.Add(1)
-	t.unhold(e.id)
-	if t.grouped() {
-		t.s.acker.ack(t, e.id)
+	if !t.grouped() {
+		t.held.release(e.id)
+		return
 	}
+	// Held until the XACK is sent: the own pending list still has it.
+	e.acked.Store(true)
+	t.s.acker.ack(t, e)
 }
 
 // nacked schedules the next delivery with exponential backoff, recording
 // the count in the group so it survives a crash, or dead-letters the entry
-// once it has had MaxDeliveries.
+// once its handlers failed on it MaxDeliveries times.
 func (t *streamsTopic) nacked(e *inboxEntry) (time.Duration, bool) {
 	t.s.stats.nacked.Add(1)
 	cfg := t.s.config
-	if cfg.MaxDeliveries > 0 && e.deliveries >= cfg.MaxDeliveries {
-		fields, err := cfg.Marshaler.Marshal(t.name, e.msg)
-		if err != nil {
-			t.logger.Error("Cannot encode a failed message for the dead-letter stream; it stays pending", err, nil)
-			return cfg.NackMaxDelay, true
-		}
-		t.deadLetter(e.id, fields, e.deliveries,
-			fmt.Sprintf("nacked %d times (MaxDeliveries %d)", e.deliveries, cfg.MaxDeliveries))
+	failures := e.deliveries
+	if !e.exact {
+		failures-- // the count may include a delivery that never happened
+	}
+	if cfg.MaxDeliveries > 0 && failures >= cfg.MaxDeliveries {
+		t.deadLetter(e, fmt.Sprintf("nacked %d times (MaxDeliveries %d)", failures, cfg.MaxDeliveries))
 		return 0, false
 	}
 	e.deliveries++
+	e.reserved = true
 	if t.grouped() {
-		t.s.acker.recordDeliveries(t, e.id, e.deliveries)
+		t.s.acker.recordDeliveries(t, e)
 	}
 	return nackDelay(cfg.NackResendDelay, cfg.NackMaxDelay, e.deliveries-1), true
 }
@@ -553,12 +670,65 @@ func nackDelay(base, maxDelay time.Duration, nacks int) time.Duration {
 	return min(delay, maxDelay)
 }
 
-// overflowed is never called: the readers bound themselves by the room
-// left, and the inbox keeps what a race between them adds beyond it.
+// overflowed is never called: the reader reads only what the inbox wants,
+// and the inbox keeps what a race adds beyond it.
 func (t *streamsTopic) overflowed(*inboxEntry) {}
 
-func (t *streamsTopic) consumersChanged(n int) {
-	if t.consumers.Swap(int32(n)) == 0 && n > 0 {
-		signal(t.attached)
+func (t *streamsTopic) stale(*inboxEntry) { signal(t.renewNow) }
+
+// mayHandOut holds back an entry taken from a pending list (after a crash, or
+// from a consumer that died) until every ack sent before is in Redis: if
+// it crashes its process as well, the messages handled before it must not
+// come back counted as failures with it.
+func (t *streamsTopic) mayHandOut(e *inboxEntry) bool {
+	if e.exact || t.acksUnsent.Load() == 0 {
+		return true
 	}
+	t.s.acker.flushSoon()
+	return false
+}
+
+func (t *streamsTopic) consumersChanged(n int) {
+	if t.consumers.Swap(int32(n)) == 0 && n > 0 && t.grouped() {
+		t.resume.Store(true) // entries handed back meanwhile are ours again
+	}
+}
+
+// surrender hands entries nobody here will handle back to the group.
+func (t *streamsTopic) surrender(entries []*inboxEntry) {
+	t.s.acker.release(t, entries)
+}
+
+// closedWithInFlight keeps the deliveries handlers still had at Close, for
+// Close to wait for their acks (see awaitInFlight).
+func (t *streamsTopic) closedWithInFlight(deliveries []*delivery) {
+	t.inFlightAtClose = deliveries
+}
+
+// awaitInFlight waits until the deliveries handlers had at Close are acked
+// or nacked, or until deadline. A Router closes its subscribers while its
+// handlers still run: their acks count. What is not acked is handed back
+// with the rest when the subscriber closes.
+func (t *streamsTopic) awaitInFlight(deadline <-chan time.Time) (expired bool) {
+	for _, d := range t.inFlightAtClose {
+		select {
+		case <-d.msg.Acked():
+			t.acked(d.entry)
+			continue
+		case <-d.msg.Nacked():
+			continue
+		default:
+		}
+		if expired {
+			continue
+		}
+		select {
+		case <-d.msg.Acked():
+			t.acked(d.entry)
+		case <-d.msg.Nacked():
+		case <-deadline:
+			expired = true
+		}
+	}
+	return expired
 }

@@ -136,7 +136,7 @@ func (c *subscriptionConn) run() {
 		switch m := received.(type) {
 		case *redis.Message:
 			if t := c.s.route(m.Channel); t != nil {
-				t.receive([]byte(m.Payload))
+				t.receive(m.Payload)
 			}
 		case *redis.Subscription:
 			if lost != nil {

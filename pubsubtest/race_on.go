@@ -1,5 +1,0 @@
-//go:build race
-
-package pubsubtest
-
-const raceEnabled = true

@@ -1,0 +1,446 @@
+package redisbus_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/pubsubtest"
+)
+
+// Tests of consumer groups as people run workers with Watermill: Routers,
+// several workers of one group, handlers that are slow, fail or panic.
+
+// handledLog records which worker handled which payload, and when.
+type handledLog struct {
+	mu      sync.Mutex
+	by      map[string][]string // payload → workers, one per time handled
+	workers map[string]int      // worker → messages handled
+	changed chan struct{}
+}
+
+func newHandledLog() *handledLog {
+	return &handledLog{by: map[string][]string{}, workers: map[string]int{}, changed: make(chan struct{}, 1)}
+}
+
+func (l *handledLog) add(worker, payload string) {
+	l.mu.Lock()
+	l.by[payload] = append(l.by[payload], worker)
+	l.workers[worker]++
+	l.mu.Unlock()
+	select {
+	case l.changed <- struct{}{}:
+	default:
+	}
+}
+
+// waitAll waits until every payload was handled at least once.
+func (l *handledLog) waitAll(t *testing.T, payloads []string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		l.mu.Lock()
+		missing := 0
+		for _, p := range payloads {
+			if len(l.by[p]) == 0 {
+				missing++
+			}
+		}
+		l.mu.Unlock()
+		if missing == 0 {
+			return
+		}
+		select {
+		case <-l.changed:
+		case <-deadline:
+			t.Fatalf("%d of %d messages never handled", missing, len(payloads))
+		}
+	}
+}
+
+func (l *handledLog) duplicates() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var dups []string
+	for p, by := range l.by {
+		if len(by) > 1 {
+			dups = append(dups, fmt.Sprintf("%s by %v", p, by))
+		}
+	}
+	return dups
+}
+
+// times is how often payload was handled.
+func (l *handledLog) times(payload string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.by[payload])
+}
+
+func (l *handledLog) count(worker string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.workers[worker]
+}
+
+// runRouter runs a Router with one handler until the test ends.
+func runRouter(t *testing.T, sub message.Subscriber, topic string, handler message.NoPublishHandlerFunc, middlewares ...message.HandlerMiddleware) *message.Router {
+	t.Helper()
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 5 * time.Second}, nil)
+	require.NoError(t, err)
+	router.AddMiddleware(middlewares...)
+	router.AddConsumerHandler("handler", topic, sub, handler)
+	go func() { _ = router.Run(context.Background()) }()
+	<-router.Running()
+	t.Cleanup(func() { _ = router.Close() })
+	return router
+}
+
+func payloads(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = prefix + strconv.Itoa(i)
+	}
+	return out
+}
+
+func TestStreamsPrefetchOneMakesProgress(t *testing.T) {
+	for _, handlerTime := range []time.Duration{20 * time.Millisecond, time.Millisecond} {
+		t.Run("Router, handler "+handlerTime.String(), func(t *testing.T) {
+			client := pubsubtest.NewClient(t)
+			topic := pubsubtest.Topic(t)
+			pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+			sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g", Prefetch: 1}, nil)
+			log := newHandledLog()
+			runRouter(t, sub, topic, func(msg *message.Message) error {
+				time.Sleep(handlerTime)
+				log.add("w", string(msg.Payload))
+				return nil
+			})
+			sent := payloads("job-", 12)
+			publish(t, pub, topic, sent...)
+			log.waitAll(t, sent, waitTimeout)
+			assert.Empty(t, log.duplicates())
+		})
+	}
+	t.Run("acked from another goroutine", func(t *testing.T) {
+		client := pubsubtest.NewClient(t)
+		topic := pubsubtest.Topic(t)
+		pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+		sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g", Prefetch: 1}, nil)
+		ch, err := sub.Subscribe(t.Context(), topic)
+		require.NoError(t, err)
+		sent := payloads("job-", 12)
+		publish(t, pub, topic, sent...)
+		var got []string
+		for range sent {
+			msg := next(t, ch)
+			got = append(got, string(msg.Payload))
+			go func() {
+				time.Sleep(time.Millisecond)
+				msg.Ack()
+			}()
+		}
+		assert.Equal(t, sent, got)
+	})
+}
+
+// Twenty 100 ms jobs wait in the stream before two workers of one group
+// start, each with its own Router and subscriber and the defaults: they
+// share them, and the backlog takes about half of one worker's time.
+func TestStreamsWorkersShareABacklog(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic, group := pubsubtest.Topic(t), "workers"
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	require.NoError(t, client.XGroupCreateMkStream(t.Context(), topic, group, "0").Err())
+	sent := payloads("job-", 20)
+	publish(t, pub, topic, sent...)
+
+	log := newHandledLog()
+	start := time.Now()
+	for _, worker := range []string{"worker-1", "worker-2"} {
+		sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: group}, nil)
+		runRouter(t, sub, topic, func(msg *message.Message) error {
+			time.Sleep(100 * time.Millisecond)
+			log.add(worker, string(msg.Payload))
+			return nil
+		})
+	}
+	log.waitAll(t, sent, waitTimeout)
+	took := time.Since(start)
+	assert.Empty(t, log.duplicates())
+	assert.GreaterOrEqual(t, log.count("worker-1"), 5, "worker-1 must get a fair part")
+	assert.GreaterOrEqual(t, log.count("worker-2"), 5, "worker-2 must get a fair part")
+	assert.LessOrEqual(t, took, 1400*time.Millisecond, "two workers should take about half of one worker's 2 s")
+}
+
+// A worker that joins while another works through a backlog of slow jobs
+// gets work at once: the first holds only what it is about to start.
+func TestStreamsLateWorkerGetsWorkAtOnce(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic, group := pubsubtest.Topic(t), "workers"
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	log := newHandledLog()
+	slow := func(worker string) message.NoPublishHandlerFunc {
+		return func(msg *message.Message) error {
+			time.Sleep(50 * time.Millisecond)
+			log.add(worker, string(msg.Payload))
+			return nil
+		}
+	}
+	first := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: group}, nil)
+	runRouter(t, first, topic, slow("first"))
+	sent := payloads("job-", 40)
+	publish(t, pub, topic, sent...)
+	require.Eventually(t, func() bool { return log.count("first") >= 2 }, waitTimeout, time.Millisecond)
+
+	joined := time.Now()
+	late := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: group}, nil)
+	runRouter(t, late, topic, slow("late"))
+	require.Eventually(t, func() bool { return log.count("late") >= 1 }, waitTimeout, time.Millisecond)
+	assert.Less(t, time.Since(joined), 500*time.Millisecond, "the late worker's first job should start at once, not after the backlog")
+	log.waitAll(t, sent, waitTimeout)
+	assert.Empty(t, log.duplicates())
+	assert.Greater(t, log.count("late"), 10)
+}
+
+// A subscriber whose Router handler stopped hands what it read ahead back
+// to the group: another worker takes it within ClaimInterval, long before
+// ClaimMinIdle, although the first subscriber stays open.
+func TestStreamsStoppedHandlerHandsItsEntriesBack(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic, group := pubsubtest.Topic(t), "workers"
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	sent := payloads("job-", 200)
+	publish(t, pub, topic, sent...)
+
+	// Reads far ahead: its handlers are fast, and ReadAhead is long.
+	greedy := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: group, ReadAhead: time.Hour}, nil)
+	log := newHandledLog()
+	gate := make(chan struct{})
+	router, err := message.NewRouter(message.RouterConfig{}, nil)
+	require.NoError(t, err)
+	// A Router closes (and closes its subscribers) once all its handlers
+	// stopped: another handler keeps this one running.
+	router.AddConsumerHandler("other", pubsubtest.Topic(t), greedy, func(*message.Message) error { return nil })
+	var inFlight string
+	blocked := make(chan struct{})
+	handler := router.AddConsumerHandler("greedy", topic, greedy, func(msg *message.Message) error {
+		log.add("greedy", string(msg.Payload))
+		if log.count("greedy") == 6 {
+			inFlight = string(msg.Payload)
+			close(blocked)
+			<-gate // in flight until the handler was told to stop
+		}
+		return nil
+	})
+	go func() { _ = router.Run(context.Background()) }()
+	defer router.Close()
+	<-blocked
+	require.Eventually(t, func() bool { return greedy.Stats().Held > 100 }, waitTimeout, time.Millisecond,
+		"the greedy subscriber reads ahead")
+	handler.Stop()
+	close(gate)
+	<-handler.Stopped()
+	require.Eventually(t, func() bool { return greedy.Stats().Held == 0 }, waitTimeout, time.Millisecond,
+		"a subscriber with no handler left holds nothing")
+
+	// The default ClaimMinIdle is 30 s; ClaimInterval 3 s.
+	other := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: group}, nil)
+	start := time.Now()
+	runRouter(t, other, topic, func(msg *message.Message) error {
+		log.add("other", string(msg.Payload))
+		return nil
+	})
+	log.waitAll(t, sent, 15*time.Second)
+	assert.Less(t, time.Since(start), 10*time.Second, "handed-back entries are taken within ClaimInterval, not ClaimMinIdle")
+	assert.Empty(t, log.duplicates(), "the message in flight when the handler stopped was acked by it: it must not come again (%s)", inFlight)
+	require.Eventually(t, func() bool { return pendingCount(t, client, topic, group) == 0 }, waitTimeout, time.Millisecond)
+	assert.Greater(t, greedy.Stats().Released, uint64(100))
+}
+
+// handler.Stop() and a new handler on the same subscriber: the new one
+// gets the entries the first one held, and nothing is lost.
+func TestStreamsNewHandlerOnTheSameSubscriber(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic, group := pubsubtest.Topic(t), "g"
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: group, ReadAhead: time.Hour}, nil)
+	router, err := message.NewRouter(message.RouterConfig{}, nil)
+	require.NoError(t, err)
+	// A Router closes (and closes its subscribers) once all its handlers
+	// stopped: another handler keeps this one running.
+	router.AddConsumerHandler("other", pubsubtest.Topic(t), sub, func(*message.Message) error { return nil })
+	log := newHandledLog()
+	handler := router.AddConsumerHandler("first", topic, sub, func(msg *message.Message) error {
+		log.add("first", string(msg.Payload))
+		return nil
+	})
+	go func() { _ = router.Run(context.Background()) }()
+	defer router.Close()
+	<-router.Running()
+	sent := payloads("job-", 300)
+	publish(t, pub, topic, sent[:100]...)
+	require.Eventually(t, func() bool { return log.count("first") >= 10 }, waitTimeout, time.Millisecond)
+	handler.Stop()
+	<-handler.Stopped()
+	publish(t, pub, topic, sent[100:]...)
+
+	router.AddConsumerHandler("second", topic, sub, func(msg *message.Message) error {
+		log.add("second", string(msg.Payload))
+		return nil
+	})
+	require.NoError(t, router.RunHandlers(context.Background()))
+	log.waitAll(t, sent, waitTimeout)
+	assert.Empty(t, log.duplicates(), "the message in flight when the handler stopped was acked by it")
+}
+
+// A handler that panics under Watermill's Recoverer: the panic is a Nack,
+// the message comes again, and a message that always panics is
+// dead-lettered after MaxDeliveries while the others go on.
+func TestStreamsPanickingHandlerUnderRecoverer(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic, group := pubsubtest.Topic(t), "g"
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{
+		Client: client, ConsumerGroup: group, MaxDeliveries: 3, NackResendDelay: time.Millisecond,
+	}, nil)
+	log := newHandledLog()
+	var mu sync.Mutex
+	panicked := map[string]int{}
+	runRouter(t, sub, topic, func(msg *message.Message) error {
+		p := string(msg.Payload)
+		mu.Lock()
+		panicked[p]++
+		n := panicked[p]
+		mu.Unlock()
+		if p == "always" || p == "once" && n == 1 {
+			panic("handler bug")
+		}
+		log.add("w", p)
+		return nil
+	}, middleware.Recoverer)
+	publish(t, pub, topic, "once", "always", "fine")
+	log.waitAll(t, []string{"once", "fine"}, waitTimeout)
+	require.Eventually(t, func() bool { return sub.Stats().DeadLettered == 1 }, waitTimeout, time.Millisecond)
+	dead, err := client.XRange(t.Context(), topic+":dead", "-", "+").Result()
+	require.NoError(t, err)
+	require.Len(t, dead, 1)
+	assert.Equal(t, "always", dead[0].Values[redisbus.StreamsFieldPayload])
+	mu.Lock()
+	assert.Equal(t, 3, panicked["always"], "delivered MaxDeliveries times")
+	mu.Unlock()
+	assert.Empty(t, log.duplicates())
+}
+
+// A handler that changes its message and nacks it gets the message as it
+// was read again, and the dead letter is the entry as it was read.
+func TestStreamsRedeliveryIsAFreshCopy(t *testing.T) {
+	for _, maxInFlight := range []int{1, 4} {
+		t.Run(fmt.Sprintf("MaxInFlight %d", maxInFlight), func(t *testing.T) {
+			client := pubsubtest.NewClient(t)
+			topic := pubsubtest.Topic(t)
+			pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+			sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{
+				Client: client, ConsumerGroup: "g", MaxDeliveries: 3, NackResendDelay: time.Millisecond, MaxInFlight: maxInFlight,
+			}, nil)
+			ch, err := sub.Subscribe(t.Context(), topic)
+			require.NoError(t, err)
+			sent := message.NewMessage("uuid-1", []byte("original"))
+			sent.Metadata.Set("k", "v")
+			require.NoError(t, pub.Publish(topic, sent))
+
+			for delivery := 1; delivery <= 3; delivery++ {
+				msg := next(t, ch)
+				assert.Equal(t, "uuid-1", msg.UUID)
+				assert.Equal(t, "original", string(msg.Payload), "delivery %d", delivery)
+				assert.Equal(t, "v", msg.Metadata.Get("k"))
+				assert.Empty(t, msg.Metadata.Get("added"))
+				assert.Equal(t, strconv.Itoa(delivery), msg.Metadata.Get(redisbus.MetadataDeliveryCount))
+				msg.Payload[0] = 'X' // in place
+				msg.Payload = []byte("changed")
+				msg.Metadata.Set("k", "changed")
+				msg.Metadata.Set("added", "yes")
+				msg.Nack()
+			}
+			require.Eventually(t, func() bool { return sub.Stats().DeadLettered == 1 }, waitTimeout, time.Millisecond)
+			dead, err := client.XRange(t.Context(), topic+":dead", "-", "+").Result()
+			require.NoError(t, err)
+			require.Len(t, dead, 1)
+			assert.Equal(t, "original", dead[0].Values[redisbus.StreamsFieldPayload])
+			assert.Equal(t, "uuid-1", dead[0].Values[redisbus.StreamsFieldUUID])
+			assert.Equal(t, "\x81\xa1k\xa1v", dead[0].Values[redisbus.StreamsFieldMetadata], "the metadata as read")
+		})
+	}
+}
+
+// Entries without a UUID (other producers) keep the one they were given
+// on their first delivery.
+func TestStreamsRedeliveryKeepsTheUUID(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic := pubsubtest.Topic(t)
+	sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g", NackResendDelay: time.Millisecond}, nil)
+	ch, err := sub.Subscribe(t.Context(), topic)
+	require.NoError(t, err)
+	require.NoError(t, client.XAdd(t.Context(), &redis.XAddArgs{Stream: topic, Values: []string{"payload", "from php"}}).Err())
+	first := next(t, ch)
+	first.Nack()
+	second := next(t, ch)
+	assert.Equal(t, first.UUID, second.UUID)
+	second.Ack()
+}
+
+// Close called twice at once (a Router and the application): both return
+// only once the consumer name is free again.
+func TestStreamsConcurrentCloseReleasesTheName(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic := pubsubtest.Topic(t)
+	config := redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g", Consumer: "worker-1"}
+	for range 30 {
+		sub, err := redisbus.NewStreamsSubscriber(config, nil)
+		require.NoError(t, err)
+		require.NoError(t, sub.SubscribeInitialize(topic))
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() { assert.NoError(t, sub.Close()) })
+		}
+		wg.Wait()
+		next, err := redisbus.NewStreamsSubscriber(config, nil)
+		require.NoError(t, err)
+		require.NoError(t, next.SubscribeInitialize(topic), "the name must be free once Close returned")
+		require.NoError(t, next.Close())
+	}
+}
+
+// An explicit consumer name that a live subscriber holds is refused, with
+// the field named; the Consumer field is checked per stream and group.
+func TestStreamsExplicitNameInUseIsRefused(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic := pubsubtest.Topic(t)
+	config := redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g", Consumer: "worker-1"}
+	holder := newStreamsSubscriber(t, config, nil)
+	require.NoError(t, holder.SubscribeInitialize(topic))
+
+	// The same name in the same process: refused at once.
+	twin := newStreamsSubscriber(t, config, nil)
+	err := twin.SubscribeInitialize(topic)
+	var configErr *redisbus.ConfigError
+	require.True(t, errors.As(err, &configErr), "got %v", err)
+	assert.Equal(t, "StreamsSubscriberConfig.Consumer", configErr.Field)
+	// Another stream, or another group: fine.
+	require.NoError(t, twin.SubscribeInitialize(pubsubtest.Topic(t)))
+	other := config
+	other.ConsumerGroup = "h"
+	require.NoError(t, newStreamsSubscriber(t, other, nil).SubscribeInitialize(topic))
+}
