@@ -114,9 +114,10 @@ type inboxOwner interface {
 	// consumersChanged reports how many Subscribe calls are attached.
 	consumersChanged(n int)
 	// surrender takes back entries that nobody here is going to handle
-	// (inboxes configured to surrender): the last consumer left, or the
-	// inbox closed.
-	surrender(entries []*inboxEntry)
+	// soon (inboxes configured to surrender). idle says why: no consumer
+	// is attached (the last one left, or the inbox closed); otherwise the
+	// entries are more than the consumers will start soon.
+	surrender(entries []*inboxEntry, idle bool)
 	// closedWithInFlight hands over, when the inbox closes, the deliveries
 	// that consumers still had (inboxes configured to surrender): their
 	// handlers may still ack them.
@@ -203,11 +204,17 @@ type topicInbox struct {
 	// had them: an Ack or a Nack still counts until orphanGrace is over.
 	orphans []*delivery
 	timer   *time.Timer
+	timerAt time.Time // when timer fires; zero: it is stopped
 	cases   []reflect.SelectCase
 	caseOf  []selectCase
 	// serviceTime is a moving average of how long a delivery takes from
 	// hand-out to Ack or Nack, in nanoseconds; 0 until the first one.
 	serviceTime float64
+	// recent are the last acked deliveries' durations (ns), next to be
+	// overwritten at recentAt: the read-ahead is handed back only when all
+	// of them were slow, not for one pause.
+	recent   [3]float64
+	recentAt int
 }
 
 // consumer is one Subscribe call: an output channel and what it holds.
@@ -233,8 +240,8 @@ type delivery struct {
 	ctx     *messageContext
 	start   time.Time
 	settled bool // acked, nacked or taken back; later results are stale
-	// abandon, when a goroutine watches the delivery's outcome (see
-	// watch), is closed when the delivery ends.
+	// abandon, once its consumer left, is closed when the delivery ends,
+	// to stop the goroutine watching it (see watchOrphan).
 	abandon chan struct{}
 	// orphanedUntil is set when the consumer's Subscribe ended while it
 	// had the message: it is taken back then, unless settled first.
@@ -395,8 +402,8 @@ func (t *topicInbox) run() {
 		if t.head == nil && len(t.consumers) > 0 {
 			t.head = t.pop()
 		}
-		if len(t.consumers) == 0 && t.config.surrender {
-			t.surrenderWaiting()
+		if t.config.surrender {
+			t.surrenderExcess()
 		}
 		t.publish()
 		if !t.handle(t.wait()) {
@@ -422,6 +429,9 @@ func (t *topicInbox) pop() *inboxEntry {
 // takeBackOrphans takes back the messages whose consumer left and whose
 // handler has not settled them within orphanGrace.
 func (t *topicInbox) takeBackOrphans() {
+	if len(t.orphans) == 0 {
+		return
+	}
 	now := time.Now()
 	for _, d := range slices.Clone(t.orphans) {
 		if !d.orphanedUntil.After(now) {
@@ -434,6 +444,9 @@ func (t *topicInbox) takeBackOrphans() {
 // releaseDueDelayed moves delayed entries whose time has come to the front
 // of the queue, so a due entry never waits for a timer that keeps firing.
 func (t *topicInbox) releaseDueDelayed() {
+	if len(t.delayed) == 0 {
+		return
+	}
 	now := time.Now()
 	n := 0
 	for n < len(t.delayed) && !t.delayed[n].notBefore.After(now) {
@@ -504,7 +517,41 @@ func (t *topicInbox) surrenderWaiting() {
 		}
 	}
 	if len(entries) > 0 {
-		t.owner.surrender(entries)
+		t.owner.surrender(entries, true)
+	}
+}
+
+// excessSlack is how far the entries waiting may exceed what the inbox
+// wants (twice its target) before the rest is handed back.
+const excessSlack = 2
+
+// surrenderExcess hands back entries nobody here will start soon: all of
+// them while no consumer is attached, and, when the handlers turned out
+// slower than they were taking (the read-ahead shrank), those beyond
+// twice the target, newest first, so that other processes take them.
+func (t *topicInbox) surrenderExcess() {
+	if len(t.consumers) == 0 {
+		t.surrenderWaiting()
+		return
+	}
+	if t.recentAt < len(t.recent) || t.config.fixedAhead || t.config.readAhead < 0 {
+		return
+	}
+	fastestRecent := slices.Min(t.recent[:])
+	ahead := int(min(float64(t.config.limit), float64(t.slotsNow())*float64(t.config.readAhead)/fastestRecent))
+	t.mu.Lock()
+	keep := 2*(t.freeSlots+ahead) + excessSlack
+	var entries []*inboxEntry
+	for t.queue.len()+btoi(t.headHeld) > keep {
+		e := t.queue.popBack()
+		if e.isolate {
+			t.isolatedHeld.Add(-1)
+		}
+		entries = append(entries, e)
+	}
+	t.mu.Unlock()
+	if len(entries) > 0 {
+		t.owner.surrender(entries, false)
 	}
 }
 
@@ -549,7 +596,10 @@ type selectCase struct {
 func (t *topicInbox) headReady() bool {
 	var next time.Time
 	ready := t.head != nil
-	now := time.Now()
+	var now time.Time
+	if t.config.pull || len(t.delayed) > 0 || len(t.orphans) > 0 || t.head != nil && !t.head.notBefore.IsZero() {
+		now = time.Now() // only when something waits for a time: it costs
+	}
 	if e := t.head; e != nil {
 		switch {
 		case e.lost.Load():
@@ -577,11 +627,25 @@ func (t *topicInbox) headReady() bool {
 			next = d.orphanedUntil
 		}
 	}
-	if !next.IsZero() {
-		t.timer.Reset(max(time.Until(next), 0))
-	}
+	t.armTimer(next, now)
 	return ready
 }
+
+// armTimer sets the timer to fire at next (never, when zero). Entries read
+// together share their deadlines, so most calls find it set already.
+func (t *topicInbox) armTimer(next, now time.Time) {
+	if next.Equal(t.timerAt) {
+		return
+	}
+	t.timerAt = next
+	if next.IsZero() {
+		t.timer.Stop()
+		return
+	}
+	t.timer.Reset(max(next.Sub(now), 0))
+}
+
+func (t *topicInbox) slotsNow() int { return len(t.consumers) * t.config.maxInFlight }
 
 func (t *topicInbox) inflight() int {
 	n := len(t.orphans)
@@ -639,6 +703,7 @@ func (t *topicInbox) wait() event {
 	case <-wake:
 		return event{kind: evWake}
 	case <-t.timer.C:
+		t.timerAt = time.Time{}
 		return event{kind: evTimer}
 	case <-t.refresh:
 		return event{kind: evRefresh}
@@ -692,6 +757,8 @@ func (t *topicInbox) waitMany(ready bool, wake chan struct{}, results chan ackRe
 	chosen, value, _ := reflect.Select(t.cases)
 	ev := event{kind: t.caseOf[chosen].kind, c: t.caseOf[chosen].c}
 	switch ev.kind {
+	case evTimer:
+		t.timerAt = time.Time{}
 	case evAttach:
 		ev.c = value.Interface().(*consumer)
 	case evResult:
@@ -730,7 +797,10 @@ func (t *topicInbox) handle(ev event) bool {
 // sent records that c took the head.
 func (t *topicInbox) sent(c *consumer) {
 	e := t.head
-	d := &delivery{c: c, entry: e, msg: c.offer, ctx: c.offerCtx, start: time.Now()}
+	d := &delivery{c: c, entry: e, msg: c.offer, ctx: c.offerCtx}
+	if t.config.pull {
+		d.start = time.Now() // for the read-ahead
+	}
 	c.offer, c.offerCtx, c.offerEntry = nil, nil, nil
 	c.inflight = append(c.inflight, d)
 	t.head = nil
@@ -748,13 +818,17 @@ func (t *topicInbox) sent(c *consumer) {
 	}
 }
 
-// startWatch reports the delivery's outcome through results: for
-// consumers that may hold several messages, and for orphans.
+// startWatch reports the delivery's outcome through results, until it is
+// taken back: for consumers that may hold several messages.
 func (t *topicInbox) startWatch(d *delivery) {
-	if d.abandon == nil {
-		d.abandon = make(chan struct{})
-		go t.watch(d)
-	}
+	go t.watch(d, d.ctx.Done())
+}
+
+// watchOrphan keeps watching a delivery whose consumer left (its context is
+// done) until abandon is closed.
+func (t *topicInbox) watchOrphan(d *delivery) {
+	d.abandon = make(chan struct{})
+	go t.watch(d, d.abandon)
 }
 
 // dropHead forgets a head that is gone (someone else's now, or not
@@ -771,15 +845,15 @@ func (t *topicInbox) dropHead() {
 
 // watch reports the outcome of a delivery; only consumers that may hold
 // several messages, and orphans, need a goroutine for it.
-func (t *topicInbox) watch(d *delivery) {
+func (t *topicInbox) watch(d *delivery, until <-chan struct{}) {
 	var r ackResult
 	select {
 	case <-d.msg.Acked():
 		r = ackResult{d: d, acked: true}
 	case <-d.msg.Nacked():
 		r = ackResult{d: d, acked: false}
-	case <-d.abandon:
-		return // settled otherwise, or taken back
+	case <-until:
+		return // taken back, or watched by another now
 	case <-t.done:
 		return
 	}
@@ -793,7 +867,9 @@ func (t *topicInbox) watch(d *delivery) {
 func (t *topicInbox) settle(d *delivery, acked bool) {
 	t.removeDelivery(d)
 	t.leaveIsolation(d.entry) // it ran alone once; a Nack is an ordinary failure
-	t.measure(time.Since(d.start))
+	if t.config.pull {
+		t.measure(time.Since(d.start), acked)
+	}
 	if acked {
 		t.owner.acked(d.entry)
 		return
@@ -805,15 +881,26 @@ func (t *topicInbox) settle(d *delivery, acked bool) {
 }
 
 // measure adds one delivery's duration to the moving average of service
-// times that sizes the read-ahead.
-func (t *topicInbox) measure(d time.Duration) {
-	const weight = 0.2
+// times that sizes the read-ahead. It errs towards reading too little: a
+// slower delivery counts at once, faster ones only gradually, and a Nack
+// (often a quick failure, not work) only when it was slower.
+func (t *topicInbox) measure(d time.Duration, acked bool) {
+	const up, down = 0.5, 0.05
 	ns := float64(max(d, time.Microsecond))
-	if t.serviceTime == 0 {
-		t.serviceTime = ns
-		return
+	if acked {
+		t.recent[t.recentAt%len(t.recent)] = ns
+		t.recentAt++
 	}
-	t.serviceTime += weight * (ns - t.serviceTime)
+	switch {
+	case t.serviceTime == 0:
+		if acked {
+			t.serviceTime = ns
+		}
+	case ns > t.serviceTime:
+		t.serviceTime += up * (ns - t.serviceTime)
+	case acked:
+		t.serviceTime += down * (ns - t.serviceTime)
+	}
 }
 
 // removeDelivery ends a delivery: its message's context is cancelled and
@@ -885,7 +972,7 @@ func (t *topicInbox) detach(c *consumer) {
 			d.ctx.cancel()
 			d.orphanedUntil = time.Now().Add(t.config.orphanGrace)
 			t.orphans = append(t.orphans, d)
-			t.startWatch(d)
+			t.watchOrphan(d)
 			continue
 		}
 		t.removeDelivery(d)
@@ -1026,6 +1113,17 @@ func (q *deque) pushFront(e *inboxEntry) {
 	q.head = (q.head - 1 + len(q.buf)) % len(q.buf)
 	q.buf[q.head] = e
 	q.n++
+}
+
+func (q *deque) popBack() *inboxEntry {
+	if q.n == 0 {
+		return nil
+	}
+	i := (q.head + q.n - 1) % len(q.buf)
+	e := q.buf[i]
+	q.buf[i] = nil
+	q.n--
+	return e
 }
 
 func (q *deque) popFront() *inboxEntry {

@@ -39,35 +39,39 @@ func (t *pubsubTopic) confirm() {
 	t.confirmOnce.Do(func() { close(t.confirmed) })
 }
 
-// receive queues a payload read from Redis. It is decoded when it is
-// offered, afresh for every delivery, so a handler that changes its message
-// and nacks it gets what was read again.
+// receive decodes a payload read from Redis and queues it; it never loses
+// one to bad data. The payload is kept as read, for a redelivery to decode
+// afresh: a handler that changed its message and nacked it gets what was
+// read again.
 func (t *pubsubTopic) receive(raw string) {
 	t.s.stats.received.Add(1)
-	t.inbox.push(&inboxEntry{raw: raw})
+	msg, err := t.decode(raw)
+	if err != nil {
+		t.s.stats.decodeErrors.Add(1)
+		t.logger.Error("Cannot decode message, delivering it raw", err, nil)
+	}
+	t.inbox.push(&inboxEntry{first: msg, raw: raw, uuid: msg.UUID})
 }
 
-// message decodes e for one delivery; it never loses one to bad data.
-// Decoding again must not change the message's UUID, which a payload that
-// is not an envelope gets at random.
-func (t *pubsubTopic) message(e *inboxEntry) *message.Message {
-	data := []byte(e.raw)
+// decode decodes a payload, or wraps it raw when the Marshaler refuses it.
+func (t *pubsubTopic) decode(raw string) (*message.Message, error) {
+	data := []byte(raw)
 	msg, err := t.s.config.Marshaler.Unmarshal(t.name, data)
 	if err == nil && msg == nil {
 		err = errNoMessage
 	}
 	if err != nil {
-		if e.uuid == "" {
-			t.s.stats.decodeErrors.Add(1)
-			t.logger.Error("Cannot decode message, delivering it raw", err, nil)
-		}
-		msg = rawFallback(data, err)
+		return rawFallback(data, err), err
 	}
-	if e.uuid == "" {
-		e.uuid = msg.UUID
-	} else {
-		msg.UUID = e.uuid
-	}
+	return msg, nil
+}
+
+// message decodes e again for a redelivery. Decoding again must not change
+// the message's UUID, which a payload that is not an envelope gets at
+// random.
+func (t *pubsubTopic) message(e *inboxEntry) *message.Message {
+	msg, _ := t.decode(e.raw)
+	msg.UUID = e.uuid
 	return msg
 }
 
@@ -99,6 +103,6 @@ func (t *pubsubTopic) stale(*inboxEntry) {}
 
 func (t *pubsubTopic) mayHandOut(*inboxEntry) bool { return true }
 
-func (t *pubsubTopic) surrender([]*inboxEntry) {}
+func (t *pubsubTopic) surrender([]*inboxEntry, bool) {}
 
 func (t *pubsubTopic) closedWithInFlight([]*delivery) {}

@@ -2,6 +2,7 @@ package redisbus
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -62,6 +63,8 @@ type ackOp struct {
 	reason string // opDeadLetter
 	// counted says the ack is in its topic's acksUnsent.
 	counted bool
+	// idle says a release is for want of a consumer.
+	idle bool
 
 	failures  int
 	notBefore time.Time // retry no earlier
@@ -128,10 +131,11 @@ func (a *streamsAcker) deadLetter(t *streamsTopic, e *inboxEntry, reason string)
 }
 
 // release hands entries back to the group. It runs on the dispatcher,
-// which owns the entries' state.
-func (a *streamsAcker) release(t *streamsTopic, entries []*inboxEntry) {
+// which owns the entries' state. Entries released because no consumer was
+// attached are kept if one is again by the time they would go.
+func (a *streamsAcker) release(t *streamsTopic, entries []*inboxEntry, idle bool) {
 	for _, e := range entries {
-		a.add(ackOp{kind: opRelease, topic: t, id: e.id, entry: e, count: releaseCount(e)})
+		a.add(ackOp{kind: opRelease, topic: t, id: e.id, entry: e, count: releaseCount(e), idle: idle})
 	}
 }
 
@@ -439,11 +443,17 @@ func (a *streamsAcker) sendReleases(t *streamsTopic, ops, failed []ackOp) []ackO
 		return failed
 	}
 	if t.consumers.Load() > 0 {
-		// A Subscribe came back before the entries went: deliver them here.
-		for _, op := range ops {
-			t.inbox.push(op.entry)
+		// A Subscribe came back before the entries went: deliver those
+		// released for want of one here.
+		ops = slices.DeleteFunc(ops, func(op ackOp) bool {
+			if op.idle {
+				t.inbox.push(op.entry)
+			}
+			return op.idle
+		})
+		if len(ops) == 0 {
+			return failed
 		}
-		return failed
 	}
 	args := t.scriptArgs(id, 2*len(ops), "0")
 	for _, op := range ops {

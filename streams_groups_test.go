@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -443,4 +444,37 @@ func TestStreamsExplicitNameInUseIsRefused(t *testing.T) {
 	other := config
 	other.ConsumerGroup = "h"
 	require.NoError(t, newStreamsSubscriber(t, other, nil).SubscribeInitialize(topic))
+}
+
+// A worker whose handlers turn slow after a run of fast messages read far
+// ahead: it hands back what it will not start soon, and another worker of
+// the group takes its part.
+func TestStreamsWorkerThatTurnsSlowHandsBackItsReadAhead(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic, group := pubsubtest.Topic(t), "workers"
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	config := redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: group, ClaimInterval: 100 * time.Millisecond}
+	log := newHandledLog()
+	handler := func(worker string) message.NoPublishHandlerFunc {
+		return func(msg *message.Message) error {
+			if strings.HasPrefix(string(msg.Payload), "slow-") {
+				time.Sleep(100 * time.Millisecond)
+			}
+			log.add(worker, string(msg.Payload))
+			return nil
+		}
+	}
+	first := newStreamsSubscriber(t, config, nil)
+	runRouter(t, first, topic, handler("first"))
+	fast := payloads("fast-", 500)
+	publish(t, pub, topic, fast...)
+	log.waitAll(t, fast, waitTimeout) // fast handlers: the first reads far ahead now
+
+	second := newStreamsSubscriber(t, config, nil)
+	runRouter(t, second, topic, handler("second"))
+	slow := payloads("slow-", 30)
+	publish(t, pub, topic, slow...)
+	log.waitAll(t, slow, waitTimeout)
+	assert.Empty(t, log.duplicates())
+	assert.GreaterOrEqual(t, log.count("second"), 8, "the second worker must get a part of the slow jobs")
 }

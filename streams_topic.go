@@ -694,9 +694,9 @@ func (t *streamsTopic) consumersChanged(n int) {
 	}
 }
 
-// surrender hands entries nobody here will handle back to the group.
-func (t *streamsTopic) surrender(entries []*inboxEntry) {
-	t.s.acker.release(t, entries)
+// surrender hands entries nobody here will handle soon back to the group.
+func (t *streamsTopic) surrender(entries []*inboxEntry, idle bool) {
+	t.s.acker.release(t, entries, idle)
 }
 
 // closedWithInFlight keeps the deliveries handlers still had at Close, for

@@ -53,6 +53,8 @@ type contender struct {
 	// reference marks a ceiling for workload 1's calling pattern, run in
 	// that workload only.
 	reference bool
+	// shares runs workload 6: consumers of one group sharing a backlog.
+	shares bool
 }
 
 const benchGroup = "bench"
@@ -82,7 +84,7 @@ func contenders() []*contender {
 			},
 		},
 		{
-			name: "redisbus Streams (ordered)", family: "streams", stream: true,
+			name: "redisbus Streams (ordered)", family: "streams", stream: true, shares: true,
 			watermill: redisbusStreams(1),
 		},
 		{
@@ -93,7 +95,7 @@ func contenders() []*contender {
 			// The configuration watermill-benchmark uses: default settings, a
 			// consumer group, separate clients for publishing and
 			// subscribing.
-			name: "watermill-redisstream v1.4.5", family: "streams", stream: true, peer: true,
+			name: "watermill-redisstream v1.4.5", family: "streams", stream: true, peer: true, shares: true,
 			watermill: func(e *env, n int) (message.Publisher, message.Subscriber, func()) {
 				subClient, pubClient := e.client(false), e.client(false)
 				sub, err := redisstream.NewSubscriber(redisstream.SubscriberConfig{

@@ -27,6 +27,7 @@ type options struct {
 	report   string
 	chart    string
 	profile  string
+	sharedN  int
 }
 
 func main() {
@@ -42,10 +43,11 @@ func main() {
 	flag.StringVar(&o.report, "report", "BENCHMARKS.md", "where to write the report (empty: stdout only)")
 	flag.StringVar(&o.chart, "chart", "bench/chart.svg", "where to write the chart (empty: none)")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.IntVar(&o.sharedN, "shared-n", 1200, "messages of the shared-backlog workload (5 ms each, 3 consumers)")
 	flag.Parse()
 	o.sizes, o.rates = ints(sizes), ints(rates)
 	if o.quick {
-		o.n, o.sizes, o.rounds, o.rates, o.duration = 5000, []int{64}, 1, []int{1000}, time.Second
+		o.n, o.sizes, o.rounds, o.rates, o.duration, o.sharedN = 5000, []int{64}, 1, []int{1000}, time.Second, 150
 		o.report, o.chart = "", ""
 	}
 
@@ -145,6 +147,11 @@ func run(ctx context.Context, o options) error {
 				record(batched(ctx, e, c, o.n, 64))
 			}
 		}
+		for _, c := range order {
+			if c.shares {
+				record(sharedBacklog(ctx, e, c, o.sharedN))
+			}
+		}
 		for _, perSecond := range o.rates {
 			for _, c := range order {
 				if c.family == "inproc" || c.reference {
@@ -192,6 +199,9 @@ func line(s sample) string {
 	switch {
 	case s.p50 > 0:
 		return fmt.Sprintf("  %-36s %-28s p50 %v p99 %v p999 %v %s", s.contender, s.workload, s.p50, s.p99, s.p999, s.failed())
+	case s.drain > 0:
+		return fmt.Sprintf("  %-36s %-28s drained in %v (ideal %v), per consumer %s %s", s.contender, s.workload,
+			s.drain.Round(time.Millisecond), idealDrain(int(sum(s.shares))).Round(time.Millisecond), sharesText(s.shares), s.failed())
 	default:
 		return fmt.Sprintf("  %-36s %-28s %4d B pub %8.0f/s sub %8.0f/s cmds/msg %.2f trips/msg %.3f %s",
 			s.contender, s.workload, s.size, s.pubRate, s.subRate, s.cmdsPerMsg, s.tripsPerMsg, s.failed())

@@ -266,6 +266,13 @@ func (r *report) markdown(chart string) string {
 		}
 	}
 
+	if len(r.contenders(w6)) > 0 {
+		w("\n## Workload 6: consumers of one group share a backlog\n\n")
+		w("%d messages wait in a stream before %d consumers of one group start, each its own subscriber and Router (default settings) with a handler that takes %s, as workers of a job queue run. ", r.o.sharedN, shareConsumers, shareWork)
+		w("The ideal drain time keeps every consumer busy all along: %s. Medians of the drain time; the shares are from one run.\n\n", idealDrain(r.o.sharedN).Round(time.Millisecond))
+		r.sharedBacklogTable(&b)
+	}
+
 	w("\n## How to run\n\n")
 	w("`go run ./bench` from the repository root (a `go.work` includes `bench/`, a module of its own so that the peers never enter the library's `go.mod`). ")
 	w("It uses `REDIS_URL`, or starts a private `redis-server` on a free port. Flags:\n\n")
@@ -279,7 +286,8 @@ func (r *report) markdown(chart string) string {
 	w("| `-report` | BENCHMARKS.md | where to write this report (empty: stdout only) |\n")
 	w("| `-chart` | bench/chart.svg | where to write the chart |\n")
 	w("| `-cpuprofile` | | write a CPU profile of the whole run to this file (`go tool pprof`) |\n")
-	w("| `-quick` | | 5000 messages, one round, 1000 msg/s for 1 s, no files: checks correctness (lost, duplicated, pending) and fails on it, never on speed; `.ci/run` runs it |\n")
+	w("| `-shared-n` | 1200 | messages of workload 6 (5 ms each, 3 consumers) |\n")
+	w("| `-quick` | | 5000 messages (150 in workload 6), one round, 1000 msg/s for 1 s, no files: checks correctness (lost, duplicated, pending) and fails on it, never on speed; `.ci/run` runs it |\n")
 
 	w("\n## Correctness\n\n")
 	bad := 0

@@ -29,6 +29,9 @@ type sample struct {
 
 	p50, p99, p999 time.Duration // latency workloads
 
+	drain  time.Duration // workload 6: how long the backlog took
+	shares []int64       // workload 6: messages each consumer handled
+
 	lost, dups, pending int64
 	peer                bool // a compared library: its failures are reported, not fatal
 }

@@ -1,7 +1,8 @@
 // Command workqueue is the seed's orders example on Redis Streams: orders
-// are published reliably, a pool of workers in one consumer group
-// processes them, a failing order is retried with backoff and, after
-// MaxDeliveries attempts, moved to the dead-letter stream orders:dead.
+// are published reliably, two workers in one consumer group share them (each
+// takes an order only when it is about to start it), a failing order is
+// retried with backoff and, after MaxDeliveries attempts, moved to the
+// dead-letter stream orders:dead.
 //
 //	go run ./examples/workqueue                 # embedded Redis
 //	REDIS_URL=redis://127.0.0.1:6379/0 go run ./examples/workqueue
@@ -57,6 +58,9 @@ func run(ctx context.Context, out io.Writer, redisURL, topic string) error {
 	defer cancel()
 
 	orders := []Order{{ID: 1, Amount: 19.99}, {ID: 2, Amount: -5}, {ID: 3, Amount: 42}}
+	for id := 4; id <= 10; id++ {
+		orders = append(orders, Order{ID: id, Amount: float64(id) * 10})
+	}
 	q, err := startWorkers(ctx, client, topic, out)
 	if err != nil {
 		return err
@@ -89,23 +93,29 @@ func run(ctx context.Context, out io.Writer, redisURL, topic string) error {
 	for _, entry := range dead {
 		q.printf("dead letter: %s (%s)\n", entry.Values[redisbus.StreamsFieldPayload], entry.Values[redisbus.DeadLetterFieldReason])
 	}
+	for _, worker := range workerNames {
+		q.printf("%s processed %d orders\n", worker, q.processedBy(worker))
+	}
 	return nil
 }
+
+var workerNames = []string{"worker-1", "worker-2"}
 
 // workers is a pool of two consumers in one group, as two servers would be.
 type workers struct {
 	routers []*message.Router
 	subs    []*redisbus.StreamsSubscriber
 
-	mu       sync.Mutex
-	out      io.Writer
-	finished int
-	changed  chan struct{}
+	mu        sync.Mutex
+	out       io.Writer
+	finished  int
+	processed map[string]int
+	changed   chan struct{}
 }
 
 func startWorkers(ctx context.Context, client *redis.Client, topic string, out io.Writer) (*workers, error) {
-	w := &workers{out: out, changed: make(chan struct{}, 1)}
-	for _, name := range []string{"worker-1", "worker-2"} {
+	w := &workers{out: out, processed: map[string]int{}, changed: make(chan struct{}, 1)}
+	for _, name := range workerNames {
 		sub, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{
 			Client:          client,
 			ConsumerGroup:   "order-processors",
@@ -146,9 +156,19 @@ func (w *workers) process(worker string, msg *message.Message) error {
 		w.printf("%s: order %d failed (attempt %s): amount must be positive\n", worker, order.ID, attempt)
 		return errors.New("invalid amount")
 	}
+	time.Sleep(50 * time.Millisecond) // charging a card takes a while
 	w.printf("%s: order %d processed: charged %.2f\n", worker, order.ID, order.Amount)
+	w.mu.Lock()
+	w.processed[worker]++
+	w.mu.Unlock()
 	w.finish()
 	return nil
+}
+
+func (w *workers) processedBy(worker string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.processed[worker]
 }
 
 func (w *workers) watchDeadLetters(ctx context.Context, client *redis.Client, topic string) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -31,6 +32,17 @@ func TestFailingOrderIsRetriedThenDeadLettered(t *testing.T) {
 			assert.NotContains(t, text, "attempt 4", "MaxDeliveries is 3")
 			assert.Contains(t, text, `dead letter: {"id":2,"amount":-5} (nacked 3 times (MaxDeliveries 3))`)
 			assert.Equal(t, 1, strings.Count(text, "order 1 processed"), "a processed order is not redelivered")
+			for id := 4; id <= 10; id++ {
+				assert.Equal(t, 1, strings.Count(text, fmt.Sprintf("order %d processed", id)))
+			}
+			// Nine orders of 50 ms: each worker gets a part (the one that gets the
+			// failing order waits out its backoff: ordered delivery).
+			for _, worker := range []string{"worker-1", "worker-2"} {
+				var n int
+				_, err := fmt.Sscanf(text[strings.Index(text, worker+" processed "):], worker+" processed %d orders", &n)
+				require.NoError(t, err)
+				assert.GreaterOrEqual(t, n, 2, "%s must share the work", worker)
+			}
 		})
 	}
 }
