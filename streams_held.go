@@ -109,7 +109,8 @@ func (t *streamsTopic) renew() {
 				t.nameLost(id, holder)
 				return
 			}
-			if !t.isClosing() {
+			if !t.isClosing() && time.Since(t.lastRenewError) >= 10*time.Second {
+				t.lastRenewError = time.Now()
 				t.logger.Error("Cannot renew held entries; they are handed out only once Redis confirms they are still ours", err, nil)
 			}
 			return

@@ -281,10 +281,10 @@ func TestStreamsDueNackWithBusyConsumersDoesNotSpin(t *testing.T) {
 	}, nil)
 	ch, err := sub.Subscribe(t.Context(), topic)
 	require.NoError(t, err)
-	publish(t, pub, topic, "a", "b", "c")
+	publish(t, pub, topic, "a", "b", "c", "d")
 	a, b := next(t, ch), next(t, ch)
 	a.Nack()
-	c := next(t, ch) // b and c fill both slots; a is due in 1 ms
+	c := next(t, ch) // b and c fill both slots, d waits; a is due in 1 ms
 	time.Sleep(20 * time.Millisecond)
 
 	before := cpuTime(t)
@@ -292,10 +292,8 @@ func TestStreamsDueNackWithBusyConsumersDoesNotSpin(t *testing.T) {
 	used := cpuTime(t) - before
 	assert.Less(t, used, 200*time.Millisecond, "the process used %s of CPU while only waiting", used)
 	b.Ack()
-	again := next(t, ch)
-	assert.Equal(t, "a", string(again.Payload))
-	again.Ack()
 	c.Ack()
+	assert.ElementsMatch(t, []string{"a", "d"}, receive(t, ch, 2))
 }
 
 func cpuTime(t *testing.T) time.Duration {

@@ -46,6 +46,8 @@ type streamsTopic struct {
 	// entries were handed back, or a read's reply was lost.
 	resume   atomic.Bool
 	renewNow chan struct{} // capacity 1: the dispatcher waits for a renewal
+	// lastRenewError is when a failed renewal was last logged (maintain).
+	lastRenewError time.Time
 
 	// Reader only.
 	resuming      bool     // reading the own pending list
@@ -571,12 +573,21 @@ func (t *streamsTopic) maintain() {
 		defer ticker.Stop()
 		tidy = ticker.C
 	}
+	// Renewals the dispatcher asks for come at most every renewRetry, so
+	// that a Redis that fails them is not asked on every event.
+	const renewRetry = 50 * time.Millisecond
+	var lastRenew time.Time
 	for {
 		select {
 		case <-renew.C:
 			t.renew()
+			lastRenew = time.Now()
 		case <-t.renewNow:
+			if wait := renewRetry - time.Since(lastRenew); wait > 0 && !sleep(wait, t.closing()) {
+				return
+			}
 			t.renew()
+			lastRenew = time.Now()
 		case <-tidy:
 			t.removeIdleConsumers()
 		case <-t.closing():
