@@ -150,6 +150,10 @@ type inboxConfig struct {
 	// ended may still be acked or nacked before they are taken back; 0
 	// takes them back at once.
 	orphanGrace time.Duration
+	// handBackAfter, in an inbox that surrenders: when a nacked head holds
+	// the queue for longer (ordered delivery), nothing more is read and
+	// the entries behind it are handed back, for other processes to take.
+	handBackAfter time.Duration
 }
 
 // topicInbox holds one topic's messages in this process until they are
@@ -182,6 +186,9 @@ type topicInbox struct {
 	headHeld bool
 	// What the dispatcher holds besides the queue, kept for want.
 	delayedN, inflightN, slots, freeSlots, ahead int
+	// headBlocked says a nacked head holds the queue for longer than
+	// handBackAfter.
+	headBlocked bool
 	// isolatedHeld counts entries to be handled alone that the inbox holds,
 	// waiting or in flight: while there are any, nothing else is taken.
 	isolatedHeld atomic.Int32
@@ -314,6 +321,9 @@ func (t *topicInbox) want(recovering bool) int {
 }
 
 func (t *topicInbox) wantLocked(recovering bool) int {
+	if t.headBlocked {
+		return 0 // nothing could start before its delay ends
+	}
 	waiting := t.queue.len() + btoi(t.headHeld)
 	free := t.freeSlots
 	if t.isolatedHeld.Load() > 0 {
@@ -487,6 +497,7 @@ func (t *topicInbox) publish() {
 	}
 	t.mu.Lock()
 	t.delayedN, t.inflightN, t.slots, t.freeSlots, t.ahead = len(t.delayed), inflight, slots, free, ahead
+	t.headBlocked = t.headHeldBack()
 	read := t.wantLocked(false) > 0
 	t.mu.Unlock()
 	if read {
@@ -525,22 +536,28 @@ func (t *topicInbox) surrenderWaiting() {
 // wants (twice its target) before the rest is handed back.
 const excessSlack = 2
 
-// surrenderExcess hands back entries nobody here will start soon: all of
-// them while no consumer is attached, and, when the handlers turned out
-// slower than they were taking (the read-ahead shrank), those beyond
-// twice the target, newest first, so that other processes take them.
+// surrenderExcess hands back entries nobody here will start soon, newest
+// first, so that other processes take them: all of them while no consumer
+// is attached, those behind a nacked head that holds the queue for long,
+// and, when the handlers turned out slower than they were taking (the
+// read-ahead shrank), those beyond twice the target.
 func (t *topicInbox) surrenderExcess() {
 	if len(t.consumers) == 0 {
 		t.surrenderWaiting()
 		return
 	}
-	if t.recentAt < len(t.recent) || t.config.fixedAhead || t.config.readAhead < 0 {
+	var keep int
+	switch {
+	case t.headHeldBack():
+		keep = 1 // the head
+	case t.recentAt < len(t.recent) || t.config.fixedAhead || t.config.readAhead < 0:
 		return
+	default:
+		fastestRecent := slices.Min(t.recent[:])
+		ahead := int(min(float64(t.config.limit), float64(t.slotsNow())*float64(t.config.readAhead)/fastestRecent))
+		keep = 2*(t.freeSlots+ahead) + excessSlack
 	}
-	fastestRecent := slices.Min(t.recent[:])
-	ahead := int(min(float64(t.config.limit), float64(t.slotsNow())*float64(t.config.readAhead)/fastestRecent))
 	t.mu.Lock()
-	keep := 2*(t.freeSlots+ahead) + excessSlack
 	var entries []*inboxEntry
 	for t.queue.len()+btoi(t.headHeld) > keep {
 		e := t.queue.popBack()
@@ -553,6 +570,12 @@ func (t *topicInbox) surrenderExcess() {
 	if len(entries) > 0 {
 		t.owner.surrender(entries, false)
 	}
+}
+
+// headHeldBack reports whether a nacked head holds the queue for longer
+// than handBackAfter.
+func (t *topicInbox) headHeldBack() bool {
+	return t.config.handBackAfter > 0 && t.head != nil && time.Until(t.head.notBefore) > t.config.handBackAfter
 }
 
 // leaveIsolation ends e's claim to run alone: it ran, or it is gone.

@@ -479,3 +479,44 @@ func TestStreamsWorkerThatTurnsSlowHandsBackItsReadAhead(t *testing.T) {
 	assert.Empty(t, log.duplicates())
 	assert.GreaterOrEqual(t, log.count("second"), 8, "the second worker must get a part of the slow jobs")
 }
+
+// A message that keeps failing holds its worker's queue through its
+// backoff (ordered delivery): what that worker read ahead behind it goes
+// back to the group once the backoff is long, and another worker handles
+// it instead of everything waiting for the dead letter.
+func TestStreamsNackBackoffDoesNotHoldTheGroupsWork(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic, group := pubsubtest.Topic(t), "workers"
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	config := redisbus.StreamsSubscriberConfig{
+		Client: client, ConsumerGroup: group, ClaimInterval: 100 * time.Millisecond,
+		NackResendDelay: 500 * time.Millisecond, MaxDeliveries: 6, // 0.5+1+2+4+8 s of backoff
+		ReadAhead: time.Second, // the first worker reads everything behind the failing message
+	}
+	log := newHandledLog()
+	failed := make(chan struct{}, 10)
+	worker := func(name string) {
+		sub := newStreamsSubscriber(t, config, nil)
+		runRouter(t, sub, topic, func(msg *message.Message) error {
+			if string(msg.Payload) == "fails" {
+				failed <- struct{}{}
+				return errors.New("always")
+			}
+			time.Sleep(5 * time.Millisecond)
+			log.add(name, string(msg.Payload))
+			return nil
+		})
+	}
+	worker("first")
+	publish(t, pub, topic, payloads("warm-up-", 20)...) // the first learns its handlers are quick
+	log.waitAll(t, payloads("warm-up-", 20), waitTimeout)
+	good := payloads("job-", 200)
+	publish(t, pub, topic, append([]string{"fails"}, good...)...)
+	<-failed
+	start := time.Now()
+	worker("second")
+	log.waitAll(t, good, waitTimeout)
+	assert.Less(t, time.Since(start), 6*time.Second, "the good messages must not wait for the failing one's 15 s of backoff")
+	assert.Greater(t, log.count("second"), 100)
+	assert.Empty(t, log.duplicates())
+}

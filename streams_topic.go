@@ -83,6 +83,9 @@ func newStreamsTopic(s *StreamsSubscriber, name string) *streamsTopic {
 		readAhead:   s.config.ReadAhead,
 		fixedAhead:  !t.grouped(),
 		orphanGrace: max(s.config.CloseTimeout, 0),
+		// Others take what is handed back at their next claim: hand back
+		// only for a wait longer than that.
+		handBackAfter: max(s.config.ClaimInterval, time.Second),
 	}, s.closing)
 	return t
 }
