@@ -118,6 +118,9 @@ type inboxOwner interface {
 	// is attached (the last one left, or the inbox closed); otherwise the
 	// entries are more than the consumers will start soon.
 	surrender(entries []*inboxEntry, idle bool)
+	// takenBack reports that a consumer's Subscribe ended with e unsettled:
+	// e is handed to another consumer, or kept for the next.
+	takenBack(e *inboxEntry)
 	// closedWithInFlight hands over, when the inbox closes, the deliveries
 	// that consumers still had (inboxes configured to surrender): their
 	// handlers may still ack them.
@@ -218,9 +221,9 @@ type topicInbox struct {
 	// hand-out to Ack or Nack, in nanoseconds; 0 until the first one.
 	serviceTime float64
 	// recent are the last acked deliveries' durations (ns), next to be
-	// overwritten at recentAt: the read-ahead is handed back only when all
-	// of them were slow, not for one pause.
-	recent   [3]float64
+	// overwritten at recentAt: read-ahead is handed back only when all of
+	// them were slow, not for one pause.
+	recent   [8]float64
 	recentAt int
 }
 
@@ -446,6 +449,7 @@ func (t *topicInbox) takeBackOrphans() {
 	for _, d := range slices.Clone(t.orphans) {
 		if !d.orphanedUntil.After(now) {
 			t.removeDelivery(d)
+			t.owner.takenBack(d.entry)
 			t.requeue(d.entry, 0)
 		}
 	}
@@ -532,15 +536,16 @@ func (t *topicInbox) surrenderWaiting() {
 	}
 }
 
-// excessSlack is how far the entries waiting may exceed what the inbox
-// wants (twice its target) before the rest is handed back.
+// excessSlack is how far the entries waiting may exceed four times what
+// the inbox wants before the rest is handed back.
 const excessSlack = 2
 
 // surrenderExcess hands back entries nobody here will start soon, newest
 // first, so that other processes take them: all of them while no consumer
 // is attached, those behind a nacked head that holds the queue for long,
-// and, when the handlers turned out slower than they were taking (the
-// read-ahead shrank), those beyond twice the target.
+// and, when the handlers turned out slower than they were taking (all of
+// the last few deliveries slow, so not for one pause), those beyond four
+// times the target.
 func (t *topicInbox) surrenderExcess() {
 	if len(t.consumers) == 0 {
 		t.surrenderWaiting()
@@ -555,7 +560,7 @@ func (t *topicInbox) surrenderExcess() {
 	default:
 		fastestRecent := slices.Min(t.recent[:])
 		ahead := int(min(float64(t.config.limit), float64(t.slotsNow())*float64(t.config.readAhead)/fastestRecent))
-		keep = 2*(t.freeSlots+ahead) + excessSlack
+		keep = 4*(t.freeSlots+ahead) + excessSlack
 	}
 	t.mu.Lock()
 	var entries []*inboxEntry
@@ -890,14 +895,23 @@ func (t *topicInbox) watch(d *delivery, until <-chan struct{}) {
 func (t *topicInbox) settle(d *delivery, acked bool) {
 	t.removeDelivery(d)
 	t.leaveIsolation(d.entry) // it ran alone once; a Nack is an ordinary failure
+	took := time.Duration(0)
 	if t.config.pull {
-		t.measure(time.Since(d.start), acked)
+		took = time.Since(d.start)
 	}
 	if acked {
+		t.measure(took, true)
 		t.owner.acked(d.entry)
 		return
 	}
 	delay, redeliver := t.owner.nacked(d.entry)
+	if redeliver && delay > 0 && t.config.maxInFlight == 1 {
+		// Ordered: the message holds its consumer's queue until its delay
+		// ends, as long as work that took that long.
+		t.measure(took+delay, true)
+	} else {
+		t.measure(took, false)
+	}
 	if redeliver {
 		t.requeue(d.entry, delay)
 	}
@@ -908,6 +922,9 @@ func (t *topicInbox) settle(d *delivery, acked bool) {
 // slower delivery counts at once, faster ones only gradually, and a Nack
 // (often a quick failure, not work) only when it was slower.
 func (t *topicInbox) measure(d time.Duration, acked bool) {
+	if !t.config.pull {
+		return
+	}
 	const up, down = 0.5, 0.05
 	ns := float64(max(d, time.Microsecond))
 	if acked {
@@ -999,6 +1016,7 @@ func (t *topicInbox) detach(c *consumer) {
 			continue
 		}
 		t.removeDelivery(d)
+		t.owner.takenBack(d.entry)
 		t.requeue(d.entry, 0)
 	}
 	c.inflight = nil

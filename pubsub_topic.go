@@ -106,3 +106,5 @@ func (t *pubsubTopic) mayHandOut(*inboxEntry) bool { return true }
 func (t *pubsubTopic) surrender([]*inboxEntry, bool) {}
 
 func (t *pubsubTopic) closedWithInFlight([]*delivery) {}
+
+func (t *pubsubTopic) takenBack(*inboxEntry) {}

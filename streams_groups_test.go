@@ -520,3 +520,62 @@ func TestStreamsNackBackoffDoesNotHoldTheGroupsWork(t *testing.T) {
 	assert.Greater(t, log.count("second"), 100)
 	assert.Empty(t, log.duplicates())
 }
+
+// Workers whose messages each fail once: a nack's backoff holds an ordered
+// worker's queue, so it counts as work, and the group shares the backlog
+// rather than one worker holding it through every backoff.
+func TestStreamsWorkersShareMessagesThatFailOnce(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic, group := pubsubtest.Topic(t), "workers"
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	require.NoError(t, client.XGroupCreateMkStream(t.Context(), topic, group, "0").Err())
+	sent := payloads("job-", 60)
+	publish(t, pub, topic, sent...)
+	log := newHandledLog()
+	var mu sync.Mutex
+	failed := map[string]bool{}
+	for _, worker := range []string{"a", "b", "c"} {
+		sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: group}, nil)
+		runRouter(t, sub, topic, func(msg *message.Message) error {
+			mu.Lock()
+			first := !failed[string(msg.Payload)]
+			failed[string(msg.Payload)] = true
+			mu.Unlock()
+			if first {
+				return errors.New("fails once") // then waits NackResendDelay, 100 ms
+			}
+			log.add(worker, string(msg.Payload))
+			return nil
+		})
+	}
+	log.waitAll(t, sent, 3*waitTimeout)
+	assert.Empty(t, log.duplicates())
+	for _, worker := range []string{"a", "b", "c"} {
+		assert.GreaterOrEqual(t, log.count(worker), 10, "%s must get a part of the backlog", worker)
+	}
+}
+
+// A message whose Subscribe ended before its handler settled it comes
+// again, counted as a second delivery.
+func TestStreamsMessageNeverSettledComesAgainCounted(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic := pubsubtest.Topic(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g", CloseTimeout: 50 * time.Millisecond}, nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	first, err := sub.Subscribe(ctx, topic)
+	require.NoError(t, err)
+	publish(t, pub, topic, "x")
+	abandoned := next(t, first)
+	assert.Equal(t, "1", abandoned.Metadata.Get(redisbus.MetadataDeliveryCount))
+	cancel() // the consumer leaves with the message unsettled
+
+	second, err := sub.Subscribe(t.Context(), topic)
+	require.NoError(t, err)
+	again := next(t, second)
+	assert.Equal(t, "x", string(again.Payload))
+	assert.Equal(t, "2", again.Metadata.Get(redisbus.MetadataDeliveryCount))
+	again.Ack()
+	abandoned.Ack() // late: changes nothing
+	require.Eventually(t, func() bool { return pendingCount(t, client, topic, "g") == 0 }, waitTimeout, time.Millisecond)
+}

@@ -2,6 +2,7 @@ package redisbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -92,6 +93,8 @@ func (t StreamTrim) validate(field string) error {
 		return configError(field+".MaxLen", "must not be negative")
 	case t.MaxAge < 0:
 		return configError(field+".MaxAge", "must not be negative")
+	case t.Unbounded && (t.MaxLen > 0 || t.MaxAge > 0):
+		return configError(field+".Unbounded", "cannot go with MaxLen or MaxAge")
 	}
 	return nil
 }
@@ -117,6 +120,7 @@ type StreamsPublisher struct {
 	trimMu        sync.Mutex
 	trims         map[string]*topicTrim
 	lastTrimError time.Time
+	lastLossLog   time.Time
 
 	trimmed, trimmedUnconsumed atomic.Uint64
 }
@@ -299,12 +303,25 @@ func (p *StreamsPublisher) trimDone(topic string, cmd *redis.Cmd) {
 	}
 	p.trimmed.Add(uint64(result[0]))
 	if lost := result[1]; lost > 0 {
-		p.trimmedUnconsumed.Add(uint64(lost))
-		p.logger.Error("A trim cap removed entries that a consumer group had not consumed", nil, watermill.LogFields{
-			"topic": topic, "entries": lost, "cap": fmt.Sprintf("%+v", p.trimFor(topic)),
-		})
+		total := p.trimmedUnconsumed.Add(uint64(lost))
+		// Logged at most every ten seconds: a cap below a lagging group's
+		// backlog cuts into it on every trim.
+		p.trimMu.Lock()
+		report := time.Since(p.lastLossLog) >= 10*time.Second
+		if report {
+			p.lastLossLog = time.Now()
+		}
+		p.trimMu.Unlock()
+		if report {
+			cap := p.trimFor(topic)
+			p.logger.Error("A trim cap removed entries that a consumer group had not consumed", errUnconsumedTrimmed, watermill.LogFields{
+				"topic": topic, "entries": lost, "total_since_start": total, "max_len": cap.MaxLen, "max_age": cap.MaxAge.String(),
+			})
+		}
 	}
 }
+
+var errUnconsumedTrimmed = errors.New("StreamTrim cap below a consumer group's backlog")
 
 // Stats returns the publisher's counters.
 func (p *StreamsPublisher) Stats() StreamsPublisherStats {

@@ -2,6 +2,7 @@ package redisbus_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strconv"
 	"syscall"
@@ -111,8 +112,9 @@ func contains(items []string, item string) bool {
 // entry is counted before a handler has it), and the good messages read
 // ahead behind it are handled, never dead-lettered with it.
 func TestStreamsPoisonMessageCrashingItsProcess(t *testing.T) {
-	for _, maxInFlight := range []int{1, 4} {
-		t.Run("MaxInFlight "+strconv.Itoa(maxInFlight), func(t *testing.T) {
+	for _, c := range []struct{ maxInFlight, maxDeliveries int }{{1, 3}, {4, 3}, {4, 1}} {
+		maxInFlight, maxDeliveries := c.maxInFlight, c.maxDeliveries
+		t.Run(fmt.Sprintf("MaxInFlight %d, MaxDeliveries %d", maxInFlight, maxDeliveries), func(t *testing.T) {
 			t.Parallel()
 			client := pubsubtest.NewClient(t)
 			topic, group := pubsubtest.Topic(t), "workers"
@@ -123,7 +125,7 @@ func TestStreamsPoisonMessageCrashingItsProcess(t *testing.T) {
 
 			env := map[string]string{
 				"W_TOPIC": topic, "W_GROUP": group, "W_CONSUMER": "worker-1",
-				"W_MAX_DELIVERIES": "3",
+				"W_MAX_DELIVERIES": strconv.Itoa(maxDeliveries),
 				"W_MAX_IN_FLIGHT":  strconv.Itoa(maxInFlight),
 				"W_READ_AHEAD":     "1h",
 				"W_CRASH_ON":       "poison",
@@ -132,7 +134,7 @@ func TestStreamsPoisonMessageCrashingItsProcess(t *testing.T) {
 			var handled []string
 			crashes := 0
 			for !contains(deadLetters(t, client, topic), "poison") {
-				require.Less(t, crashes, 6, "the poison message is never dead-lettered")
+				require.Less(t, crashes, maxDeliveries+3, "the poison message is never dead-lettered")
 				w := launchWorker(t, env)
 				select {
 				case <-w.done: // crashed on the poison message
@@ -144,8 +146,8 @@ func TestStreamsPoisonMessageCrashingItsProcess(t *testing.T) {
 				}
 				handled = append(handled, w.handledPayloads()...)
 			}
-			assert.GreaterOrEqual(t, crashes, 3, "dead-lettered after MaxDeliveries crashes, not before")
-			assert.LessOrEqual(t, crashes, 4, "at most one crash more than MaxDeliveries")
+			assert.GreaterOrEqual(t, crashes, maxDeliveries, "dead-lettered after MaxDeliveries crashes, not before")
+			assert.LessOrEqual(t, crashes, maxDeliveries+1, "at most one crash more than MaxDeliveries")
 			assert.Equal(t, []string{"poison"}, deadLetters(t, client, topic), "good messages are never dead-lettered")
 			w := startWorker(t, env)
 			require.Eventually(t, func() bool {

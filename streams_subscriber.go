@@ -84,7 +84,9 @@ type StreamsSubscriberConfig struct {
 	ClaimMinIdle time.Duration
 
 	// ClaimInterval is how often the subscriber looks for entries to take
-	// over. Zero means ClaimMinIdle/10, between 10ms and 5s.
+	// over, when it has a free handler: entries of consumers that died, and
+	// entries other subscribers handed back. Zero means ClaimMinIdle/30,
+	// between 10ms and 5s (1s with the default ClaimMinIdle).
 	ClaimInterval time.Duration
 
 	// MaxDeliveries is how many times an entry may reach a handler without
@@ -165,7 +167,7 @@ func (c *StreamsSubscriberConfig) setDefaults() {
 		c.ClaimMinIdle = 30 * time.Second
 	}
 	if c.ClaimInterval == 0 {
-		c.ClaimInterval = min(max(c.ClaimMinIdle/10, 10*time.Millisecond), 5*time.Second)
+		c.ClaimInterval = min(max(c.ClaimMinIdle/30, 10*time.Millisecond), 5*time.Second)
 	}
 	if c.MaxDeliveries == 0 {
 		c.MaxDeliveries = 10
@@ -214,8 +216,8 @@ func (c StreamsSubscriberConfig) Validate() error {
 	switch {
 	case c.Client == nil:
 		return configError(field("Client"), "is required")
-	case c.ClaimMinIdle < 0:
-		return configError(field("ClaimMinIdle"), "must not be negative")
+	case c.ClaimMinIdle < 10*time.Millisecond:
+		return configError(field("ClaimMinIdle"), "must be at least 10ms: entries are renewed every third of it")
 	case c.ClaimInterval < 0:
 		return configError(field("ClaimInterval"), "must not be negative")
 	case c.Prefetch < 0:
@@ -230,14 +232,39 @@ func (c StreamsSubscriberConfig) Validate() error {
 		return configError(field("NackMaxDelay"), "must not be negative")
 	case c.AckFlushInterval < 0:
 		return configError(field("AckFlushInterval"), "must not be negative")
-	case c.BlockTime < 0:
-		return configError(field("BlockTime"), "must not be negative")
+	case c.BlockTime < time.Millisecond:
+		return configError(field("BlockTime"), "must be at least 1ms (Redis counts it in milliseconds; 0 would block for ever)")
+	case c.NackResendDelay > 0 && c.NackMaxDelay < c.NackResendDelay:
+		return configError(field("NackMaxDelay"), fmt.Sprintf("must not be below NackResendDelay (%s)", c.NackResendDelay))
+	case !validStartID(c.StartID):
+		return configError(field("StartID"), fmt.Sprintf("%q is not \"0\", \"$\" or a stream entry ID such as \"1700000000000-0\"", c.StartID))
 	case c.ConsumerLease < 0:
 		return configError(field("ConsumerLease"), "must not be negative")
 	case c.ConsumerLease > 0 && c.ConsumerLease < 10*time.Millisecond:
 		return configError(field("ConsumerLease"), "must be at least 10ms")
 	}
 	return nil
+}
+
+// validStartID reports whether id is "$" or a stream entry ID, "<ms>" or
+// "<ms>-<seq>" in decimal.
+func validStartID(id string) bool {
+	if id == "$" {
+		return true
+	}
+	ms, seq, hasSeq := strings.Cut(id, "-")
+	digits := func(s string) bool {
+		if s == "" || len(s) > 20 {
+			return false
+		}
+		for _, c := range s {
+			if c < '0' || c > '9' {
+				return false
+			}
+		}
+		return true
+	}
+	return digits(ms) && (!hasSeq || digits(seq))
 }
 
 // StreamsSubscriberStats are counters since the subscriber was created.
@@ -253,7 +280,10 @@ type StreamsSubscriberStats struct {
 	// entry stays pending with this consumer and is tried again.
 	DeadLetterFailures uint64
 	Lost               uint64 // held entries that another consumer claimed meanwhile
-	Released           uint64 // entries handed back to the group unhandled: a topic's last Subscribe ended, or Close
+	// Released counts entries handed back to the group unhandled: a
+	// topic's last Subscribe ended, Close, or entries read ahead that slow
+	// handlers (or a long nack backoff) would not start soon.
+	Released uint64
 	// Trimmed counts pending entries whose stream entry was trimmed or
 	// deleted before they were handled: nothing is left to deliver.
 	Trimmed uint64

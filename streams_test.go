@@ -511,7 +511,27 @@ func TestStreamsConfigErrorsNameTheField(t *testing.T) {
 			return err
 		},
 		"StreamsSubscriberConfig.ClaimMinIdle": func() error {
-			_, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, ClaimMinIdle: -1}, nil)
+			_, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, ClaimMinIdle: time.Millisecond}, nil)
+			return err
+		},
+		"StreamsSubscriberConfig.StartID": func() error {
+			_, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g", StartID: ">"}, nil)
+			return err
+		},
+		"StreamsSubscriberConfig.BlockTime": func() error {
+			_, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, BlockTime: time.Microsecond}, nil)
+			return err
+		},
+		"StreamsSubscriberConfig.NackMaxDelay": func() error {
+			_, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, NackResendDelay: time.Second, NackMaxDelay: time.Millisecond}, nil)
+			return err
+		},
+		"StreamsSubscriberConfig.ConsumerLease": func() error {
+			_, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, ConsumerLease: time.Millisecond}, nil)
+			return err
+		},
+		"StreamsPublisherConfig.Trim.Unbounded": func() error {
+			_, err := redisbus.NewStreamsPublisher(redisbus.StreamsPublisherConfig{Client: client, Trim: redisbus.StreamTrim{MaxLen: 10, Unbounded: true}}, nil)
 			return err
 		},
 	} {

@@ -459,10 +459,10 @@ func (t *streamsTopic) take(ids []string) (queued, done int, err error) {
 		// count includes the delivery about to happen; the one before may
 		// never have reached a handler (the reader crashed first).
 		e.reserved = true
-		// At least one earlier delivery surely reached a handler and was
-		// not acked: if it crashed its process, it must not take the other
-		// messages in flight down with it again.
-		e.isolate = count-2 >= 1
+		// An earlier delivery may have reached a handler and not been
+		// acked: if it crashed its process, it must not take the other
+		// messages in flight down with it again (see lua/take.lua).
+		e.isolate = count-1 >= 1
 		if t.accept(e) {
 			queued++
 		}
@@ -559,8 +559,8 @@ func fieldsOf(values map[string]any) []any {
 // deadLetter moves a held entry to the dead-letter stream: the acker
 // stores a copy of the entry as it was read, then acks it in the group.
 func (t *streamsTopic) deadLetter(e *inboxEntry, reason string) {
-	t.logger.Error("Moving entry to the dead-letter stream", nil, watermill.LogFields{
-		"entry_id": e.id, "reason": reason, "dead_letter_stream": t.s.config.DeadLetterTopic(t.name),
+	t.logger.Error("Moving entry to the dead-letter stream", errors.New(reason), watermill.LogFields{
+		"entry_id": e.id, "dead_letter_stream": t.s.config.DeadLetterTopic(t.name),
 	})
 	t.s.acker.deadLetter(t, e, reason)
 }
@@ -577,8 +577,9 @@ func (t *streamsTopic) maintain() {
 		tidy = ticker.C
 	}
 	// Renewals the dispatcher asks for come at most every renewRetry, so
-	// that a Redis that fails them is not asked on every event.
-	const renewRetry = 50 * time.Millisecond
+	// that a Redis that fails them is not asked on every event; well within
+	// freshFor, so that what one confirms is still fresh when handed out.
+	renewRetry := min(50*time.Millisecond, t.renewPeriod()/2)
 	var lastRenew time.Time
 	for {
 		select {
@@ -711,6 +712,16 @@ func (t *streamsTopic) consumersChanged(n int) {
 // surrender hands entries nobody here will handle soon back to the group.
 func (t *streamsTopic) surrender(entries []*inboxEntry, idle bool) {
 	t.s.acker.release(t, entries, idle)
+}
+
+// takenBack counts the delivery a handler had when its Subscribe ended and
+// that it never settled: the next one may not be the first.
+func (t *streamsTopic) takenBack(e *inboxEntry) {
+	e.deliveries++
+	e.reserved = true
+	if t.grouped() {
+		t.s.acker.recordDeliveries(t, e)
+	}
 }
 
 // closedWithInFlight keeps the deliveries handlers still had at Close, for

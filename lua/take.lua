@@ -21,11 +21,13 @@
 -- MaxDeliveries: then it is not counted again but renewed, for the caller
 -- to dead-letter.
 --
--- An entry whose count-1 is 1 or more surely reached a handler before and
--- was not acked: it may crash its process again, and must not count that
--- crash against other messages, so it runs alone. Such an entry is taken
--- in a call of its own: the script stops before one that is not first,
--- and right after one that is; the caller takes the rest later.
+-- An entry whose count is 1 or more may have reached a handler before and
+-- not been acked (a graceful hand-back takes back the count of an entry
+-- never handed out, so only a crash, or a handler that had it when its
+-- subscriber closed, leaves one): it may crash its process again, and must
+-- not count that crash against other messages, so it runs alone. Such an
+-- entry is taken in a call of its own: the script stops before one that is
+-- not first, and right after one that is; the caller takes the rest later.
 --
 -- Returns one array per ID it got to:
 --   {id, "take", count, fields}       deliver it; count includes this delivery
@@ -55,7 +57,7 @@ for i = 6, #ARGV do
       redis.call('XCLAIM', stream, group, consumer, 0, id, 'JUSTID')
       out[#out + 1] = {id, 'exhausted', count, entry[1][2]}
     else
-      local alone = count - 1 >= 1
+      local alone = count >= 1
       if alone and taken > 0 then
         break
       end
