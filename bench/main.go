@@ -13,6 +13,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/redisbus/watermill-redisbus/internal/redisurl"
+
 	"github.com/redisbus/watermill-redisbus/pubsubtest"
 )
 
@@ -91,9 +93,9 @@ func run(ctx context.Context, o options) error {
 		}
 		defer pubsubtest.StopShared()
 	}
-	opt, err := redis.ParseURL(url)
+	opt, err := redisurl.Parse(url)
 	if err != nil {
-		return fmt.Errorf("REDIS_URL: %w", err)
+		return err
 	}
 	e := &env{opt: opt, admin: redis.NewClient(opt), trips: &roundTrips{}}
 	defer e.admin.Close()

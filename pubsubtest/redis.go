@@ -26,6 +26,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisbus/watermill-redisbus/internal/redisurl"
 )
 
 // ServerOptions configures a private redis-server.
@@ -86,9 +88,9 @@ func SharedURL() (string, error) {
 func sharedServer() (*Server, error) {
 	shared.once.Do(func() {
 		if url := os.Getenv("REDIS_URL"); url != "" {
-			opt, err := redis.ParseURL(url)
+			opt, err := redisurl.Parse(url)
 			if err != nil {
-				shared.err = fmt.Errorf("REDIS_URL: %w", err)
+				shared.err = err
 				return
 			}
 			shared.server = &Server{Addr: opt.Addr, URL: url, external: true}
@@ -142,7 +144,7 @@ func Topic(t testing.TB) string {
 // Client returns a client of s, closed when t ends.
 func (s *Server) Client(t testing.TB) *redis.Client {
 	t.Helper()
-	opt, err := redis.ParseURL(s.URL)
+	opt, err := redisurl.Parse(s.URL)
 	if err != nil {
 		t.Fatalf("pubsubtest: %v", err)
 	}

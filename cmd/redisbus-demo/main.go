@@ -32,6 +32,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisbus/watermill-redisbus/internal/redisurl"
 )
 
 func main() {
@@ -76,9 +78,9 @@ func run(ctx context.Context, out io.Writer, o options) error {
 		o.redisURL = "redis://" + embedded.Addr()
 		fmt.Fprintf(out, "REDIS_URL is not set: using an embedded Redis at %s\n", embedded.Addr())
 	}
-	opt, err := redis.ParseURL(o.redisURL)
+	opt, err := redisurl.Parse(o.redisURL)
 	if err != nil {
-		return fmt.Errorf("REDIS_URL: %w", err)
+		return err
 	}
 
 	configs := []nodeConfig{{Name: "node-a", Addr: o.addrA}, {Name: "node-b", Addr: o.addrB}}

@@ -69,3 +69,14 @@ func TestNodeModeNeedsRedisURL(t *testing.T) {
 	err := run(t.Context(), &syncBuffer{}, options{node: "a"})
 	assert.ErrorContains(t, err, "REDIS_URL")
 }
+
+// A REDIS_URL that does not parse is reported without its password: the
+// error goes to a terminal, a CI log or a crash reporter.
+func TestBadRedisURLDoesNotPrintThePassword(t *testing.T) {
+	var out syncBuffer
+	err := run(t.Context(), &out, options{redisURL: "redis://admin:hunter2-secret@127.0.0.1:63x9/0", check: true})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "REDIS_URL")
+	assert.NotContains(t, err.Error()+out.String(), "hunter2-secret")
+	assert.NotContains(t, err.Error()+out.String(), "admin")
+}

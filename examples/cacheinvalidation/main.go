@@ -17,6 +17,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisbus/watermill-redisbus/internal/redisurl"
 )
 
 func main() {
@@ -35,9 +37,9 @@ func run(ctx context.Context, out io.Writer, redisURL, key string) error {
 		defer embedded.Close()
 		redisURL = "redis://" + embedded.Addr()
 	}
-	opt, err := redis.ParseURL(redisURL)
+	opt, err := redisurl.Parse(redisURL)
 	if err != nil {
-		return fmt.Errorf("REDIS_URL: %w", err)
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

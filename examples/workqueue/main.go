@@ -23,6 +23,8 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/redisbus/watermill-redisbus/internal/redisurl"
+
 	redisbus "github.com/redisbus/watermill-redisbus"
 )
 
@@ -48,9 +50,9 @@ func run(ctx context.Context, out io.Writer, redisURL, topic string) error {
 		defer embedded.Close()
 		redisURL = "redis://" + embedded.Addr()
 	}
-	opt, err := redis.ParseURL(redisURL)
+	opt, err := redisurl.Parse(redisURL)
 	if err != nil {
-		return fmt.Errorf("REDIS_URL: %w", err)
+		return err
 	}
 	client := redis.NewClient(opt)
 	defer client.Close()

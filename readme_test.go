@@ -1,0 +1,105 @@
+package redisbus_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// readmePreamble declares what the README's Go snippets use without
+// defining: each snippet runs in a block of its own inside a function
+// that has these, so a snippet may redeclare any of them with :=.
+const readmePreamble = `package main
+
+import (
+	"context"
+	"log"
+	"net/http"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/redis/go-redis/v9"
+
+	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/wsroute"
+)
+
+var (
+	_ = log.Printf
+	_ = http.Handle
+	_ = watermill.NewUUID
+	_ = redisbus.NewPublisher
+	_ = wsroute.NewNode
+	_ = redis.NewClient
+)
+
+func main() {
+	var (
+		ctx          = context.Background()
+		logger       watermill.LoggerAdapter
+		client       = redis.NewClient(&redis.Options{})
+		router       *message.Router
+		publisher    message.Publisher
+		frames       *gochannel.GoChannel
+		data         []byte
+		orderJSON    []byte
+		processOrder func(*message.Message) error
+		sessionUser  func(*http.Request) (string, error)
+	)
+	_, _, _, _, _, _, _, _, _, _ = ctx, logger, client, router, publisher, frames, data, orderJSON, processOrder, sessionUser
+`
+
+// The README's Go snippets are what a newcomer copies first: each must
+// compile against the current API. Unused variables are the only errors
+// forgiven, since a snippet shows a value without using it.
+func TestReadmeGoSnippetsCompile(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snippets := regexp.MustCompile("(?s)```go\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
+	if len(snippets) < 3 {
+		t.Fatalf("found %d Go snippets in README.md, expected the three quick starts at least", len(snippets))
+	}
+	var src strings.Builder
+	src.WriteString(readmePreamble)
+	for _, s := range snippets {
+		fmt.Fprintf(&src, "\t{\n%s\t}\n", s[1])
+	}
+	src.WriteString("}\n")
+
+	// A directory inside the module, so the snippets build with its go.mod;
+	// testdata keeps it out of ./... should a run leave it behind.
+	dir, err := os.MkdirTemp("testdata", "readme-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(src.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := exec.Command("go", "build", "-gcflags=-e", "-o", os.DevNull, "./"+dir).CombinedOutput()
+	var problems []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if !strings.Contains(line, ".go:") || strings.Contains(line, "declared and not used") {
+			continue
+		}
+		problems = append(problems, line)
+	}
+	if len(problems) > 0 {
+		t.Errorf("README.md's Go snippets do not compile:\n%s\n\nas compiled:\n%s", strings.Join(problems, "\n"), numbered(src.String()))
+	}
+}
+
+func numbered(src string) string {
+	lines := strings.Split(src, "\n")
+	for i := range lines {
+		lines[i] = fmt.Sprintf("%4d %s", i+1, lines[i])
+	}
+	return strings.Join(lines, "\n")
+}
