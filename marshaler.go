@@ -58,6 +58,9 @@ func (EnvelopeMarshaler) Marshal(_ string, msg *message.Message) ([]byte, error)
 	for k, v := range msg.Metadata {
 		size += 8 + len(k) + len(v)
 	}
+	if len(msg.Metadata) > MaxMetadataPairs {
+		return nil, errTooManyPairs
+	}
 	// Below 4 GiB in all, every length fits its uint32 field.
 	if uint64(size) > math.MaxUint32 {
 		return nil, errors.New("redisbus: message too large for an envelope (4 GiB or more)")
@@ -98,50 +101,85 @@ func decodeEnvelope(data []byte) (msg *message.Message, ok bool) {
 	if len(data) < len(envelopeMagic) || [4]byte(data[:4]) != envelopeMagic {
 		return nil, false
 	}
-	r := envelopeReader{rest: data[4:]}
-	uuid, ok := r.string()
+	// A first pass checks the structure and finds where the payload starts,
+	// allocating nothing: a pair count that the bytes do not back costs
+	// nothing. The second copies the UUID and metadata into one string
+	// that every key and value shares, instead of a string per field.
+	scan := envelopeReader[[]byte]{rest: data[4:]}
+	pairs, ok := scan.header()
+	ok = ok && pairs <= MaxMetadataPairs
+	for i := uint32(0); ok && i < pairs; i++ {
+		_, ok = scan.field()
+		if ok {
+			_, ok = scan.field()
+		}
+	}
 	if !ok {
 		return nil, false
 	}
-	pairs, ok := r.uint32()
-	// Every pair takes at least 8 bytes: a count larger than that is corrupt,
-	// and checking it first keeps garbage from allocating a huge map.
-	if !ok || uint64(pairs) > uint64(len(r.rest))/8 {
-		return nil, false
-	}
-	metadata := make(message.Metadata, pairs)
+	payloadStart := len(data) - len(scan.rest)
+
+	head := envelopeReader[string]{rest: string(data[4:payloadStart])}
+	uuid, _ := head.field()
+	head.uint32()
+	// The map grows with the pairs read rather than being sized by their
+	// count: when every pair repeats one key, a map sized for all of them
+	// would cost many times the bytes that claim them.
+	metadata := make(message.Metadata, min(pairs, metadataSizeHint))
 	for range pairs {
-		k, ok1 := r.string()
-		v, ok2 := r.string()
-		if !ok1 || !ok2 {
-			return nil, false
-		}
+		k, _ := head.field()
+		v, _ := head.field()
 		metadata[k] = v
 	}
-	msg = message.NewMessage(uuid, r.rest)
+	msg = message.NewMessage(uuid, data[payloadStart:])
 	msg.Metadata = metadata
 	return msg, true
 }
 
-type envelopeReader struct{ rest []byte }
+// metadataSizeHint is the most pairs a decoder allocates room for before
+// reading them: Watermill messages carry a handful.
+const metadataSizeHint = 16
 
-func (r *envelopeReader) uint32() (uint32, bool) {
+// MaxMetadataPairs is the most metadata pairs a message may carry. A Go map
+// entry costs some 100 bytes while it grows, and a pair takes as little as
+// 2 bytes on the wire: without a limit, a message of tiny distinct keys
+// would cost its receiver 20 to 50 times its size. Publishers refuse a
+// message with more (Marshal fails); a received one with more is not
+// decoded (Pub/Sub delivers it raw, Streams dead-letters it).
+const MaxMetadataPairs = 1024
+
+var errTooManyPairs = fmt.Errorf("redisbus: message has more than %d metadata pairs (MaxMetadataPairs)", MaxMetadataPairs)
+
+// envelopeReader reads an envelope's fields from a []byte or a string.
+type envelopeReader[T string | []byte] struct{ rest T }
+
+// header reads the UUID and the metadata pair count.
+func (r *envelopeReader[T]) header() (pairs uint32, ok bool) {
+	if _, ok = r.field(); !ok {
+		return 0, false
+	}
+	return r.uint32()
+}
+
+func (r *envelopeReader[T]) uint32() (uint32, bool) {
 	if len(r.rest) < 4 {
 		return 0, false
 	}
-	n := binary.BigEndian.Uint32(r.rest)
+	n := uint32(r.rest[0])<<24 | uint32(r.rest[1])<<16 | uint32(r.rest[2])<<8 | uint32(r.rest[3])
 	r.rest = r.rest[4:]
 	return n, true
 }
 
-func (r *envelopeReader) string() (string, bool) {
+// field reads a length-prefixed field; the result shares r's memory.
+func (r *envelopeReader[T]) field() (T, bool) {
+	var zero T
 	n, ok := r.uint32()
 	if !ok || uint64(n) > uint64(len(r.rest)) {
-		return "", false
+		return zero, false
 	}
-	s := string(r.rest[:n])
+	f := r.rest[:n]
 	r.rest = r.rest[n:]
-	return s, true
+	return f, true
 }
 
 // RawMarshaler sends only the payload, for consumers that are not Watermill

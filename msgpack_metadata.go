@@ -60,7 +60,10 @@ func decodeMsgpackMetadata(data []byte) (message.Metadata, error) {
 	if !ok || n > len(r.rest)/2 {
 		return nil, errMsgpack
 	}
-	md := make(message.Metadata, n)
+	if n > MaxMetadataPairs {
+		return nil, errTooManyPairs
+	}
+	md := make(message.Metadata, min(n, metadataSizeHint)) // see decodeEnvelope
 	for range n {
 		k, ok1 := r.str()
 		v, ok2 := r.str()

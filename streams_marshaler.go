@@ -41,6 +41,9 @@ type DefaultStreamsMarshaler struct{}
 
 // Marshal encodes msg as entry fields.
 func (DefaultStreamsMarshaler) Marshal(_ string, msg *message.Message) ([]any, error) {
+	if len(msg.Metadata) > MaxMetadataPairs {
+		return nil, errTooManyPairs
+	}
 	var metadata []byte
 	if len(msg.Metadata) > 0 {
 		metadata = encodeMsgpackMetadata(msg.Metadata)
@@ -71,6 +74,9 @@ func (DefaultStreamsMarshaler) Unmarshal(_ string, values map[string]any) (*mess
 			return nil, err
 		}
 		msg.Metadata = md
+	}
+	if len(values) > MaxMetadataPairs+3 { // extra fields become metadata
+		return nil, errTooManyPairs
 	}
 	for k, v := range values {
 		switch k {
