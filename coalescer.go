@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisbus/watermill-redisbus/internal/sendonce"
 )
 
 // coalescerPipelines is how many pipelines a coalescer for waiting callers
@@ -21,6 +23,8 @@ const coalescerPipelines = 2
 // A lone call is sent at once: nothing waits for a batch to fill.
 type coalescer struct {
 	client redis.UniversalClient
+	// policy sends a pipeline again when none of it ran (see send).
+	policy sendonce.Policy
 	// route, when set, picks the client each pipeline goes to; see
 	// clusterPublishRoute.
 	route    func(ctx context.Context) (*redis.Client, error)
@@ -73,6 +77,7 @@ var callPool = sync.Pool{New: func() any { return &coalescedCall{done: make(chan
 func newCoalescer(client redis.UniversalClient, maxBatch, queue int, ordered bool) *coalescer {
 	c := &coalescer{
 		client:   client,
+		policy:   sendonce.PolicyOf(client),
 		maxBatch: maxBatch,
 		calls:    make(chan *coalescedCall, queue),
 		stop:     make(chan struct{}),
@@ -181,21 +186,49 @@ func (c *coalescer) flush() {
 				call.err = err
 			}
 		} else {
-			_, _ = target.Pipelined(c.ctx, func(pipe redis.Pipeliner) error {
-				for _, call := range batch {
-					if call.ctx.Err() == nil && c.ctx.Err() == nil { // otherwise its caller gave up, or close did: send nothing for it
-						call.add.addTo(pipe)
-						call.sent = true
-					}
-				}
-				return nil
-			})
+			c.send(target, batch)
 		}
 		for _, call := range batch {
 			c.finish(call)
 		}
 		clear(batch) // let finished calls go
 	}
+}
+
+// send runs the batch in one pipeline. Its commands are sent at most once
+// by go-redis (see sendonce), so that one Redis ran but answered late is
+// never run twice; the whole pipeline is sent again, with the client's
+// retry settings, only when every command of it failed in a way that
+// proves it did not run (no connection, Redis loading, a replica).
+func (c *coalescer) send(target redis.Cmdable, batch []*coalescedCall) {
+	_ = c.policy.Retry(c.ctx, func() error {
+		cmds, _ := target.Pipelined(c.ctx, func(pipe redis.Pipeliner) error {
+			for _, call := range batch {
+				call.sent = false
+				if call.ctx.Err() == nil && c.ctx.Err() == nil { // otherwise its caller gave up, or close did: send nothing for it
+					call.add.addTo(pipe)
+					call.sent = true
+				}
+			}
+			return nil
+		})
+		return noneExecuted(cmds)
+	})
+}
+
+// noneExecuted returns an error that proves no command of cmds ran, or nil
+// when some may have.
+func noneExecuted(cmds []redis.Cmder) error {
+	var first error
+	for _, cmd := range cmds {
+		if !sendonce.NotExecuted(cmd.Err()) {
+			return nil
+		}
+		if first == nil {
+			first = cmd.Err()
+		}
+	}
+	return first
 }
 
 // target is the client the next pipeline goes to.

@@ -12,6 +12,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisbus/watermill-redisbus/internal/sendonce"
 )
 
 // PublisherConfig configures a Publisher.
@@ -282,13 +284,16 @@ func (c *publishCall) firstError() error {
 
 var errUnsentAtClose = errors.New("redisbus: publisher closed before the message was sent")
 
+// addTo adds a PUBLISH (or SPUBLISH) per message, each sent at most once:
+// see coalescer.send.
 func (c *publishCall) addTo(pipe redis.Pipeliner) {
+	name := "publish"
+	if c.publisher.config.Sharded {
+		name = "spublish"
+	}
 	for i, data := range c.payloads {
-		if c.publisher.config.Sharded {
-			c.cmds[i] = pipe.SPublish(c.ctx, c.topic, data)
-		} else {
-			c.cmds[i] = pipe.Publish(c.ctx, c.topic, data)
-		}
+		c.cmds[i] = redis.NewIntCmd(c.ctx, name, c.topic, data)
+		_ = pipe.Process(c.ctx, sendonce.IntCmd{IntCmd: c.cmds[i]})
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisbus/watermill-redisbus/internal/sendonce"
 )
 
 // Fields added to an entry moved to a dead-letter stream, next to the
@@ -315,10 +317,12 @@ func (a *streamsAcker) sendAcksAndDeadLetters(acks, deadLetters, failed []ackOp)
 	dlCmds := make([]*redis.StringCmd, len(deadLetters))
 	_, _ = cfg.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, op := range deadLetters {
-			dlCmds[i] = pipe.XAdd(ctx, &redis.XAddArgs{
-				Stream: cfg.DeadLetterTopic(op.topic.name), Values: a.deadLetterFields(op),
-				MaxLen: deadLetterMaxLen, Approx: true,
-			})
+			// Sent at most once by go-redis (see sendonce): one that Redis
+			// ran but answered late is retried here, later, and may be
+			// stored twice, never lost.
+			args := []any{"xadd", cfg.DeadLetterTopic(op.topic.name), "maxlen", "~", deadLetterMaxLen, "*"}
+			dlCmds[i] = redis.NewStringCmd(ctx, append(args, a.deadLetterFields(op)...)...)
+			_ = pipe.Process(ctx, sendonce.StringCmd{StringCmd: dlCmds[i]})
 		}
 		for i, b := range batches {
 			ackCmds[i] = pipe.XAck(ctx, b.topic.name, cfg.ConsumerGroup, b.ids...)

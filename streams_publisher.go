@@ -12,6 +12,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisbus/watermill-redisbus/internal/sendonce"
 )
 
 // StreamTrim bounds a stream.
@@ -193,7 +195,7 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 		return nil, ErrPublisherClosed
 	}
 
-	call := &xaddCall{ctx: ctx, args: redis.XAddArgs{Stream: topic}}
+	call := &xaddCall{ctx: ctx, stream: topic}
 	call.fields, call.cmds = call.one[:0], call.oneCmd[:]
 	if len(msgs) > 1 {
 		call.fields, call.cmds = make([][]any, 0, len(msgs)), make([]*redis.StringCmd, len(msgs))
@@ -227,7 +229,7 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 // allocating slices.
 type xaddCall struct {
 	ctx     context.Context
-	args    redis.XAddArgs // all but Values, shared by the call's entries
+	stream  string
 	fields  [][]any
 	trim    []any // when set, lua/trim.lua's arguments: the stream is trimmed after the entries
 	cmds    []*redis.StringCmd
@@ -236,16 +238,17 @@ type xaddCall struct {
 	oneCmd  [1]*redis.StringCmd
 }
 
+// addTo adds an XADD per message, each sent at most once: see
+// coalescer.send.
 func (c *xaddCall) addTo(pipe redis.Pipeliner) {
 	for i, f := range c.fields {
-		args := c.args
-		args.Values = f
-		c.cmds[i] = pipe.XAdd(c.ctx, &args)
+		c.cmds[i] = redis.NewStringCmd(c.ctx, append([]any{"xadd", c.stream, "*"}, f...)...)
+		_ = pipe.Process(c.ctx, sendonce.StringCmd{StringCmd: c.cmds[i]})
 	}
 	if c.trim != nil {
 		// EVAL, not EVALSHA: a pipeline cannot fall back when the script is
 		// not loaded, and this runs about once a second per topic.
-		c.trimCmd = pipe.Eval(c.ctx, trimSource, []string{c.args.Stream}, c.trim...)
+		c.trimCmd = pipe.Eval(c.ctx, trimSource, []string{c.stream}, c.trim...)
 	}
 }
 

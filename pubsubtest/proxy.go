@@ -5,16 +5,21 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // Proxy is a TCP proxy in front of a server that can make its open
 // connections go silent, as a network partition or a dead load balancer
-// does: nothing is closed and no error is seen, data just stops arriving.
+// does (nothing is closed and no error is seen, data just stops arriving),
+// and delay the server's replies, as a slow or distant server does.
 type Proxy struct {
 	listener net.Listener
 	target   string
+
+	replyDelay atomic.Int64 // nanoseconds each reply is held back
+	blackhole  atomic.Bool  // every connection, open or new, is frozen
 
 	mu     sync.Mutex
 	links  []*proxyLink
@@ -23,8 +28,10 @@ type Proxy struct {
 }
 
 type proxyLink struct {
+	proxy          *Proxy
 	client, server net.Conn
 	frozen         atomic.Bool
+	replyDelay     atomic.Int64 // nanoseconds
 }
 
 // NewProxy starts a proxy to target on a free loopback port, closed when t
@@ -43,6 +50,37 @@ func NewProxy(t testing.TB, target string) *Proxy {
 
 // Addr is the address clients connect to.
 func (p *Proxy) Addr() string { return p.listener.Addr().String() }
+
+// DelayReplies holds back everything the server sends by d from now on,
+// on open and new connections alike; zero stops delaying. Requests are not
+// delayed, so the server runs a command at once and its reply is late,
+// which is what a client's read timeout cannot tell from a lost command.
+func (p *Proxy) DelayReplies(d time.Duration) {
+	p.replyDelay.Store(int64(d))
+	p.DelayOpenConnections(d)
+}
+
+// DelayOpenConnections is DelayReplies for the connections open now only:
+// new ones are served at once, as when one connection's replies are stuck
+// behind a slow command or a congested path.
+func (p *Proxy) DelayOpenConnections(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, link := range p.links {
+		link.replyDelay.Store(int64(d))
+	}
+}
+
+// Blackhole freezes every connection, open and new: new ones are accepted
+// and then hear nothing, as behind a partition. Heal ends it for new
+// connections; frozen open ones stay frozen.
+func (p *Proxy) Blackhole() {
+	p.blackhole.Store(true)
+	p.FreezeOpenConnections()
+}
+
+// Heal lets new connections through again after Blackhole.
+func (p *Proxy) Heal() { p.blackhole.Store(false) }
 
 // FreezeOpenConnections stops forwarding on every connection open now, in
 // both directions, without closing them. New connections work normally.
@@ -65,7 +103,9 @@ func (p *Proxy) accept() {
 			_ = client.Close()
 			continue
 		}
-		link := &proxyLink{client: client, server: server}
+		link := &proxyLink{proxy: p, client: client, server: server}
+		link.frozen.Store(p.blackhole.Load())
+		link.replyDelay.Store(p.replyDelay.Load())
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
@@ -74,26 +114,51 @@ func (p *Proxy) accept() {
 			return
 		}
 		p.links = append(p.links, link)
-		p.wg.Go(func() { link.pipe(server, client) })
-		p.wg.Go(func() { link.pipe(client, server) })
+		p.wg.Go(func() { link.pipe(server, client, nil) })
+		p.wg.Go(func() { link.pipe(client, server, &link.replyDelay) })
 		p.mu.Unlock()
 	}
 }
 
-// pipe copies from src to dst until either side closes; once frozen it
-// swallows what it reads.
-func (l *proxyLink) pipe(dst, src net.Conn) {
+// pipe copies from src to dst until either side closes, holding each chunk
+// back by delay when set; once frozen it swallows what it reads.
+func (l *proxyLink) pipe(dst, src net.Conn, delay *atomic.Int64) {
+	type chunk struct {
+		data []byte
+		due  time.Time
+	}
+	// The writer keeps each chunk's own due time, so a delay holds every
+	// reply back by the same amount instead of adding up.
+	chunks := make(chan chunk, 1024)
+	var writer sync.WaitGroup
+	writer.Go(func() {
+		defer func() { _ = dst.Close() }()
+		failed := false
+		for c := range chunks { // drained to the end, so the reader never blocks
+			if failed || l.frozen.Load() {
+				continue
+			}
+			time.Sleep(time.Until(c.due))
+			if _, err := dst.Write(c.data); err != nil {
+				failed = true
+				_ = src.Close()
+			}
+		}
+	})
 	defer func() {
-		_ = dst.Close()
+		close(chunks)
+		writer.Wait()
 		_ = src.Close()
 	}()
 	buf := make([]byte, 32*1024)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 && !l.frozen.Load() {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
+			c := chunk{data: append([]byte(nil), buf[:n]...), due: time.Now()}
+			if delay != nil {
+				c.due = c.due.Add(time.Duration(delay.Load()))
 			}
+			chunks <- c
 		}
 		if err != nil {
 			return

@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/internal/sendonce"
 )
 
 // SlowClientPolicy says what happens when a connection's send queue is full.
@@ -143,6 +144,8 @@ type Node struct {
 	incarnation string // tells this process from an earlier one with the same NodeID
 	keys        keys
 	stats       counters
+	// retries sends a route again only when Redis did not run it.
+	retries sendonce.Policy
 
 	publisher  *redisbus.Publisher
 	subscriber *redisbus.Subscriber
@@ -203,6 +206,7 @@ func NewNode(config Config, logger watermill.LoggerAdapter) (*Node, error) {
 		logger:      logger.With(watermill.LogFields{"node": config.NodeID}),
 		incarnation: uuid.NewString(),
 		keys:        keys{prefix: config.Prefix},
+		retries:     sendonce.PolicyOf(config.Client),
 		conns:       map[string]*localConn{},
 		clients:     map[string]map[*localConn]bool{},
 		rooms:       map[string]map[*localConn]bool{},

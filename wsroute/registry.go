@@ -9,6 +9,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisbus/watermill-redisbus/internal/sendonce"
 )
 
 // The registry lives in Redis:
@@ -44,7 +46,8 @@ var (
 
 	//go:embed lua/route.lua
 	routeSource string
-	routeScript = redis.NewScript(routeSource)
+	// routeScript publishes: go-redis must not send it twice (see sendonce).
+	routeScript = sendonce.NewScript(routeSource)
 
 	//go:embed lua/expire_node.lua
 	expireNodeSource string

@@ -92,7 +92,7 @@ func (n *Node) route(ctx context.Context, kind, key string, data []byte, metadat
 	for _, m := range metadata {
 		args = append(args, m)
 	}
-	out, err := routeScript.Run(ctx, n.config.Client, []string{key}, args...).Int64Slice()
+	out, err := routeScript.Run(ctx, n.retries, n.config.Client, []string{key}, args...).Int64Slice()
 	if err != nil {
 		return Result{}, fmt.Errorf("wsroute: route to %s: %w", key, err)
 	}
