@@ -18,6 +18,12 @@ type pubsubTopic struct {
 
 	confirmOnce sync.Once
 	confirmed   chan struct{} // closed when Redis confirmed the subscription
+
+	// stop ends the topic's inbox: at Close, or when Redis refuses the
+	// topic (refusal then says why).
+	stop     chan struct{}
+	stopOnce sync.Once
+	refusal  error
 }
 
 func newPubSubTopic(s *Subscriber, name string) *pubsubTopic {
@@ -26,17 +32,27 @@ func newPubSubTopic(s *Subscriber, name string) *pubsubTopic {
 		s:         s,
 		logger:    s.logger.With(watermill.LogFields{"topic": name}),
 		confirmed: make(chan struct{}),
+		stop:      make(chan struct{}),
 	}
 	t.inbox = newTopicInbox(t, inboxConfig{
 		limit:       s.config.InboxSize,
 		overflow:    s.config.InboxOverflow,
 		maxInFlight: 1,
-	}, s.closing)
+	}, t.stop)
 	return t
 }
 
 func (t *pubsubTopic) confirm() {
 	t.confirmOnce.Do(func() { close(t.confirmed) })
+}
+
+// end stops the topic's inbox, closing its Subscribe channels; refusal,
+// when set, is what Subscribe calls waiting for the topic return.
+func (t *pubsubTopic) end(refusal error) {
+	t.stopOnce.Do(func() {
+		t.refusal = refusal
+		close(t.stop)
+	})
 }
 
 // receive decodes a payload read from Redis and queues it; it never loses

@@ -116,12 +116,13 @@ type SubscriberStats struct {
 	Dropped      uint64 // messages discarded by InboxOverflow
 	DecodeErrors uint64 // payloads the Marshaler refused (delivered raw)
 	Reconnects   uint64 // lost subscription connections that came back
+	Refused      uint64 // topics Redis refused to subscribe (NOPERM, wrong password…)
 	Buffered     int    // messages waiting in inboxes now
 	LastLoss     LossWindow
 }
 
 type subscriberCounters struct {
-	received, delivered, acked, nacked, dropped, decodeErrors, reconnects atomic.Uint64
+	received, delivered, acked, nacked, dropped, decodeErrors, reconnects, refused atomic.Uint64
 }
 
 // Subscriber is a best-effort Watermill Subscriber over Redis SUBSCRIBE.
@@ -213,11 +214,16 @@ func (s *Subscriber) subscribeTopic(ctx context.Context, topic string) (*pubsubT
 		conn := s.connFor(topic)
 		s.mu.Unlock()
 
-		// A failed write is not final: the read loop reconnects and
-		// resubscribes every registered channel, and the confirmation below
-		// arrives then.
+		// A failed write is final only when no reconnection can help (a
+		// wrong password, a certificate not trusted): otherwise the read
+		// loop reconnects and subscribes every registered channel, and the
+		// confirmation below arrives then.
 		if err := conn.subscribe(ctx, topic); err != nil {
-			s.logger.Debug("SUBSCRIBE not sent, waiting for reconnection", watermill.LogFields{"topic": topic, "err": err.Error()})
+			if permanent(err) {
+				s.refuse(topic, err)
+			} else {
+				s.logger.Debug("SUBSCRIBE not sent, waiting for reconnection", watermill.LogFields{"topic": topic, "err": err.Error()})
+			}
 		}
 	}
 
@@ -226,13 +232,55 @@ func (s *Subscriber) subscribeTopic(ctx context.Context, topic string) (*pubsubT
 	select {
 	case <-t.confirmed:
 		return t, nil
+	case <-t.stop:
+		if t.refusal != nil {
+			return nil, fmt.Errorf("redisbus: subscribe to %q: %w", topic, t.refusal)
+		}
+		return nil, ErrSubscriberClosed
 	case <-ctx.Done():
 		return nil, fmt.Errorf("redisbus: subscribe to %q: %w", topic, context.Cause(ctx))
 	case <-timer.C:
-		return nil, fmt.Errorf("redisbus: subscribe to %q: Redis did not confirm within %s (SubscriberConfig.SubscribeTimeout)", topic, s.config.SubscribeTimeout)
+		err := fmt.Errorf("redisbus: subscribe to %q: Redis did not confirm within %s (SubscriberConfig.SubscribeTimeout)", topic, s.config.SubscribeTimeout)
+		if last := s.connError(topic); last != nil {
+			err = fmt.Errorf("%w; last error: %w", err, last)
+		}
+		return nil, err
 	case <-s.closing:
 		return nil, ErrSubscriberClosed
 	}
+}
+
+// refuse unregisters a topic Redis refused, ending its Subscribe calls
+// with err; the others topics carry on.
+func (s *Subscriber) refuse(topic string, err error) {
+	s.mu.Lock()
+	t := s.topics[topic]
+	if t != nil {
+		delete(s.topics, topic)
+		s.removeRoute(topic)
+		s.connFor(topic).forget(topic)
+	}
+	s.mu.Unlock()
+	if t == nil {
+		return
+	}
+	s.stats.refused.Add(1)
+	s.logger.Error("Redis refused the subscription; the topic's Subscribe calls end", err, watermill.LogFields{"topic": topic})
+	t.end(err)
+}
+
+// connError is the last error of the connection that carries topic.
+func (s *Subscriber) connError(topic string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := ""
+	if s.config.Sharded {
+		key = topic
+	}
+	if conn := s.conns[key]; conn != nil {
+		return conn.lastError()
+	}
+	return nil
 }
 
 // connFor returns the connection that carries topic, creating it when
@@ -258,6 +306,17 @@ func (s *Subscriber) setRoute(topic string, t *pubsubTopic) {
 		routes[k] = v
 	}
 	routes[topic] = t
+	s.routes.Store(&routes)
+}
+
+func (s *Subscriber) removeRoute(topic string) {
+	old := *s.routes.Load()
+	routes := make(map[string]*pubsubTopic, len(old))
+	for k, v := range old {
+		if k != topic {
+			routes[k] = v
+		}
+	}
 	s.routes.Store(&routes)
 }
 
@@ -292,6 +351,7 @@ func (s *Subscriber) Stats() SubscriberStats {
 		Dropped:      s.stats.dropped.Load(),
 		DecodeErrors: s.stats.decodeErrors.Load(),
 		Reconnects:   s.stats.reconnects.Load(),
+		Refused:      s.stats.refused.Load(),
 		Buffered:     buffered,
 		LastLoss:     lastLoss,
 	}
@@ -311,6 +371,9 @@ func (s *Subscriber) Close() error {
 	s.closed = true
 	close(s.closing)
 	conns := s.conns
+	for _, t := range s.topics {
+		t.end(nil)
+	}
 	s.mu.Unlock()
 
 	for _, conn := range conns {

@@ -22,42 +22,92 @@ const (
 // go-redis's PubSub.Channel, which drops a message after 60 seconds when
 // its fixed buffer is full and does not report subscription confirmations.
 //
-// go-redis reconnects and resubscribes by itself after a network error; this
-// loop adds the health check for connections that die silently and makes
-// the loss window visible.
+// It also subscribes by itself after a reconnect, rather than letting
+// go-redis resubscribe every channel in one command: Redis refuses such a
+// command as a whole when one channel is forbidden (an ACL user limited to
+// some channels), and every topic would go deaf. Each SUBSCRIBE this loop
+// sends is remembered until Redis answered it, so an error reply is
+// attributed to the command, and so to the topic, it refuses.
 type subscriptionConn struct {
 	s      *Subscriber
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu       sync.Mutex // guards ps and channels against the read loop's replace
+	mu       sync.Mutex // guards what follows against the read loop
 	ps       *redis.PubSub
-	channels []string
+	channels []string       // every channel this connection carries
+	sent     []subscribeCmd // SUBSCRIBEs sent on ps not answered in full yet, oldest first
+	broken   error          // why ps must be replaced before it is used again
+	lastErr  error          // the last error met, for Subscribe's timeout message
+	// ready is set once a SUBSCRIBE was written on ps: before that, reading
+	// it would dial, and an error from dialing (a wrong password) would
+	// pass for a refusal of a command.
+	ready bool
+	kick  chan struct{} // capacity 1: ps became ready
 }
+
+// subscribeCmd is a SUBSCRIBE sent. Redis answers it with a confirmation
+// per channel, in order, or with one error for all of them.
+type subscribeCmd struct {
+	channels []string
+	answered int
+}
+
+// resubscribeBatch is how many channels one SUBSCRIBE carries after a
+// reconnect; a batch refused as a whole is asked again channel by channel.
+const resubscribeBatch = 100
 
 func newSubscriptionConn(s *Subscriber) *subscriptionConn {
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &subscriptionConn{s: s, ctx: ctx, cancel: cancel}
+	c := &subscriptionConn{s: s, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1)}
 	c.ps = c.newPubSub()
 	return c
 }
 
+// newPubSub returns a PubSub with no channels: it connects on the first
+// SUBSCRIBE sent.
 func (c *subscriptionConn) newPubSub() *redis.PubSub {
 	if c.s.config.Sharded {
-		return c.s.config.Client.SSubscribe(c.ctx, c.channels...)
+		return c.s.config.Client.SSubscribe(c.ctx)
 	}
-	return c.s.config.Client.Subscribe(c.ctx, c.channels...)
+	return c.s.config.Client.Subscribe(c.ctx)
 }
 
-// subscribe sends SUBSCRIBE for topic; the read loop sees the confirmation.
+// send sends one SUBSCRIBE for channels on ps. The caller holds mu.
+func (c *subscriptionConn) send(ctx context.Context, channels []string) error {
+	var err error
+	if c.s.config.Sharded {
+		err = c.ps.SSubscribe(ctx, channels...)
+	} else {
+		err = c.ps.Subscribe(ctx, channels...)
+	}
+	if err != nil {
+		c.broken, c.lastErr = err, err
+		return err
+	}
+	c.sent = append(c.sent, subscribeCmd{channels: channels})
+	c.ready = true
+	signal(c.kick)
+	return nil
+}
+
+// subscribe sends SUBSCRIBE for topic; the read loop sees the answer. When
+// it cannot be sent, the read loop reconnects and sends it then.
 func (c *subscriptionConn) subscribe(ctx context.Context, topic string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.channels = append(c.channels, topic)
-	if c.s.config.Sharded {
-		return c.ps.SSubscribe(ctx, topic)
+	if c.broken != nil {
+		return c.broken
 	}
-	return c.ps.Subscribe(ctx, topic)
+	return c.send(ctx, []string{topic})
+}
+
+// lastError is the last error the connection met, if any.
+func (c *subscriptionConn) lastError() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastErr
 }
 
 func (c *subscriptionConn) pubSub() *redis.PubSub {
@@ -66,14 +116,88 @@ func (c *subscriptionConn) pubSub() *redis.PubSub {
 	return c.ps
 }
 
-// replace swaps in a fresh connection that subscribes to every channel, for
-// when the current one stopped answering without an error.
-func (c *subscriptionConn) replace() {
+// breaks marks the connection for replacement: nothing is sent on it any
+// more, since go-redis may have reconnected it by itself.
+func (c *subscriptionConn) breaks(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.broken, c.lastErr = err, err
+}
+
+// state says whether ps must be replaced, and whether it can be read.
+func (c *subscriptionConn) state() (broken, ready bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.broken != nil, c.ready
+}
+
+// forget removes a channel Redis refused: it is not subscribed again.
+func (c *subscriptionConn) forget(channel string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.channels = slices.DeleteFunc(c.channels, func(ch string) bool { return ch == channel })
+}
+
+// replace swaps in a fresh connection and subscribes every channel on it,
+// in batches. A batch that cannot be sent leaves it broken, to be replaced
+// again after a backoff, and is returned.
+func (c *subscriptionConn) replace() error {
 	c.mu.Lock()
 	old := c.ps
-	c.ps = c.newPubSub()
+	c.ps, c.sent, c.broken, c.ready = c.newPubSub(), nil, nil, false
+	var err error
+	for batch := range slices.Chunk(slices.Clone(c.channels), resubscribeBatch) {
+		if err = c.send(c.ctx, batch); err != nil {
+			break
+		}
+	}
 	c.mu.Unlock()
 	_ = old.Close()
+	return err
+}
+
+// confirmed counts a confirmation against the oldest SUBSCRIBE sent, and
+// reports whether every SUBSCRIBE sent is answered now.
+func (c *subscriptionConn) confirmed() (all bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.sent) > 0 {
+		c.sent[0].answered++
+		if c.sent[0].answered == len(c.sent[0].channels) {
+			c.sent = c.sent[1:]
+		}
+	}
+	return len(c.sent) == 0
+}
+
+// refused handles an error reply: Redis refused the oldest SUBSCRIBE not
+// answered in full. A single channel's is the topic's refusal; a batch's is
+// asked again channel by channel, to learn which one Redis refuses.
+// It reports whether every SUBSCRIBE sent is answered now.
+func (c *subscriptionConn) refused(err error) (all bool) {
+	c.mu.Lock()
+	if len(c.sent) == 0 {
+		c.mu.Unlock()
+		c.s.logger.Error("Redis refused a command on a subscription connection", err, nil)
+		return true
+	}
+	cmd := c.sent[0]
+	c.sent = c.sent[1:]
+	unanswered := cmd.channels[cmd.answered:]
+	if len(cmd.channels) == 1 {
+		all = len(c.sent) == 0
+		c.mu.Unlock()
+		c.s.refuse(unanswered[0], err)
+		return all
+	}
+	for _, ch := range unanswered {
+		if c.broken != nil || c.send(c.ctx, []string{ch}) != nil {
+			break
+		}
+	}
+	all = len(c.sent) == 0
+	c.mu.Unlock()
+	return all
 }
 
 func (c *subscriptionConn) close() {
@@ -98,13 +222,53 @@ func (c *subscriptionConn) run() {
 	backoff := minReconnectBackoff
 	var lost *LossWindow
 
+	var reported string // the last reconnection error logged
+	// restored reports the loss window once every channel is subscribed
+	// again (or refused).
+	restored := func(lost *LossWindow, at time.Time) {
+		lost.To, lost.Topics = at, c.topics()
+		c.s.logger.Info("Redis subscription connection restored; messages published in the loss window were not received",
+			watermill.LogFields{"topics": lost.Topics, "from": lost.From, "to": lost.To, "window": lost.To.Sub(lost.From).String()})
+		c.s.reconnected(*lost)
+	}
 	for {
+		broken, ready := c.state()
+		if broken {
+			if !sleep(backoff, c.ctx.Done()) {
+				return
+			}
+			backoff = min(2*backoff, maxReconnectBackoff)
+			if err := c.replace(); err != nil && permanent(err) && err.Error() != reported {
+				reported = err.Error()
+				c.s.logger.Error("Redis refuses the subscription connection; retrying", err, watermill.LogFields{"topics": c.topics()})
+			}
+			continue
+		}
+		if !ready {
+			select {
+			case <-c.kick:
+			case <-c.ctx.Done():
+				return
+			}
+			continue
+		}
 		ps := c.pubSub()
 		received, err := ps.ReceiveTimeout(c.ctx, interval)
 		if c.ctx.Err() != nil {
 			return
 		}
 		if err != nil {
+			var redisErr redis.Error
+			if errors.As(err, &redisErr) {
+				// An answer, so the connection works: Redis refused a
+				// command sent on it.
+				lastAlive, pinged = time.Now(), false
+				if c.refused(err) && lost != nil {
+					restored(lost, lastAlive)
+					lost = nil
+				}
+				continue
+			}
 			if isTimeout(err) && !pinged {
 				// Silence: ask the server for a sign of life. go-redis
 				// keeps the connection after a read timeout.
@@ -114,7 +278,6 @@ func (c *subscriptionConn) run() {
 			}
 			if isTimeout(err) {
 				err = errors.New("no answer to a health-check PING within " + interval.String())
-				c.replace()
 			}
 			if lost == nil {
 				lost = &LossWindow{From: lastAlive, Err: err}
@@ -122,16 +285,14 @@ func (c *subscriptionConn) run() {
 					watermill.LogFields{"topics": c.topics()})
 			}
 			pinged = false
-			if !sleep(backoff, c.ctx.Done()) {
-				return
-			}
-			backoff = min(2*backoff, maxReconnectBackoff)
+			c.breaks(err)
 			continue
 		}
 
 		lastAlive = time.Now()
 		pinged = false
 		backoff = minReconnectBackoff
+		reported = ""
 
 		switch m := received.(type) {
 		case *redis.Message:
@@ -139,13 +300,11 @@ func (c *subscriptionConn) run() {
 				t.receive(m.Payload)
 			}
 		case *redis.Subscription:
-			if lost != nil {
-				// go-redis resubscribes every channel in one command when it
-				// reconnects: the first confirmation means all are back.
-				lost.To, lost.Topics = lastAlive, c.topics()
-				c.s.logger.Info("Redis subscription connection restored; messages published in the loss window were not received",
-					watermill.LogFields{"topics": lost.Topics, "from": lost.From, "to": lost.To, "window": lost.To.Sub(lost.From).String()})
-				c.s.reconnected(*lost)
+			if m.Kind != "subscribe" && m.Kind != "ssubscribe" {
+				continue
+			}
+			if c.confirmed() && lost != nil {
+				restored(lost, lastAlive)
 				lost = nil
 			}
 			if t := c.s.route(m.Channel); t != nil {

@@ -37,6 +37,14 @@ type ServerOptions struct {
 	AOF bool
 	// Cluster starts the server in cluster mode (see StartCluster).
 	Cluster bool
+	// TLS, when set, makes the server speak TLS only, with this
+	// certificate and key (PEM files); clients are not asked for one.
+	TLS *TLSFiles
+}
+
+// TLSFiles are a server's certificate and private key, as PEM files.
+type TLSFiles struct {
+	CertFile, KeyFile string
 }
 
 // Server is a Redis server the tests can reach.
@@ -177,7 +185,7 @@ func startServer(opts ServerOptions, dir string) (*Server, error) {
 		}
 		s := &Server{
 			Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-			URL:  fmt.Sprintf("redis://127.0.0.1:%d/0", port),
+			URL:  fmt.Sprintf("%s://127.0.0.1:%d/0", map[bool]string{false: "redis", true: "rediss"}[opts.TLS != nil], port),
 			opts: opts,
 			dir:  dir,
 			port: port,
@@ -213,6 +221,14 @@ func (s *Server) args() []string {
 		"--daemonize", "no",
 		"--logfile", "",
 		"--enable-debug-command", "local",
+	}
+	if s.opts.TLS != nil {
+		args[1] = "0" // no plain port
+		args = append(args,
+			"--tls-port", strconv.Itoa(s.port),
+			"--tls-cert-file", s.opts.TLS.CertFile,
+			"--tls-key-file", s.opts.TLS.KeyFile,
+			"--tls-auth-clients", "no")
 	}
 	if s.opts.Cluster {
 		args = append(args,
@@ -342,6 +358,11 @@ func (s *Server) stop() {
 	s.cmd = nil
 	s.mu.Unlock()
 	if cmd == nil {
+		return
+	}
+	if s.opts.TLS != nil { // no client here trusts its certificate
+		_ = cmd.Process.Kill()
+		<-exited
 		return
 	}
 	// SHUTDOWN NOSAVE is quick and clean; SIGKILL if the server does not go.
