@@ -2,8 +2,10 @@ package redisbus
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -30,8 +32,11 @@ type coalescer struct {
 	route    func(ctx context.Context) (*redis.Client, error)
 	maxBatch int
 	calls    chan *coalescedCall
-	stop     chan struct{}
-	wg       sync.WaitGroup
+	// closing refuses new calls; stop ends the flushers once their
+	// pipeline returns; abandon releases the callers still waiting when
+	// a pipeline does not return in time (see close).
+	closing, stop, abandon chan struct{}
+	wg                     sync.WaitGroup
 	// ctx is the pipelines' context: close cancels it, so that a Redis that
 	// does not answer cannot hold close up.
 	ctx    context.Context
@@ -80,7 +85,9 @@ func newCoalescer(client redis.UniversalClient, maxBatch, queue int, ordered boo
 		policy:   sendonce.PolicyOf(client),
 		maxBatch: maxBatch,
 		calls:    make(chan *coalescedCall, queue),
+		closing:  make(chan struct{}),
 		stop:     make(chan struct{}),
+		abandon:  make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	pipelines := coalescerPipelines
@@ -94,8 +101,9 @@ func newCoalescer(client redis.UniversalClient, maxBatch, queue int, ordered boo
 }
 
 // do runs add's commands in a shared pipeline and returns nil when they
-// have their replies. It fails when ctx is done first; the commands may
-// still run then.
+// have their replies. It fails when ctx is done first, or when the
+// coalescer closes first (errClosedInFlight); the commands may still run
+// then.
 func (c *coalescer) do(ctx context.Context, size int, add pipelineAdder) error {
 	call := callPool.Get().(*coalescedCall)
 	call.ctx, call.size, call.add, call.sent = ctx, size, add, false
@@ -105,24 +113,44 @@ func (c *coalescer) do(ctx context.Context, size int, add pipelineAdder) error {
 		call.ctx, call.add = nil, nil
 		callPool.Put(call)
 		return context.Cause(ctx)
+	case <-c.closing:
+		call.ctx, call.add = nil, nil
+		callPool.Put(call)
+		return ErrPublisherClosed
 	}
 	select {
 	case <-call.done:
-		sent, err := call.sent, call.err
-		call.ctx, call.add, call.err = nil, nil, nil
-		callPool.Put(call)
-		if err != nil {
-			return err
-		}
-		if !sent {
-			return context.Cause(ctx)
-		}
-		return nil
+		return c.reuse(call, ctx)
 	case <-ctx.Done():
 		// A flusher holds the call and will signal it: it cannot be reused.
 		return context.Cause(ctx)
+	case <-c.abandon:
+		select {
+		case <-call.done: // answered after all
+			return c.reuse(call, ctx)
+		default:
+			return errClosedInFlight
+		}
 	}
 }
+
+// reuse returns a finished call to the pool and the error its caller gets.
+func (c *coalescer) reuse(call *coalescedCall, ctx context.Context) error {
+	sent, err := call.sent, call.err
+	call.ctx, call.add, call.err = nil, nil, nil
+	callPool.Put(call)
+	switch {
+	case err != nil:
+		return err
+	case !sent && ctx.Err() != nil:
+		return context.Cause(ctx)
+	case !sent:
+		return errUnsentAtClose
+	}
+	return nil
+}
+
+var errClosedInFlight = errors.New("redisbus: publisher closed before Redis answered; the message may or may not have been published")
 
 // submit queues add's commands and returns without waiting for them;
 // add.finished reports the outcome. ctx bounds only the wait while the queue
@@ -134,16 +162,47 @@ func (c *coalescer) submit(ctx context.Context, size int, add asyncAdder) error 
 		return nil
 	case <-ctx.Done():
 		return context.Cause(ctx)
+	case <-c.closing:
+		return ErrPublisherClosed
 	}
 }
 
-// close stops the flushers at once: a pipeline in flight is abandoned, and
-// submitted calls still queued finish unsent. No do or submit may be in
-// progress or follow.
-func (c *coalescer) close() {
+// beginClose refuses new calls; those queued are still sent.
+func (c *coalescer) beginClose() {
+	select {
+	case <-c.closing:
+	default:
+		close(c.closing)
+	}
+}
+
+// close stops the flushers: a pipeline in flight is cancelled, and waited
+// for until deadline; callers still waiting then are released with
+// errClosedInFlight, and the flusher that waits on go-redis exits when the
+// client's read timeout ends the round trip. Calls still queued finish
+// unsent. No do or submit may be in progress or follow (beginClose first,
+// then wait for them).
+func (c *coalescer) close(deadline time.Time) {
+	c.beginClose()
 	c.cancel()
 	close(c.stop)
-	c.wg.Wait()
+	flushed := make(chan struct{})
+	go func() {
+		c.wg.Wait()
+		close(flushed)
+	}()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case <-flushed:
+	case <-timer.C:
+	}
+	close(c.abandon)
+}
+
+// drain finishes the calls still queued as unsent, once no do or submit is
+// in progress.
+func (c *coalescer) drain() {
 	for {
 		select {
 		case call := <-c.calls:

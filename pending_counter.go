@@ -47,3 +47,10 @@ func (c *pendingCounter) wait(ctx context.Context) error {
 		return context.Cause(ctx)
 	}
 }
+
+// count is how much is pending now.
+func (c *pendingCounter) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pending
+}

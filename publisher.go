@@ -65,6 +65,12 @@ type PublisherConfig struct {
 	// not reach Redis in Async mode, with their count and the error. It runs
 	// on the goroutine that sends to Redis, so it must not block.
 	OnAsyncError func(topic string, messages int, err error)
+
+	// CloseTimeout bounds how long Close waits for publishes that Redis has
+	// not answered yet (without Async; in Async mode AsyncCloseTimeout
+	// bounds all of Close). Those still unanswered then fail with an error
+	// saying their fate is unknown. Zero means 5 seconds.
+	CloseTimeout time.Duration
 }
 
 func (c *PublisherConfig) setDefaults() {
@@ -80,6 +86,9 @@ func (c *PublisherConfig) setDefaults() {
 	if c.AsyncCloseTimeout == 0 {
 		c.AsyncCloseTimeout = 5 * time.Second
 	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = 5 * time.Second
+	}
 }
 
 // Validate reports the first invalid field, if any.
@@ -93,6 +102,8 @@ func (c PublisherConfig) Validate() error {
 		return configError("PublisherConfig.AsyncQueueSize", "must not be negative")
 	case c.AsyncCloseTimeout < 0:
 		return configError("PublisherConfig.AsyncCloseTimeout", "must not be negative")
+	case c.CloseTimeout < 0:
+		return configError("PublisherConfig.CloseTimeout", "must not be negative")
 	}
 	return nil
 }
@@ -111,9 +122,16 @@ type Publisher struct {
 	coalescer *coalescer
 
 	// mu is held for reading by every publish in progress, so Close waits
-	// for them and nothing is sent after Close returns.
-	mu     sync.RWMutex
-	closed bool
+	// for them and nothing is sent after Close returns, and for writing by
+	// Flush.
+	mu sync.RWMutex
+	// closing is cancelled when Close starts: publishes and Flush waiting
+	// for the queue stop waiting.
+	closing     context.Context
+	stopClosing context.CancelCauseFunc
+	closeOnce   sync.Once
+	closed      chan struct{} // closed when Close has finished
+	closeErr    error
 
 	queued      pendingCounter // messages queued in Async mode, not yet finished
 	asyncFailed atomic.Uint64
@@ -148,7 +166,9 @@ func NewPublisher(config PublisherConfig, logger watermill.LoggerAdapter) (*Publ
 	if cluster, ok := config.Client.(*redis.ClusterClient); ok && !config.Sharded {
 		c.route = clusterPublishRoute(cluster)
 	}
-	return &Publisher{config: config, logger: logger, coalescer: c}, nil
+	p := &Publisher{config: config, logger: logger, coalescer: c, closed: make(chan struct{})}
+	p.closing, p.stopClosing = context.WithCancelCause(context.Background())
+	return p, nil
 }
 
 // clusterPublishRoute sends plain PUBLISHes on a Redis Cluster through one
@@ -195,7 +215,7 @@ func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.M
 	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	if p.closed {
+	if p.closing.Err() != nil {
 		return 0, ErrPublisherClosed
 	}
 
@@ -222,6 +242,9 @@ func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.M
 		p.queued.add(len(msgs))
 		if err := p.coalescer.submit(ctx, len(msgs), call); err != nil {
 			p.queued.done(len(msgs))
+			if errors.Is(err, ErrPublisherClosed) {
+				return 0, err
+			}
 			return 0, fmt.Errorf("redisbus: publish to %q: queue full: %w", topic, err)
 		}
 		return 0, nil
@@ -298,38 +321,56 @@ func (c *publishCall) addTo(pipe redis.Pipeliner) {
 }
 
 // Flush waits until every message queued in Async mode has reached Redis
-// or failed, or until ctx is done. Publish calls wait while Flush runs.
-// Without Async there is nothing to wait for.
+// or failed, or until ctx is done or Close starts. Publish calls wait while
+// Flush runs. Without Async there is nothing to wait for.
 func (p *Publisher) Flush(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(p.closing, func() { cancel(ErrPublisherClosed) })
+	defer stop()
 	return p.queued.wait(ctx)
 }
 
-// Close stops the Publisher: it waits for publishes in progress and makes
-// later ones fail with ErrPublisherClosed. In Async mode it first sends
-// what is queued, for up to AsyncCloseTimeout, and reports how many
-// messages it had to give up; a round trip that Redis does not answer holds
-// Close up for at most the client's ReadTimeout more. It does not close the
-// client. Close is idempotent.
+// Close stops the Publisher and returns within its bound, whatever Redis
+// does: AsyncCloseTimeout in Async mode, CloseTimeout otherwise. Later
+// publishes fail with ErrPublisherClosed, and so do those waiting for room
+// in the queue. In Async mode it first sends what is queued. A publish that
+// Redis has not answered by the bound fails with an error saying it may or
+// may not have been published, and an asynchronous one counts as failed;
+// Close returns an error counting the messages it could not confirm. The
+// goroutine waiting on such a round trip exits when the client's
+// ReadTimeout ends it. Close does not close the client. It is idempotent:
+// a second call waits for the first.
 func (p *Publisher) Close() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil
-	}
-	p.closed = true
-	failedBefore := p.asyncFailed.Load()
-	if p.config.Async {
-		ctx, cancel := context.WithTimeout(context.Background(), p.config.AsyncCloseTimeout)
-		_ = p.queued.wait(ctx)
-		cancel()
-	}
-	p.coalescer.close()
-	if failed := p.asyncFailed.Load() - failedBefore; failed > 0 {
-		return fmt.Errorf("redisbus: %d queued messages did not reach Redis before Close", failed)
-	}
-	return nil
+	p.closeOnce.Do(func() {
+		defer close(p.closed)
+		bound := p.config.CloseTimeout
+		if p.config.Async {
+			bound = p.config.AsyncCloseTimeout
+		}
+		deadline := time.Now().Add(bound)
+		failedBefore := p.asyncFailed.Load()
+		p.stopClosing(ErrPublisherClosed)
+		p.coalescer.beginClose()
+		if p.config.Async {
+			ctx, cancel := context.WithDeadline(context.Background(), deadline)
+			_ = p.queued.wait(ctx)
+			cancel()
+		}
+		p.coalescer.close(deadline)
+		p.mu.Lock() // every publish has returned
+		p.coalescer.drain()
+		p.mu.Unlock()
+		failed := p.asyncFailed.Load() - failedBefore
+		if unknown := p.queued.count(); failed > 0 || unknown > 0 {
+			p.closeErr = fmt.Errorf("redisbus: Close gave up on %d queued messages: %d did not reach Redis, %d were not confirmed by it (they may or may not have been published)",
+				uint64(unknown)+failed, failed, unknown)
+		}
+	})
+	<-p.closed
+	return p.closeErr
 }
 
 // messagesContext returns a context that is done as soon as any message's

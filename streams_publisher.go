@@ -62,6 +62,11 @@ type StreamsPublisherConfig struct {
 	// MaxBatchSize bounds how many XADDs go in one pipeline when concurrent
 	// Publish calls are coalesced. Zero means 512.
 	MaxBatchSize int
+
+	// CloseTimeout bounds how long Close waits for publishes that Redis has
+	// not answered yet; those still unanswered then fail with an error
+	// saying their entries may or may not be stored. Zero means 5 seconds.
+	CloseTimeout time.Duration
 }
 
 func (c *StreamsPublisherConfig) setDefaults() {
@@ -70,6 +75,9 @@ func (c *StreamsPublisherConfig) setDefaults() {
 	}
 	if c.MaxBatchSize == 0 {
 		c.MaxBatchSize = 512
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = 5 * time.Second
 	}
 }
 
@@ -80,6 +88,8 @@ func (c StreamsPublisherConfig) Validate() error {
 		return configError("StreamsPublisherConfig.Client", "is required")
 	case c.MaxBatchSize < 0:
 		return configError("StreamsPublisherConfig.MaxBatchSize", "must not be negative")
+	case c.CloseTimeout < 0:
+		return configError("StreamsPublisherConfig.CloseTimeout", "must not be negative")
 	}
 	for topic, trim := range c.TopicTrim {
 		if err := trim.validate(fmt.Sprintf("StreamsPublisherConfig.TopicTrim[%q]", topic)); err != nil {
@@ -116,8 +126,10 @@ type StreamsPublisher struct {
 
 	// mu is held for reading by every publish in progress, so Close waits
 	// for them and nothing is sent after Close returns.
-	mu     sync.RWMutex
-	closed bool
+	mu        sync.RWMutex
+	closing   atomic.Bool
+	closeOnce sync.Once
+	closed    chan struct{} // closed when Close has finished
 
 	trimMu        sync.Mutex
 	trims         map[string]*topicTrim
@@ -156,6 +168,7 @@ func NewStreamsPublisher(config StreamsPublisherConfig, logger watermill.LoggerA
 		logger:    logger,
 		coalescer: newCoalescer(config.Client, config.MaxBatchSize, config.MaxBatchSize, false),
 		trims:     map[string]*topicTrim{},
+		closed:    make(chan struct{}),
 	}
 	return p, nil
 }
@@ -191,7 +204,7 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	if p.closed {
+	if p.closing.Load() {
 		return nil, ErrPublisherClosed
 	}
 
@@ -331,15 +344,24 @@ func (p *StreamsPublisher) Stats() StreamsPublisherStats {
 	return StreamsPublisherStats{Trimmed: p.trimmed.Load(), TrimmedUnconsumed: p.trimmedUnconsumed.Load()}
 }
 
-// Close waits for publishes in progress and stops the publisher; later
-// Publish calls fail with ErrPublisherClosed. It does not close the client
-// and is idempotent.
+// Close stops the publisher within CloseTimeout, whatever Redis does: it
+// waits for publishes in progress until then, and those Redis has not
+// answered by then fail with an error saying their entries may or may not
+// be stored (the goroutine waiting on such a round trip exits when the
+// client's ReadTimeout ends it). Later Publish calls fail with
+// ErrPublisherClosed. It does not close the client and is idempotent: a
+// second call waits for the first.
 func (p *StreamsPublisher) Close() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.closed {
-		p.closed = true
-		p.coalescer.close()
-	}
+	p.closeOnce.Do(func() {
+		defer close(p.closed)
+		deadline := time.Now().Add(p.config.CloseTimeout)
+		p.closing.Store(true)
+		p.coalescer.beginClose()
+		p.coalescer.close(deadline)
+		p.mu.Lock() // every publish has returned
+		p.coalescer.drain()
+		p.mu.Unlock()
+	})
+	<-p.closed
 	return nil
 }
