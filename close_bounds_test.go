@@ -33,43 +33,9 @@ func unansweringClient(t *testing.T, command string) (client *redis.Client, blac
 	proxy := pubsubtest.NewProxy(t, pubsubtest.Redis(t).Addr)
 	client = redis.NewClient(&redis.Options{Addr: proxy.Addr()})
 	t.Cleanup(func() { _ = client.Close() })
-	hook := &sendHook{command: command, sent: make(chan struct{}, 1000)}
+	hook := &pipelineCounter{command: command, sent: make(chan struct{}, 1000)}
 	client.AddHook(hook)
 	return client, proxy.Blackhole, hook.sent
-}
-
-// sendHook signals each time a command is about to go to Redis.
-type sendHook struct {
-	command string
-	sent    chan struct{}
-}
-
-func (h *sendHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *sendHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.signal([]redis.Cmder{cmd})
-		return next(ctx, cmd)
-	}
-}
-
-func (h *sendHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.signal(cmds)
-		return next(ctx, cmds)
-	}
-}
-
-func (h *sendHook) signal(cmds []redis.Cmder) {
-	for _, cmd := range cmds {
-		if cmd.Name() == h.command {
-			select {
-			case h.sent <- struct{}{}:
-			default:
-			}
-			return
-		}
-	}
 }
 
 // awaitSent waits for n sends.
