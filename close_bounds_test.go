@@ -157,3 +157,41 @@ func TestStreamsPublisherCloseIsBoundedWhenRedisStopsAnswering(t *testing.T) {
 		awaitError(t, result, "a Publish in flight")
 	}
 }
+
+// A StreamsSubscriber with a message in a handler's hands closes within
+// CloseTimeout + 1 s when Redis stops answering, with an error saying
+// what it gave up.
+func TestStreamsSubscriberCloseIsBoundedWhenRedisStopsAnswering(t *testing.T) {
+	client, blackhole, _ := unansweringClient(t, "xack")
+	sub, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{
+		Client: client, ConsumerGroup: "g", CloseTimeout: closeBound,
+	}, nil)
+	require.NoError(t, err)
+	topic := pubsubtest.Topic(t)
+	messages, err := sub.Subscribe(t.Context(), topic)
+	require.NoError(t, err)
+	publish(t, newStreamsPublisher(t, redisbus.StreamsPublisherConfig{}), topic, "1", "2", "3")
+	next(t, messages).Ack()
+	inHand := next(t, messages) // never acked
+
+	blackhole()
+	err = closeWithin(t, closeBound+time.Second, sub.Close)
+	assert.Error(t, err, "Close says it gave up")
+	select {
+	case <-inHand.Context().Done():
+	default:
+		t.Error("the message in a handler's hands was not cancelled")
+	}
+	_ = closeWithin(t, closeBound+time.Second, sub.Close) // idempotent
+}
+
+// The Pub/Sub Subscriber closes at once when Redis stops answering.
+func TestSubscriberCloseIsPromptWhenRedisStopsAnswering(t *testing.T) {
+	client, blackhole, _ := unansweringClient(t, "subscribe")
+	sub, err := redisbus.NewSubscriber(redisbus.SubscriberConfig{Client: client}, nil)
+	require.NoError(t, err)
+	_, err = sub.Subscribe(t.Context(), pubsubtest.Topic(t))
+	require.NoError(t, err)
+	blackhole()
+	require.NoError(t, closeWithin(t, 0, sub.Close))
+}

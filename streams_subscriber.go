@@ -144,7 +144,8 @@ type StreamsSubscriberConfig struct {
 	// to be acked or nacked before it hands them back to the group: a
 	// Router closes its subscribers while its handlers finish, and their
 	// acks should count rather than the messages come again. Close returns
-	// as soon as none is left. Zero means 5s; negative means not at all.
+	// as soon as none is left, and within CloseTimeout + 1s whatever Redis
+	// does (see Close). Zero means 5s; negative means not at all.
 	CloseTimeout time.Duration
 
 	// ConsumerIdleTimeout removes consumers of the group that have nothing
@@ -487,6 +488,13 @@ func (s *StreamsSubscriber) Stats() StreamsSubscriberStats {
 // its consumer names; and returns when the subscriber's goroutines have
 // exited. Close does not close the client and is idempotent: concurrent
 // calls all return once it is done.
+//
+// Close returns within CloseTimeout + 1s (closeGrace), whatever Redis does.
+// When Redis has not answered by then, Close gives up waiting, with an
+// error: acks not sent then are lost (those messages come again), entries
+// not handed back are claimed after ClaimMinIdle, and the consumer name
+// lapses after ConsumerLease. The goroutines still waiting on Redis
+// through the client you gave exit when its timeouts end their calls.
 func (s *StreamsSubscriber) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -502,28 +510,46 @@ func (s *StreamsSubscriber) Close() error {
 	}
 	s.mu.Unlock()
 
-	if s.ownBlocking {
-		_ = s.blocking.Close() // interrupts blocking reads
-	}
-	s.wg.Wait()
-	if s.config.CloseTimeout > 0 {
-		deadline := time.NewTimer(s.config.CloseTimeout)
-		for _, t := range topics {
-			if t.awaitInFlight(deadline.C) {
-				break
-			}
+	bound := closeGrace + max(s.config.CloseTimeout, 0)
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		if s.ownBlocking {
+			_ = s.blocking.Close() // interrupts blocking reads
 		}
-		deadline.Stop()
-	}
-	// The dispatchers have surrendered what they held: release it, with
-	// the acks, and then the names.
-	s.acker.close(topics)
-	for _, t := range topics {
-		t.releaseName()
+		s.wg.Wait()
+		if s.config.CloseTimeout > 0 {
+			deadline := time.NewTimer(s.config.CloseTimeout)
+			for _, t := range topics {
+				if t.awaitInFlight(deadline.C) {
+					break
+				}
+			}
+			deadline.Stop()
+		}
+		// The dispatchers have surrendered what they held: release it,
+		// with the acks, and then the names.
+		s.acker.close(topics)
+		for _, t := range topics {
+			t.releaseName()
+		}
+	}()
+	timer := time.NewTimer(bound)
+	defer timer.Stop()
+	var err error
+	select {
+	case <-finished:
+	case <-timer.C:
+		err = fmt.Errorf("redisbus: StreamsSubscriber.Close gave up after %s: Redis did not answer; acks not sent are lost (those messages come again)", bound)
+		s.logger.Error("Close gave up waiting for Redis", err, nil)
 	}
 	close(s.closeDone)
-	return nil
+	return err
 }
+
+// closeGrace is how long Close gives Redis, beyond CloseTimeout, for the
+// last acks, the hand-back and the names.
+const closeGrace = time.Second
 
 // isRedisError reports whether err is a Redis error reply starting with
 // prefix, such as "NOGROUP" or "BUSYGROUP".

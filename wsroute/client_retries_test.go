@@ -2,9 +2,13 @@ package wsroute_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -44,4 +48,36 @@ func TestSendWithALateReplyIsNotRepeated(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 1, copies)
+}
+
+// A node with a client connected closes within CloseTimeout when Redis
+// stops answering, telling its clients, and says what it gave up.
+func TestNodeCloseIsBoundedWhenRedisStopsAnswering(t *testing.T) {
+	proxy := pubsubtest.NewProxy(t, pubsubtest.Redis(t).Addr)
+	client := redis.NewClient(&redis.Options{Addr: proxy.Addr()}) // go-redis' default timeouts
+	t.Cleanup(func() { _ = client.Close() })
+	const bound = 300 * time.Millisecond
+	node, err := wsroute.NewNode(wsroute.Config{Client: client, Prefix: pubsubtest.Topic(t) + ":", CloseTimeout: bound}, nil)
+	require.NoError(t, err)
+	handler, err := node.Handler(wsroute.HandlerConfig{
+		Authenticate: func(*http.Request) (string, error) { return "bob", nil },
+	})
+	require.NoError(t, err)
+	server := httptest.NewServer(handler)
+	t.Cleanup(server.Close)
+	ws, _, err := websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(server.URL, "http"), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ws.CloseNow() })
+	require.Eventually(t, func() bool { return node.Stats().Connections == 1 }, waitTimeout, time.Millisecond)
+
+	proxy.Blackhole()
+	closed := make(chan error, 1)
+	go func() { closed <- node.Close() }()
+	select {
+	case err := <-closed:
+		assert.Error(t, err, "Close says it gave up on Redis")
+	case <-time.After(bound + 1500*time.Millisecond):
+		t.Fatal("Close was not bounded by CloseTimeout")
+	}
+	assert.Equal(t, websocket.StatusGoingAway, closeStatus(t, ws))
 }

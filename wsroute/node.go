@@ -78,6 +78,11 @@ type Config struct {
 	// InboundTopic is where frames from clients are published. Zero means
 	// "wsroute.inbound".
 	InboundTopic string
+
+	// CloseTimeout bounds Close, whatever Redis does: registrations it
+	// could not remove by then stop counting when the node's liveness key
+	// expires (NodeTTL). Zero means 5s.
+	CloseTimeout time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -106,6 +111,9 @@ func (c *Config) setDefaults() {
 	if c.InboundTopic == "" {
 		c.InboundTopic = "wsroute.inbound"
 	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = 5 * time.Second
+	}
 }
 
 // Validate reports the first invalid field, if any.
@@ -128,6 +136,8 @@ func (c Config) Validate() error {
 		return field("SlowClient", fmt.Sprintf("unknown policy %d", c.SlowClient))
 	case c.WriteTimeout < 0:
 		return field("WriteTimeout", "must not be negative")
+	case c.CloseTimeout < 0:
+		return field("CloseTimeout", "must not be negative")
 	}
 	return nil
 }
@@ -159,6 +169,7 @@ type Node struct {
 	// restoreNow asks the heartbeat to write every registration again.
 	restoreNow chan struct{}
 	closing    chan struct{}
+	closeDone  chan struct{}  // closed when the first Close returns
 	wg         sync.WaitGroup // the node's own goroutines
 	serving    sync.WaitGroup // Serve calls in progress
 }
@@ -212,9 +223,10 @@ func NewNode(config Config, logger watermill.LoggerAdapter) (*Node, error) {
 		rooms:       map[string]map[*localConn]bool{},
 		restoreNow:  make(chan struct{}, 1),
 		closing:     make(chan struct{}),
+		closeDone:   make(chan struct{}),
 	}
 	var err error
-	if n.publisher, err = redisbus.NewPublisher(redisbus.PublisherConfig{Client: config.Client}, n.logger); err != nil {
+	if n.publisher, err = redisbus.NewPublisher(redisbus.PublisherConfig{Client: config.Client, CloseTimeout: config.CloseTimeout}, n.logger); err != nil {
 		return nil, err
 	}
 	n.subscriber, err = redisbus.NewSubscriber(redisbus.SubscriberConfig{
@@ -277,11 +289,12 @@ func (n *Node) Close() error {
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
-		n.wg.Wait()
+		<-n.closeDone
 		return nil
 	}
 	n.closed = true
 	close(n.closing)
+	defer close(n.closeDone)
 	conns := make([]*localConn, 0, len(n.conns))
 	for _, c := range n.conns {
 		conns = append(conns, c)
@@ -291,17 +304,31 @@ func (n *Node) Close() error {
 	for _, c := range conns {
 		c.shutdown(StatusGoingAway, "server shutting down")
 	}
-	n.serving.Wait() // each removes its registration
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	// Without its liveness key, every entry of this node is stale at once.
-	if err := expireNodeScript.Run(ctx, n.config.Client, []string{n.keys.node(n.config.NodeID)}, n.incarnation).Err(); err != nil {
-		n.logger.Error("Cannot remove the liveness key; clients show offline after NodeTTL", err, nil)
+	// What follows waits for Redis: it runs aside, so that Close returns
+	// within CloseTimeout however Redis behaves. The goroutines still
+	// waiting on it then exit when the client's timeouts end their calls.
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		n.serving.Wait() // each removes its registration
+		// Without its liveness key, every entry of this node is stale at once.
+		if err := expireNodeScript.Run(context.Background(), n.config.Client, []string{n.keys.node(n.config.NodeID)}, n.incarnation).Err(); err != nil {
+			n.logger.Error("Cannot remove the liveness key; clients show offline after NodeTTL", err, nil)
+		}
+		_ = n.subscriber.Close()
+		_ = n.publisher.Close()
+		n.wg.Wait()
+	}()
+	timer := time.NewTimer(n.config.CloseTimeout)
+	defer timer.Stop()
+	select {
+	case <-finished:
+		return nil
+	case <-timer.C:
+		err := fmt.Errorf("wsroute: Close gave up after %s (Config.CloseTimeout): Redis did not answer; this node's registrations lapse after NodeTTL", n.config.CloseTimeout)
+		n.logger.Error("Close gave up waiting for Redis", err, nil)
+		return err
 	}
-	_ = n.subscriber.Close()
-	_ = n.publisher.Close()
-	n.wg.Wait()
-	return nil
 }
 
 func (n *Node) isClosing() bool {
