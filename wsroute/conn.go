@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -57,6 +58,9 @@ type localConn struct {
 	id       string
 	clientID string
 	gen      string // the fencing token of this registration
+	// removed is set before the registration is released, so that a
+	// restore that wrote it again at the same time releases it again.
+	removed atomic.Bool
 
 	mu        sync.Mutex
 	queue     [][]byte
@@ -153,6 +157,7 @@ func (n *Node) removeConn(c *localConn) {
 	<-c.written
 	<-c.closeDone
 	n.mu.Lock()
+	c.removed.Store(true)
 	delete(n.conns, c.id)
 	if clients := n.clients[c.clientID]; clients != nil {
 		delete(clients, c)

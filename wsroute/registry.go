@@ -142,6 +142,15 @@ func (n *Node) restore() {
 	for _, c := range n.localConns() {
 		if _, err := n.register(ctx, c, c.gen); err != nil {
 			n.logger.Error("Cannot restore a registration", err, watermill.LogFields{"client": c.clientID})
+			continue
+		}
+		// The connection may have closed and released its entry while
+		// this wrote it again: release it once more, or it would read as
+		// Delivered until RegistrationTTL.
+		if c.removed.Load() {
+			if err := n.release(ctx, c); err != nil {
+				n.logger.Error("Cannot remove a registration", err, watermill.LogFields{"client": c.clientID})
+			}
 		}
 	}
 	for _, room := range n.localRooms() {
