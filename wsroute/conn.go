@@ -3,6 +3,7 @@ package wsroute
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
 )
 
 // StatusCode is a WebSocket close code.
@@ -23,6 +25,7 @@ const (
 	StatusInvalidPayload  = websocket.StatusInvalidFramePayloadData
 	StatusPolicyViolation = websocket.StatusPolicyViolation // 1008: a slow client, under Disconnect
 	StatusMessageTooBig   = websocket.StatusMessageTooBig   // 1009: a frame over MaxMessageSize
+	StatusTryAgainLater   = websocket.StatusTryAgainLater   // 1013: Redis is out of memory and cannot register the connection
 )
 
 // Conn is a client connection as the node sees it: the transport is an
@@ -93,8 +96,8 @@ func (n *Node) Serve(ctx context.Context, conn Conn, clientID string) error {
 	// dropped.
 	gen, err := n.nextGeneration(ctx, clientID)
 	if err != nil {
-		_ = conn.Close(websocket.StatusInternalError, "registration failed")
-		return err
+		n.refuseRegistration(err, func(code StatusCode, reason string) { _ = conn.Close(code, reason) })
+		return fmt.Errorf("wsroute: register a connection of %q: %w", clientID, err)
 	}
 	c.gen = gen
 	if !n.addConn(c) {
@@ -105,8 +108,8 @@ func (n *Node) Serve(ctx context.Context, conn Conn, clientID string) error {
 	go c.write()
 	defer n.removeConn(c)
 	if _, err := n.register(ctx, c, gen); err != nil {
-		c.shutdown(websocket.StatusInternalError, "registration failed")
-		return err
+		n.refuseRegistration(err, c.shutdown)
+		return fmt.Errorf("wsroute: register a connection of %q: %w", clientID, err)
 	}
 
 	logger := n.logger.With(watermill.LogFields{"client": clientID, "connection": c.id})
@@ -118,6 +121,19 @@ func (n *Node) Serve(ctx context.Context, conn Conn, clientID string) error {
 		}
 		n.receive(ctx, c, data, logger)
 	}
+}
+
+// refuseRegistration closes a connection Redis did not register, telling
+// the client whether to come back: a Redis out of memory is a reason to
+// try again later (1013), not an error of this server's (1011).
+func (n *Node) refuseRegistration(err error, closeConn func(StatusCode, string)) {
+	n.stats.registrationsRefused.Add(1)
+	n.logger.Error("Cannot register a connection; closing it", err, nil)
+	if redis.IsOOMError(err) {
+		closeConn(StatusTryAgainLater, "server busy: try again later")
+		return
+	}
+	closeConn(websocket.StatusInternalError, "server cannot register connections now")
 }
 
 // receive publishes a frame from a local client.

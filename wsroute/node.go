@@ -179,6 +179,8 @@ type counters struct {
 	delivered, dropped, disconnected, fenced       atomic.Uint64
 	inbound, inboundFailed                         atomic.Uint64
 	registrationsRestored                          atomic.Uint64
+	livenessRenewed, livenessFailed                atomic.Uint64
+	registrationsRefused                           atomic.Uint64
 }
 
 // Stats are counters since the node started, and its connections now.
@@ -200,6 +202,13 @@ type Stats struct {
 	// registrations gone (Redis restarted, or its liveness key expired) and
 	// wrote them again.
 	RegistrationsRestored uint64
+	// LivenessRenewed and LivenessFailed count the renewals of the node's
+	// liveness key. While renewals fail for longer than NodeTTL, senders
+	// see this node's clients as Offline.
+	LivenessRenewed, LivenessFailed uint64
+	// RegistrationsRefused counts connections closed because Redis did
+	// not take their registration (out of memory, unreachable).
+	RegistrationsRefused uint64
 }
 
 // NewNode starts a node: it marks the node alive, subscribes to its
@@ -279,6 +288,9 @@ func (n *Node) Stats() Stats {
 		Inbound:               n.stats.inbound.Load(),
 		InboundFailed:         n.stats.inboundFailed.Load(),
 		RegistrationsRestored: n.stats.registrationsRestored.Load(),
+		LivenessRenewed:       n.stats.livenessRenewed.Load(),
+		LivenessFailed:        n.stats.livenessFailed.Load(),
+		RegistrationsRefused:  n.stats.registrationsRefused.Load(),
 	}
 }
 

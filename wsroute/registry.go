@@ -46,6 +46,11 @@ var (
 
 	//go:embed lua/route.lua
 	routeSource string
+	// renewWhenFullScript is the liveness renewal for a Redis out of
+	// memory (Redis 7.0+ runs a script flagged allow-oom then).
+	renewWhenFullScript = redis.NewScript("#!lua flags=allow-oom\n" +
+		"return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'GET')")
+
 	// routeScript publishes: go-redis must not send it twice (see sendonce).
 	routeScript = sendonce.NewScript(routeSource)
 
@@ -75,10 +80,17 @@ func (n *Node) release(ctx context.Context, c *localConn) error {
 }
 
 // renewLiveness sets the liveness key and reports whether it had expired
-// (or never existed) before.
+// (or never existed) before. When Redis is out of memory (maxmemory with
+// noeviction refuses SET), it renews through renewWhenFullScript: the key
+// replaces itself, so it takes no more room, and a node that still
+// publishes and receives must not read as Offline for want of it.
 func (n *Node) renewLiveness(ctx context.Context) (lapsed bool, err error) {
-	prev, err := n.config.Client.SetArgs(ctx, n.keys.node(n.config.NodeID), n.incarnation,
+	key := n.keys.node(n.config.NodeID)
+	prev, err := n.config.Client.SetArgs(ctx, key, n.incarnation,
 		redis.SetArgs{TTL: n.config.NodeTTL, Get: true}).Result()
+	if redis.IsOOMError(err) {
+		prev, err = renewWhenFullScript.Run(ctx, n.config.Client, []string{key}, n.incarnation, ms(n.config.NodeTTL)).Text()
+	}
 	if errors.Is(err, redis.Nil) {
 		return true, nil
 	}
@@ -110,9 +122,14 @@ func (n *Node) heartbeat() {
 			ctx, cancel := context.WithTimeout(context.Background(), n.config.NodeTTL/3)
 			lapsed, err := n.renewLiveness(ctx)
 			cancel()
+			if err != nil {
+				n.stats.livenessFailed.Add(1)
+			} else {
+				n.stats.livenessRenewed.Add(1)
+			}
 			switch {
 			case err != nil:
-				n.logger.Error("Cannot renew node liveness", err, nil)
+				n.logger.Error("Cannot renew node liveness; once NodeTTL passes, senders see this node's clients as Offline", err, nil)
 			case lapsed:
 				n.logger.Error("Node liveness had lapsed; registering every connection and room again", nil, nil)
 				n.restore()

@@ -1,0 +1,62 @@
+package wsroute_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redisbus/watermill-redisbus/pubsubtest"
+	"github.com/redisbus/watermill-redisbus/wsroute"
+)
+
+// When Redis is full (maxmemory, noeviction), a node keeps its liveness
+// (its key replaces itself) and so its clients stay reachable, since
+// routing itself takes no memory; new connections, whose registration
+// would, are told to try again later (1013), and are taken again once
+// Redis has room.
+func TestNodeWhenRedisIsFull(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	client := server.Client(t)
+	config := wsroute.Config{Prefix: "full:", NodeTTL: 300 * time.Millisecond}
+	holderConfig, senderConfig := config, config
+	holderConfig.NodeID, senderConfig.NodeID = "holder", "sender"
+	holder := startNode(t, client, holderConfig)
+	sender := startNode(t, client, senderConfig)
+	bob := holder.connect(t, "bob")
+
+	require.NoError(t, client.ConfigSet(t.Context(), "maxmemory", "1").Err())
+	t.Cleanup(func() { _ = client.ConfigSet(context.Background(), "maxmemory", "0").Err() })
+	require.ErrorContains(t, client.Set(t.Context(), "probe", "x", 0).Err(), "OOM", "Redis must be full for this test")
+
+	// Four heartbeats span more than NodeTTL: an unrenewed key would be gone.
+	renewals := func() uint64 { s := holder.Stats(); return s.LivenessRenewed + s.LivenessFailed }
+	start := renewals()
+	require.Eventually(t, func() bool { return renewals() >= start+4 }, waitTimeout, 10*time.Millisecond)
+	assert.Zero(t, holder.Stats().LivenessFailed, "the liveness key is renewed while Redis is full")
+
+	result, err := sender.SendToClient(t.Context(), "bob", []byte("still here"))
+	require.NoError(t, err)
+	assert.Equal(t, wsroute.Delivered, result.Status)
+	assert.Equal(t, "still here", read(t, bob))
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	refused, _, err := websocket.Dial(ctx, holder.url+"?client=alice", nil)
+	require.NoError(t, err)
+	defer refused.CloseNow()
+	_, _, err = refused.Read(ctx)
+	assert.Equal(t, wsroute.StatusTryAgainLater, websocket.CloseStatus(err))
+	var closeErr websocket.CloseError
+	if assert.ErrorAs(t, err, &closeErr) {
+		assert.True(t, strings.Contains(closeErr.Reason, "try again later"), "reason %q", closeErr.Reason)
+	}
+	assert.Equal(t, uint64(1), holder.Stats().RegistrationsRefused)
+
+	require.NoError(t, client.ConfigSet(t.Context(), "maxmemory", "0").Err())
+	holder.connect(t, "alice")
+}
