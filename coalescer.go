@@ -2,7 +2,7 @@ package redisbus
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"time"
@@ -150,7 +150,10 @@ func (c *coalescer) reuse(call *coalescedCall, ctx context.Context) error {
 	return nil
 }
 
-var errClosedInFlight = errors.New("redisbus: publisher closed before Redis answered; the message may or may not have been published")
+// errClosedInFlight is what a publish gets when Close gave up waiting for
+// Redis' reply. Like every error of a publish that Close ended, it matches
+// ErrPublisherClosed.
+var errClosedInFlight = fmt.Errorf("%w before Redis answered; the message may or may not have been published", ErrPublisherClosed)
 
 // submit queues add's commands and returns without waiting for them;
 // add.finished reports the outcome. ctx bounds only the wait while the queue

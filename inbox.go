@@ -46,11 +46,15 @@ func (p OverflowPolicy) String() string {
 // change the message it got and then nack it, and the next delivery must
 // carry what was read. The owner makes a fresh message for every delivery
 // (inboxOwner.message).
+// size is what e weighs against an inbox's byte limit.
+func (e *inboxEntry) size() int { return len(e.raw) }
+
 type inboxEntry struct {
 	// first is the message decoded when the entry was read, for its first
 	// offer; nil once used, after which the owner decodes afresh.
 	first *message.Message
-	// raw is what a Pub/Sub entry was read as.
+	// raw is what a Pub/Sub entry was read as; its length is what the
+	// entry weighs against inboxConfig.bytes.
 	raw string
 	// uuid is the UUID of the first decoding. Decoding again must not
 	// change it, and a payload without one gets a random one.
@@ -130,6 +134,7 @@ type inboxOwner interface {
 // inboxConfig sizes an inbox.
 type inboxConfig struct {
 	limit    int            // entries waiting in the queue, the head included
+	bytes    int            // their sizes (inboxEntry.size), the head excluded; 0: no limit
 	overflow OverflowPolicy // when push finds the queue full
 	// maxInFlight is how many unacked messages a consumer may hold. With 1
 	// (the ordered default) a consumer gets its next message only after
@@ -288,29 +293,39 @@ func (t *topicInbox) push(e *inboxEntry) {
 		t.isolatedHeld.Add(1)
 	}
 	t.mu.Lock()
-	full := t.queue.len()+btoi(t.headHeld) >= t.queue.limit
-	var dropped *inboxEntry
-	switch {
-	case !full || t.config.overflow == overflowKeep:
-	case t.config.overflow == DropNewest || t.queue.len() == 0:
-		// With DropOldest the oldest is normally first in the queue; only
-		// when the dispatcher holds the single entry an inbox of one can
-		// have is the new one dropped instead.
-		dropped = e
-	default:
-		dropped = t.queue.popFront()
+	var dropped []*inboxEntry
+	for t.full(e) && t.config.overflow != overflowKeep {
+		if t.config.overflow == DropNewest || t.queue.len() == 0 {
+			// With DropOldest the oldest is normally first in the queue;
+			// only when the dispatcher holds the single entry an inbox of
+			// one can have is the new one dropped instead.
+			dropped = append(dropped, e)
+			break
+		}
+		dropped = append(dropped, t.queue.popFront())
 	}
-	if dropped != e {
+	taken := len(dropped) == 0 || dropped[len(dropped)-1] != e
+	if taken {
 		t.queue.pushBack(e)
 	}
 	t.mu.Unlock()
 
-	if dropped != nil {
-		t.owner.overflowed(dropped)
+	for _, d := range dropped {
+		t.owner.overflowed(d)
 	}
-	if dropped != e {
+	if taken {
 		signal(t.wake)
 	}
+}
+
+// full reports whether the queue has no room for e: too many entries, or
+// too many bytes (a lone entry over the byte limit is let in, or it could
+// never be delivered). The caller holds mu.
+func (t *topicInbox) full(e *inboxEntry) bool {
+	if t.queue.len()+btoi(t.headHeld) >= t.queue.limit {
+		return true
+	}
+	return t.config.bytes > 0 && t.queue.len() > 0 && t.queue.bytes+e.size() > t.config.bytes
 }
 
 // want returns how many entries the reader of a pull inbox should read
@@ -1125,6 +1140,7 @@ type deque struct {
 	buf   []*inboxEntry
 	head  int
 	n     int
+	bytes int // the sizes of the entries queued (see inboxEntry.size)
 }
 
 func (q *deque) len() int { return q.n }
@@ -1145,6 +1161,7 @@ func (q *deque) pushBack(e *inboxEntry) {
 	q.grow()
 	q.buf[(q.head+q.n)%len(q.buf)] = e
 	q.n++
+	q.bytes += e.size()
 }
 
 // pushFront may exceed limit by the few entries consumers hand back; that
@@ -1154,6 +1171,7 @@ func (q *deque) pushFront(e *inboxEntry) {
 	q.head = (q.head - 1 + len(q.buf)) % len(q.buf)
 	q.buf[q.head] = e
 	q.n++
+	q.bytes += e.size()
 }
 
 func (q *deque) popBack() *inboxEntry {
@@ -1164,6 +1182,7 @@ func (q *deque) popBack() *inboxEntry {
 	e := q.buf[i]
 	q.buf[i] = nil
 	q.n--
+	q.bytes -= e.size()
 	return e
 }
 
@@ -1175,6 +1194,7 @@ func (q *deque) popFront() *inboxEntry {
 	q.buf[q.head] = nil
 	q.head = (q.head + 1) % len(q.buf)
 	q.n--
+	q.bytes -= e.size()
 	if q.n == 0 && len(q.buf) > 1024 {
 		q.buf, q.head = nil, 0 // give a burst's memory back
 	}

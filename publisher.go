@@ -305,7 +305,7 @@ func (c *publishCall) firstError() error {
 	return nil
 }
 
-var errUnsentAtClose = errors.New("redisbus: publisher closed before the message was sent")
+var errUnsentAtClose = fmt.Errorf("%w before the message was sent", ErrPublisherClosed)
 
 // addTo adds a PUBLISH (or SPUBLISH) per message, each sent at most once:
 // see coalescer.send.

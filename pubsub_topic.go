@@ -1,6 +1,7 @@
 package redisbus
 
 import (
+	"errors"
 	"sync"
 	"time"
 
@@ -24,6 +25,12 @@ type pubsubTopic struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	refusal  error
+
+	// users counts the Subscribe calls using the topic, and idle, while
+	// there are none, unsubscribes it after UnsubscribeAfter. Both are
+	// guarded by the Subscriber's mu.
+	users int
+	idle  *time.Timer
 }
 
 func newPubSubTopic(s *Subscriber, name string) *pubsubTopic {
@@ -36,6 +43,7 @@ func newPubSubTopic(s *Subscriber, name string) *pubsubTopic {
 	}
 	t.inbox = newTopicInbox(t, inboxConfig{
 		limit:       s.config.InboxSize,
+		bytes:       max(s.config.InboxBytes, 0),
 		overflow:    s.config.InboxOverflow,
 		maxInFlight: 1,
 	}, t.stop)
@@ -91,14 +99,26 @@ func (t *pubsubTopic) message(e *inboxEntry) *message.Message {
 	return msg
 }
 
-func (t *pubsubTopic) delivered(*inboxEntry) { t.s.stats.delivered.Add(1) }
+func (t *pubsubTopic) delivered(e *inboxEntry) {
+	e.deliveries++
+	t.s.stats.delivered.Add(1)
+}
 
 func (t *pubsubTopic) acked(*inboxEntry) { t.s.stats.acked.Add(1) }
 
-func (t *pubsubTopic) nacked(*inboxEntry) (time.Duration, bool) {
+func (t *pubsubTopic) nacked(e *inboxEntry) (time.Duration, bool) {
 	t.s.stats.nacked.Add(1)
+	if limit := t.s.config.MaxDeliveries; limit > 0 && e.deliveries >= limit {
+		total := t.s.stats.gaveUp.Add(1)
+		t.logger.Error("Message nacked on each of its deliveries; dropped", errGaveUp, watermill.LogFields{
+			"message_uuid": e.uuid, "deliveries": e.deliveries, "gave_up_total": total,
+		})
+		return 0, false
+	}
 	return t.s.config.NackResendDelay, true
 }
+
+var errGaveUp = errors.New("MaxDeliveries reached")
 
 func (t *pubsubTopic) overflowed(*inboxEntry) {
 	total := t.s.stats.dropped.Add(1)

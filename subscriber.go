@@ -33,9 +33,30 @@ type SubscriberConfig struct {
 	// while they wait for a consumer. Zero means 10,000.
 	InboxSize int
 
+	// InboxBytes bounds the bytes (payloads as received) each topic holds
+	// in this process while they wait, with InboxOverflow deciding what
+	// goes; a lone message larger than it is still taken. Zero means
+	// 64 MiB; negative means no byte limit.
+	InboxBytes int
+
 	// InboxOverflow says which message goes when a full inbox receives
 	// another. The zero value is DropOldest.
 	InboxOverflow OverflowPolicy
+
+	// MaxDeliveries is how many times a message is handed to a Subscribe
+	// channel: when the last of them is nacked, the message is dropped,
+	// counted (Stats().GaveUp) and logged, so that one message its handler
+	// always refuses does not hold its topic forever. Zero means 1,000;
+	// negative means no limit.
+	MaxDeliveries int
+
+	// UnsubscribeAfter is how long a topic stays subscribed once no
+	// Subscribe call uses it (after the last one ended, or after
+	// SubscribeInitialize): then it is unsubscribed from Redis and what it
+	// buffered is dropped (counted in Stats().Dropped), so an application
+	// that subscribes per user or per entity does not grow without bound.
+	// Zero means 1 minute; negative means never.
+	UnsubscribeAfter time.Duration
 
 	// NackResendDelay is how long a nacked message waits before it is
 	// offered again. It keeps its place at the head of the inbox meanwhile,
@@ -67,6 +88,15 @@ func (c *SubscriberConfig) setDefaults() {
 	}
 	if c.InboxSize == 0 {
 		c.InboxSize = 10_000
+	}
+	if c.InboxBytes == 0 {
+		c.InboxBytes = 64 << 20
+	}
+	if c.MaxDeliveries == 0 {
+		c.MaxDeliveries = 1000
+	}
+	if c.UnsubscribeAfter == 0 {
+		c.UnsubscribeAfter = time.Minute
 	}
 	if c.NackResendDelay == 0 {
 		c.NackResendDelay = 100 * time.Millisecond
@@ -117,12 +147,15 @@ type SubscriberStats struct {
 	DecodeErrors uint64 // payloads the Marshaler refused (delivered raw)
 	Reconnects   uint64 // lost subscription connections that came back
 	Refused      uint64 // topics Redis refused to subscribe (NOPERM, wrong password…)
+	GaveUp       uint64 // messages dropped after MaxDeliveries deliveries
+	Unsubscribed uint64 // topics unsubscribed after UnsubscribeAfter unused
 	Buffered     int    // messages waiting in inboxes now
 	LastLoss     LossWindow
 }
 
 type subscriberCounters struct {
 	received, delivered, acked, nacked, dropped, decodeErrors, reconnects, refused atomic.Uint64
+	gaveUp, unsubscribed                                                           atomic.Uint64
 }
 
 // Subscriber is a best-effort Watermill Subscriber over Redis SUBSCRIBE.
@@ -130,7 +163,8 @@ type subscriberCounters struct {
 // Each topic is subscribed once per Subscriber, however many Subscribe calls
 // share it. Messages wait in a bounded per-topic inbox until a consumer
 // acks them; see topicInbox for how consumers share a topic. A topic stays
-// subscribed from its first Subscribe or SubscribeInitialize until Close.
+// subscribed from its first Subscribe or SubscribeInitialize until no
+// Subscribe call has used it for UnsubscribeAfter, or until Close.
 type Subscriber struct {
 	config SubscriberConfig
 	logger watermill.LoggerAdapter
@@ -180,35 +214,53 @@ func NewSubscriber(config SubscriberConfig, logger watermill.LoggerAdapter) (*Su
 // or nacked. Several Subscribe calls on one topic share its messages: each
 // message goes to one of them.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	t, err := s.subscribeTopic(ctx, topic)
+	t, err := s.subscribeTopic(ctx, topic, true)
 	if err != nil {
 		return nil, err
 	}
-	return t.inbox.subscribe(ctx)
+	messages, err := t.inbox.subscribe(ctx)
+	if err != nil {
+		s.userLeft(t)
+		return nil, err
+	}
+	context.AfterFunc(ctx, func() { s.userLeft(t) })
+	return messages, nil
 }
 
 // SubscribeInitialize subscribes to the topic without consuming: messages
 // published from now on wait in the topic's inbox for the first Subscribe.
 // It implements message.SubscribeInitializer.
 func (s *Subscriber) SubscribeInitialize(topic string) error {
-	_, err := s.subscribeTopic(context.Background(), topic)
+	_, err := s.subscribeTopic(context.Background(), topic, false)
 	return err
 }
 
 // subscribeTopic returns the topic once Redis confirmed it, subscribing
-// first when the topic is new.
-func (s *Subscriber) subscribeTopic(ctx context.Context, topic string) (*pubsubTopic, error) {
+// first when the topic is new. A user (a Subscribe call) counts against
+// the topic's idle timer from here; it leaves with userLeft.
+func (s *Subscriber) subscribeTopic(ctx context.Context, topic string, user bool) (_ *pubsubTopic, err error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return nil, ErrSubscriberClosed
 	}
 	t, known := s.topics[topic]
+	if !known {
+		t = newPubSubTopic(s, topic)
+	}
+	if user {
+		defer func() {
+			if err != nil {
+				s.userLeft(t)
+			}
+		}()
+	}
 	if known {
+		s.inUse(t, user)
 		s.mu.Unlock()
 	} else {
-		t = newPubSubTopic(s, topic)
 		s.topics[topic] = t
+		s.inUse(t, user)
 		s.setRoute(topic, t) // before SUBSCRIBE, so no message finds no inbox
 		s.wg.Go(t.inbox.run)
 		conn := s.connFor(topic)
@@ -248,6 +300,72 @@ func (s *Subscriber) subscribeTopic(ctx context.Context, topic string) (*pubsubT
 	case <-s.closing:
 		return nil, ErrSubscriberClosed
 	}
+}
+
+// inUse counts a user of t, or arms its idle timer when it has none (a
+// SubscribeInitialize). The caller holds mu.
+func (s *Subscriber) inUse(t *pubsubTopic, user bool) {
+	if user {
+		t.users++
+		if t.idle != nil {
+			t.idle.Stop()
+			t.idle = nil
+		}
+		return
+	}
+	if t.users == 0 {
+		s.armIdle(t)
+	}
+}
+
+// userLeft counts a Subscribe call that ended (or failed); the last one
+// arms the topic's idle timer.
+func (s *Subscriber) userLeft(t *pubsubTopic) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t.users--
+	if t.users == 0 && !s.closed {
+		s.armIdle(t)
+	}
+}
+
+// armIdle (re)starts t's idle timer. The caller holds mu.
+func (s *Subscriber) armIdle(t *pubsubTopic) {
+	if s.config.UnsubscribeAfter < 0 {
+		return
+	}
+	if t.idle != nil {
+		t.idle.Stop()
+	}
+	t.idle = time.AfterFunc(s.config.UnsubscribeAfter, func() { s.retire(t) })
+}
+
+// retire unsubscribes a topic nobody used for UnsubscribeAfter and drops
+// what it buffered. It holds mu throughout, so that a Subscribe to the
+// topic meanwhile makes a new one whose SUBSCRIBE follows the UNSUBSCRIBE.
+func (s *Subscriber) retire(t *pubsubTopic) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || t.users > 0 || s.topics[t.name] != t {
+		return
+	}
+	delete(s.topics, t.name)
+	s.removeRoute(t.name)
+	if s.config.Sharded {
+		// The topic had a connection of its own.
+		conn := s.conns[t.name]
+		delete(s.conns, t.name)
+		conn.close()
+	} else {
+		s.connFor(t.name).unsubscribe(t.name)
+	}
+	buffered := t.inbox.buffered()
+	s.stats.dropped.Add(uint64(buffered))
+	s.stats.unsubscribed.Add(1)
+	t.end(nil)
+	s.logger.Info("Topic unused for UnsubscribeAfter: unsubscribed", watermill.LogFields{
+		"topic": t.name, "dropped_buffered": buffered, "unsubscribe_after": s.config.UnsubscribeAfter.String(),
+	})
 }
 
 // refuse unregisters a topic Redis refused, ending its Subscribe calls
@@ -352,6 +470,8 @@ func (s *Subscriber) Stats() SubscriberStats {
 		DecodeErrors: s.stats.decodeErrors.Load(),
 		Reconnects:   s.stats.reconnects.Load(),
 		Refused:      s.stats.refused.Load(),
+		GaveUp:       s.stats.gaveUp.Load(),
+		Unsubscribed: s.stats.unsubscribed.Load(),
 		Buffered:     buffered,
 		LastLoss:     lastLoss,
 	}
@@ -372,6 +492,9 @@ func (s *Subscriber) Close() error {
 	close(s.closing)
 	conns := s.conns
 	for _, t := range s.topics {
+		if t.idle != nil {
+			t.idle.Stop()
+		}
 		t.end(nil)
 	}
 	s.mu.Unlock()

@@ -131,6 +131,27 @@ func (c *subscriptionConn) state() (broken, ready bool) {
 	return c.broken != nil, c.ready
 }
 
+// unsubscribe stops carrying channel: it is not subscribed again, and
+// Redis is told now when the connection works (the reply, an unsubscribe
+// confirmation, is ignored).
+func (c *subscriptionConn) unsubscribe(channel string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.channels = slices.DeleteFunc(c.channels, func(ch string) bool { return ch == channel })
+	if c.broken != nil || !c.ready {
+		return
+	}
+	var err error
+	if c.s.config.Sharded {
+		err = c.ps.SUnsubscribe(c.ctx, channel)
+	} else {
+		err = c.ps.Unsubscribe(c.ctx, channel)
+	}
+	if err != nil {
+		c.broken, c.lastErr = err, err
+	}
+}
+
 // forget removes a channel Redis refused: it is not subscribed again.
 func (c *subscriptionConn) forget(channel string) {
 	c.mu.Lock()
