@@ -2,6 +2,7 @@ package redisbus
 
 import (
 	"context"
+	"math"
 	"reflect"
 	"slices"
 	"sync"
@@ -151,6 +152,10 @@ type inboxConfig struct {
 	// readAhead is how much handler time of entries a pull inbox keeps
 	// waiting beyond what its consumers can take at once; negative: none.
 	readAhead time.Duration
+	// roundTrip, when set, is how long a round trip to Redis takes now:
+	// read-ahead also covers the time the next read takes to arrive, or
+	// a distant Redis would leave the handlers idle for one per message.
+	roundTrip func() time.Duration
 	// fixedAhead reads ahead limit entries whatever the handlers take: for
 	// fan-out, where no other process wants the entries.
 	fixedAhead bool
@@ -349,6 +354,8 @@ func (t *topicInbox) wantLocked(recovering bool) int {
 	}
 	target := free + t.ahead
 	if recovering {
+		// Taking counts a delivery (see lua/take.lua): only what the
+		// handlers start now, so that a crash leaves every count exact.
 		target = free
 	}
 	// Whatever the targets say, never hold more than the limit waiting
@@ -512,7 +519,7 @@ func (t *topicInbox) publish() {
 	case t.config.fixedAhead:
 		ahead = t.config.limit
 	case t.serviceTime > 0:
-		ahead = int(min(float64(t.config.limit), float64(slots)*float64(t.config.readAhead)/t.serviceTime))
+		ahead = t.aheadFor(slots, t.serviceTime)
 	}
 	t.mu.Lock()
 	t.delayedN, t.inflightN, t.slots, t.freeSlots, t.ahead = len(t.delayed), inflight, slots, free, ahead
@@ -573,8 +580,7 @@ func (t *topicInbox) surrenderExcess() {
 	case t.recentAt < len(t.recent) || t.config.fixedAhead || t.config.readAhead < 0:
 		return
 	default:
-		fastestRecent := slices.Min(t.recent[:])
-		ahead := int(min(float64(t.config.limit), float64(t.slotsNow())*float64(t.config.readAhead)/fastestRecent))
+		ahead := t.aheadFor(t.slotsNow(), slices.Min(t.recent[:]))
 		keep = 4*(t.freeSlots+ahead) + excessSlack
 	}
 	t.mu.Lock()
@@ -590,6 +596,17 @@ func (t *topicInbox) surrenderExcess() {
 	if len(entries) > 0 {
 		t.owner.surrender(entries, false)
 	}
+}
+
+// aheadFor is how many entries slots consumers start within the
+// read-ahead window when a delivery takes serviceTime (ns), rounded: the
+// window is readAhead and, against a distant Redis, one round trip more.
+func (t *topicInbox) aheadFor(slots int, serviceTime float64) int {
+	window := t.config.readAhead
+	if t.config.roundTrip != nil {
+		window += t.config.roundTrip()
+	}
+	return int(min(float64(t.config.limit), math.Round(float64(slots)*float64(window)/serviceTime)))
 }
 
 // headHeldBack reports whether a nacked head holds the queue for longer

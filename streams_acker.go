@@ -315,7 +315,8 @@ func (a *streamsAcker) sendAcksAndDeadLetters(acks, deadLetters, failed []ackOp)
 
 	ackCmds := make([]*redis.IntCmd, len(batches))
 	dlCmds := make([]*redis.StringCmd, len(deadLetters))
-	_, _ = cfg.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+	sent := time.Now()
+	_, pipeErr := cfg.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, op := range deadLetters {
 			// Sent at most once by go-redis (see sendonce): one that Redis
 			// ran but answered late is retried here, later, and may be
@@ -329,6 +330,7 @@ func (a *streamsAcker) sendAcksAndDeadLetters(acks, deadLetters, failed []ackOp)
 		}
 		return nil
 	})
+	a.s.observeRoundTrip(time.Since(sent), pipeErr)
 
 	for i, op := range deadLetters {
 		if err := dlCmds[i].Err(); err != nil {

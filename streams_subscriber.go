@@ -316,6 +316,9 @@ type StreamsSubscriber struct {
 	// unless it is config.Client itself.
 	blocking    redis.UniversalClient
 	ownBlocking bool
+	// rtt estimates a round trip to Redis, in nanoseconds (see
+	// observeRoundTrip).
+	rtt atomic.Int64
 	acker       *streamsAcker
 
 	mu      sync.Mutex
@@ -546,6 +549,33 @@ func (s *StreamsSubscriber) Close() error {
 	close(s.closeDone)
 	return err
 }
+
+// observeRoundTrip adds the time a non-blocking round trip took to the
+// estimate roundTrip returns (a moving average; failed ones, which may have
+// waited for a timeout, do not count).
+func (s *StreamsSubscriber) observeRoundTrip(d time.Duration, err error) {
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return
+	}
+	d = min(d, maxRoundTrip)
+	for {
+		old := s.rtt.Load()
+		next := int64(d)
+		if old > 0 {
+			next = old + (int64(d)-old)/8
+		}
+		if s.rtt.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+// roundTrip is the current estimate of a round trip to Redis.
+func (s *StreamsSubscriber) roundTrip() time.Duration { return time.Duration(s.rtt.Load()) }
+
+// maxRoundTrip caps one sample of observeRoundTrip: a stall is not the
+// distance to Redis.
+const maxRoundTrip = time.Second
 
 // closeGrace is how long Close gives Redis, beyond CloseTimeout, for the
 // last acks, the hand-back and the names.

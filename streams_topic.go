@@ -81,6 +81,7 @@ func newStreamsTopic(s *StreamsSubscriber, name string) *streamsTopic {
 		pull:        true,
 		surrender:   t.grouped(),
 		readAhead:   s.config.ReadAhead,
+		roundTrip:   s.roundTrip,
 		fixedAhead:  !t.grouped(),
 		orphanGrace: max(s.config.CloseTimeout, 0),
 		// Others take what is handed back at their next claim: hand back
@@ -375,13 +376,14 @@ func (t *streamsTopic) claim(n int) error {
 	if len(toTake) == 0 {
 		return nil
 	}
-	taken, done, err := t.take(toTake)
+	// Every one of them is ours now, taken below or, when the inbox wants
+	// fewer, resumed from the own pending list later: each counts as
+	// claimed once, here.
+	t.s.stats.claimed.Add(uint64(len(toTake)))
+	t.logger.Info("Claimed entries idle with other consumers", watermill.LogFields{"entries": len(toTake)})
+	_, done, err := t.take(toTake)
 	if done < len(toTake) {
 		t.resume.Store(true) // claimed, not yet taken: ours, in the own pending list
-	}
-	if taken > 0 {
-		t.s.stats.claimed.Add(uint64(taken))
-		t.logger.Info("Claimed entries idle with other consumers", watermill.LogFields{"entries": taken})
 	}
 	return err
 }
@@ -422,6 +424,7 @@ func (t *streamsTopic) take(ids []string) (queued, done int, err error) {
 	}
 	start := time.Now()
 	reply, err := takeScript.Run(context.Background(), t.s.blocking, []string{t.name, id.key}, args...).Slice()
+	t.s.observeRoundTrip(time.Since(start), err)
 	if err != nil {
 		if holder, lost := leaseLost(err); lost {
 			t.nameLost(id, holder)

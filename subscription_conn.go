@@ -280,7 +280,7 @@ func (c *subscriptionConn) run() {
 		}
 		if err != nil {
 			var redisErr redis.Error
-			if errors.As(err, &redisErr) {
+			if errors.As(err, &redisErr) && !connectionLevel(err) {
 				// An answer, so the connection works: Redis refused a
 				// command sent on it.
 				lastAlive, pinged = time.Now(), false
@@ -333,6 +333,16 @@ func (c *subscriptionConn) run() {
 			}
 		}
 	}
+}
+
+// connectionLevel reports a Redis error that is about the connection, not
+// a command: go-redis replaces the connection after it, so it cannot be
+// matched to a SUBSCRIBE sent.
+func connectionLevel(err error) bool {
+	_, moved := redis.IsMovedError(err)
+	_, ask := redis.IsAskError(err)
+	return moved || ask || redis.IsReadOnlyError(err) || redis.IsClusterDownError(err) ||
+		redis.IsLoadingError(err) || redis.IsMasterDownError(err)
 }
 
 // sleep waits d, or returns false when done is closed first.
