@@ -318,8 +318,8 @@ type StreamsSubscriber struct {
 	ownBlocking bool
 	// rtt estimates a round trip to Redis, in nanoseconds (see
 	// observeRoundTrip).
-	rtt atomic.Int64
-	acker       *streamsAcker
+	rtt   atomic.Int64
+	acker *streamsAcker
 
 	mu      sync.Mutex
 	closed  bool
