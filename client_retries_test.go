@@ -1,6 +1,7 @@
 package redisbus_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -115,4 +116,42 @@ func TestPublishRetriesWhatRedisDidNotRun(t *testing.T) {
 		t.Fatal("Publish did not return")
 	}
 	assert.Equal(t, int64(1), server.Client(t).XLen(t.Context(), topic).Val(), "the entry stored once (Redis restarted empty)")
+}
+
+// A client whose password Redis refuses publishes nothing, and says so:
+// go-redis leaves a pipeline's commands untouched when the connection
+// cannot be set up, and they must not read as published.
+func TestPublishWithAWrongPasswordFails(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	admin := server.Client(t) // authenticated before the password is set
+	require.NoError(t, admin.Ping(t.Context()).Err())
+	require.NoError(t, admin.Do(t.Context(), "CONFIG", "SET", "requirepass", "right").Err())
+	t.Cleanup(func() { _ = admin.Do(context.Background(), "CONFIG", "SET", "requirepass", "").Err() }) // for the server's shutdown
+	wrong := redis.NewClient(&redis.Options{Addr: server.Addr, Password: "wrong"})
+	t.Cleanup(func() { _ = wrong.Close() })
+	msg := func() *message.Message { return message.NewMessage(watermill.NewUUID(), []byte("x")) }
+
+	pub, err := redisbus.NewPublisher(redisbus.PublisherConfig{Client: wrong}, nil)
+	require.NoError(t, err)
+	defer pub.Close()
+	require.ErrorContains(t, pub.Publish("t", msg()), "WRONGPASS")
+	_, err = pub.PublishCount(t.Context(), "t", msg())
+	require.ErrorContains(t, err, "WRONGPASS")
+
+	failures := make(chan error, 1)
+	async, err := redisbus.NewPublisher(redisbus.PublisherConfig{
+		Client: wrong, Async: true, OnAsyncError: func(_ string, _ int, err error) { failures <- err },
+	}, nil)
+	require.NoError(t, err)
+	defer async.Close()
+	require.NoError(t, async.Publish("t", msg()))
+	require.NoError(t, async.Flush(t.Context()))
+	assert.Equal(t, uint64(1), async.Stats().AsyncFailed)
+	assert.ErrorContains(t, <-failures, "WRONGPASS")
+
+	streams, err := redisbus.NewStreamsPublisher(redisbus.StreamsPublisherConfig{Client: wrong}, nil)
+	require.NoError(t, err)
+	defer streams.Close()
+	_, err = streams.PublishIDs(t.Context(), "s", msg())
+	require.ErrorContains(t, err, "WRONGPASS")
 }

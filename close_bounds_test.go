@@ -94,7 +94,7 @@ func TestPublisherCloseIsBoundedWhenRedisStopsAnswering(t *testing.T) {
 	blackhole()
 	result := inFlight(func() error { return pub.Publish(topic, message.NewMessage(watermill.NewUUID(), nil)) })
 	awaitSent(t, sent, 1)
-	_ = closeWithin(t, closeBound, pub.Close)
+	assert.ErrorContains(t, closeWithin(t, closeBound, pub.Close), "gave up on 1 publishes")
 	awaitError(t, result, "a Publish in flight")
 	assert.ErrorIs(t, pub.Publish(topic, message.NewMessage(watermill.NewUUID(), nil)), redisbus.ErrPublisherClosed)
 	_ = closeWithin(t, closeBound, pub.Close) // idempotent, and as quick
@@ -152,7 +152,7 @@ func TestStreamsPublisherCloseIsBoundedWhenRedisStopsAnswering(t *testing.T) {
 		}))
 	}
 	awaitSent(t, sent, 1) // the others wait for a pipeline, or ride in this one
-	_ = closeWithin(t, closeBound, pub.Close)
+	assert.ErrorContains(t, closeWithin(t, closeBound, pub.Close), "gave up on")
 	for _, result := range results {
 		awaitError(t, result, "a Publish in flight")
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -36,6 +37,7 @@ type coalescer struct {
 	// pipeline returns; abandon releases the callers still waiting when
 	// a pipeline does not return in time (see close).
 	closing, stop, abandon chan struct{}
+	abandoned              atomic.Int64 // calls released by abandon unanswered
 	wg                     sync.WaitGroup
 	// ctx is the pipelines' context: close cancels it, so that a Redis that
 	// does not answer cannot hold close up.
@@ -129,6 +131,7 @@ func (c *coalescer) do(ctx context.Context, size int, add pipelineAdder) error {
 		case <-call.done: // answered after all
 			return c.reuse(call, ctx)
 		default:
+			c.abandoned.Add(1)
 			return errClosedInFlight
 		}
 	}
@@ -264,7 +267,7 @@ func (c *coalescer) flush() {
 // proves it did not run (no connection, Redis loading, a replica).
 func (c *coalescer) send(target redis.Cmdable, batch []*coalescedCall) {
 	_ = c.policy.Retry(c.ctx, func() error {
-		cmds, _ := target.Pipelined(c.ctx, func(pipe redis.Pipeliner) error {
+		cmds, err := target.Pipelined(c.ctx, func(pipe redis.Pipeliner) error {
 			for _, call := range batch {
 				call.sent = false
 				if call.ctx.Err() == nil && c.ctx.Err() == nil { // otherwise its caller gave up, or close did: send nothing for it
@@ -274,8 +277,30 @@ func (c *coalescer) send(target redis.Cmdable, batch []*coalescedCall) {
 			}
 			return nil
 		})
+		stampPipelineError(cmds, err)
 		return noneExecuted(cmds)
 	})
+}
+
+// stampPipelineError gives err to every command of cmds that has no
+// result of its own when err is the pipeline's, not one of its commands':
+// go-redis leaves the commands untouched when the connection could not be
+// set up with a Redis error (a wrong password: WRONGPASS, NOAUTH), and
+// they would read as successful.
+func stampPipelineError(cmds []redis.Cmder, err error) {
+	if err == nil {
+		return
+	}
+	for _, cmd := range cmds {
+		if cmd.Err() == err {
+			return // a command's own error: the others have theirs
+		}
+	}
+	for _, cmd := range cmds {
+		if cmd.Err() == nil {
+			cmd.SetErr(err)
+		}
+	}
 }
 
 // noneExecuted returns an error that proves no command of cmds ran, or nil

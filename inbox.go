@@ -48,15 +48,17 @@ func (p OverflowPolicy) String() string {
 // carry what was read. The owner makes a fresh message for every delivery
 // (inboxOwner.message).
 // size is what e weighs against an inbox's byte limit.
-func (e *inboxEntry) size() int { return len(e.raw) }
+func (e *inboxEntry) size() int { return e.weight }
 
 type inboxEntry struct {
 	// first is the message decoded when the entry was read, for its first
 	// offer; nil once used, after which the owner decodes afresh.
 	first *message.Message
-	// raw is what a Pub/Sub entry was read as; its length is what the
-	// entry weighs against inboxConfig.bytes.
+	// raw is what a Pub/Sub entry was read as.
 	raw string
+	// weight is the memory the entry holds while it waits, weighed against
+	// inboxConfig.bytes; set before it is queued, never changed after.
+	weight int
 	// uuid is the UUID of the first decoding. Decoding again must not
 	// change it, and a payload without one gets a random one.
 	uuid string

@@ -364,7 +364,11 @@ func (p *Publisher) Close() error {
 		p.coalescer.drain()
 		p.mu.Unlock()
 		failed := p.asyncFailed.Load() - failedBefore
-		if unknown := p.queued.count(); failed > 0 || unknown > 0 {
+		if !p.config.Async {
+			if n := p.coalescer.abandoned.Load(); n > 0 {
+				p.closeErr = fmt.Errorf("redisbus: Close gave up on %d publishes Redis had not answered (they may or may not have been published)", n)
+			}
+		} else if unknown := p.queued.count(); failed > 0 || unknown > 0 {
 			p.closeErr = fmt.Errorf("redisbus: Close gave up on %d queued messages: %d did not reach Redis, %d were not confirmed by it (they may or may not have been published)",
 				uint64(unknown)+failed, failed, unknown)
 		}

@@ -74,7 +74,9 @@ func (t *pubsubTopic) receive(raw string) {
 		t.s.stats.decodeErrors.Add(1)
 		t.logger.Error("Cannot decode message, delivering it raw", err, nil)
 	}
-	t.inbox.push(&inboxEntry{first: msg, raw: raw, uuid: msg.UUID})
+	// It holds its bytes twice while it waits: as read, for redeliveries,
+	// and decoded (the decoder copies them).
+	t.inbox.push(&inboxEntry{first: msg, raw: raw, uuid: msg.UUID, weight: 2 * len(raw)})
 }
 
 // decode decodes a payload, or wraps it raw when the Marshaler refuses it.

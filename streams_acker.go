@@ -316,7 +316,7 @@ func (a *streamsAcker) sendAcksAndDeadLetters(acks, deadLetters, failed []ackOp)
 	ackCmds := make([]*redis.IntCmd, len(batches))
 	dlCmds := make([]*redis.StringCmd, len(deadLetters))
 	sent := time.Now()
-	_, pipeErr := cfg.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+	cmds, pipeErr := cfg.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, op := range deadLetters {
 			// Sent at most once by go-redis (see sendonce): one that Redis
 			// ran but answered late is retried here, later, and may be
@@ -331,6 +331,7 @@ func (a *streamsAcker) sendAcksAndDeadLetters(acks, deadLetters, failed []ackOp)
 		return nil
 	})
 	a.s.observeRoundTrip(time.Since(sent), pipeErr)
+	stampPipelineError(cmds, pipeErr) // a dead letter or an ack that never went must not read as done
 
 	for i, op := range deadLetters {
 		if err := dlCmds[i].Err(); err != nil {

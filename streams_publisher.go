@@ -130,6 +130,7 @@ type StreamsPublisher struct {
 	closing   atomic.Bool
 	closeOnce sync.Once
 	closed    chan struct{} // closed when Close has finished
+	closeErr  error
 
 	trimMu        sync.Mutex
 	trims         map[string]*topicTrim
@@ -361,7 +362,10 @@ func (p *StreamsPublisher) Close() error {
 		p.mu.Lock() // every publish has returned
 		p.coalescer.drain()
 		p.mu.Unlock()
+		if n := p.coalescer.abandoned.Load(); n > 0 {
+			p.closeErr = fmt.Errorf("redisbus: Close gave up on %d publishes Redis had not answered (their entries may or may not be stored)", n)
+		}
 	})
 	<-p.closed
-	return nil
+	return p.closeErr
 }

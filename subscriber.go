@@ -33,9 +33,10 @@ type SubscriberConfig struct {
 	// while they wait for a consumer. Zero means 10,000.
 	InboxSize int
 
-	// InboxBytes bounds the bytes (payloads as received) each topic holds
-	// in this process while they wait, with InboxOverflow deciding what
-	// goes; a lone message larger than it is still taken. Zero means
+	// InboxBytes bounds the memory each topic's waiting messages hold in
+	// this process, with InboxOverflow deciding what goes; a lone message
+	// larger than it is still taken. A message counts twice its size: it
+	// is kept as received (for redeliveries) and decoded. Zero means
 	// 64 MiB; negative means no byte limit.
 	InboxBytes int
 

@@ -39,6 +39,8 @@ func TestNodeWhenRedisIsFull(t *testing.T) {
 	require.Eventually(t, func() bool { return renewals() >= start+4 }, waitTimeout, 10*time.Millisecond)
 	assert.Zero(t, holder.Stats().LivenessFailed, "the liveness key is renewed while Redis is full")
 
+	assert.ErrorContains(t, holder.Join(t.Context(), "bob", "lobby"), "OOM", "Join says what Redis said")
+
 	result, err := sender.SendToClient(t.Context(), "bob", []byte("still here"))
 	require.NoError(t, err)
 	assert.Equal(t, wsroute.Delivered, result.Status)

@@ -86,11 +86,17 @@ func (n *Node) leave(ctx context.Context, c *localConn, room string) error {
 // registerRoom records that this node has members in room.
 func (n *Node) registerRoom(ctx context.Context, room string) error {
 	key := n.keys.room(room)
+	var hset *redis.IntCmd
 	_, err := n.config.Client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		pipe.HSet(ctx, key, n.config.NodeID, n.incarnation)
+		hset = pipe.HSet(ctx, key, n.config.NodeID, n.incarnation)
 		pipe.PExpire(ctx, key, n.config.RegistrationTTL)
 		return nil
 	})
+	if redis.HasErrorPrefix(err, "EXECABORT") && hset.Err() != nil {
+		// Redis refused a command of the transaction (OOM when full): say
+		// which, rather than that the transaction was discarded.
+		return hset.Err()
+	}
 	return err
 }
 

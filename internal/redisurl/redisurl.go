@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -24,18 +25,46 @@ func Parse(raw string) (*redis.Options, error) {
 		err = urlErr.Err // the reason, without the quoted URL
 	}
 	msg := err.Error()
-	if info := userinfo(raw); info != "" {
-		msg = strings.ReplaceAll(msg, info, "xxxxx")
+	for _, secret := range append(querySecrets(raw), userinfo(raw)) {
+		if secret != "" {
+			msg = strings.ReplaceAll(msg, secret, "xxxxx")
+		}
 	}
 	return nil, fmt.Errorf("REDIS_URL %s is not a valid Redis URL: %s", Redact(raw), msg)
 }
 
-// Redact returns raw with the user name and password replaced by xxxxx.
+// Redact returns raw with the user name and password replaced by xxxxx,
+// wherever the URL keeps them: before the host, or as query parameters
+// (?password=, which other Redis clients accept).
 func Redact(raw string) string {
 	if info := userinfo(raw); info != "" {
-		return strings.Replace(raw, info+"@", "xxxxx@", 1)
+		raw = strings.Replace(raw, info+"@", "xxxxx@", 1)
+	}
+	for _, secret := range querySecrets(raw) {
+		raw = strings.Replace(raw, "="+secret, "=xxxxx", 1)
 	}
 	return raw
+}
+
+// secretParams are query parameters that carry credentials.
+var secretParams = []string{"password", "pass", "pwd", "username", "user", "auth", "token", "secret"}
+
+// querySecrets returns the values of raw's credential query parameters,
+// found without parsing, since raw may not parse.
+func querySecrets(raw string) []string {
+	_, query, ok := strings.Cut(raw, "?")
+	if !ok {
+		return nil
+	}
+	query, _, _ = strings.Cut(query, "#")
+	var secrets []string
+	for _, param := range strings.Split(query, "&") {
+		name, value, ok := strings.Cut(param, "=")
+		if ok && value != "" && slices.Contains(secretParams, strings.ToLower(name)) {
+			secrets = append(secrets, value)
+		}
+	}
+	return secrets
 }
 
 // userinfo is what stands between "://" and the last "@" before the path:

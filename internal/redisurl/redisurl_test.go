@@ -13,6 +13,8 @@ func TestParseNeverPrintsCredentials(t *testing.T) {
 		"redis://alice:s3cr3t-pw@[::1:6379",
 		"rediss://alice:s3cr3t-pw@host:6379/0?dial_timeout=forever",
 		"redis://alice:s3cr3t-pw@host%zz:6379",
+		"redis://127.0.0.1:6379/0?password=s3cr3t-pw&foo=1",
+		"redis://127.0.0.1:6379/0?user=alice&Password=s3cr3t-pw",
 	} {
 		_, err := Parse(raw)
 		if err == nil {
@@ -40,6 +42,9 @@ func TestParseAcceptsWhatGoRedisAccepts(t *testing.T) {
 
 func TestRedact(t *testing.T) {
 	if got := Redact("redis://alice:pw@host:6379/0"); got != "redis://xxxxx@host:6379/0" {
+		t.Errorf("got %s", got)
+	}
+	if got := Redact("redis://host:6379/0?password=pw&db=1"); got != "redis://host:6379/0?password=xxxxx&db=1" {
 		t.Errorf("got %s", got)
 	}
 	if got := Redact("redis://host:6379/0"); got != "redis://host:6379/0" {
