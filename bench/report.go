@@ -101,7 +101,7 @@ func trips(s sample) float64 { return s.tripsPerMsg }
 
 const floorPubSubP99 = "Pub/Sub p99 at 1k msg/s < 2 ms"
 
-// floor is one of issue #5's floors, checked on the medians.
+// floor is a performance target the report checks on the medians.
 type floor struct {
 	what     string
 	measured string

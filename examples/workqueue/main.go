@@ -1,4 +1,4 @@
-// Command workqueue is the seed's orders example on Redis Streams: orders
+// Command workqueue processes orders on Redis Streams: orders
 // are published reliably, two workers in one consumer group share them (each
 // takes an order only when it is about to start it), a failing order is
 // retried with backoff and, after MaxDeliveries attempts, moved to the
@@ -76,7 +76,7 @@ func run(ctx context.Context, out io.Writer, redisURL, topic string) error {
 	defer publisher.Close()
 	for _, order := range orders {
 		payload, _ := json.Marshal(order)
-		// The seed's Store::publishReliable: returns the entry ID.
+		// Stored once PublishIDs returns; it returns the entry ID.
 		ids, err := publisher.PublishIDs(ctx, topic, message.NewMessage(watermill.NewUUID(), payload))
 		if err != nil {
 			return err
