@@ -1,0 +1,69 @@
+package redisbus_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/pubsubtest"
+)
+
+// The ACL rules the README documents for each component, word for word.
+var (
+	aclPubSubPublisher  = []string{"-@all", "+publish", "resetchannels", "&app:*"}
+	aclPubSubSubscriber = []string{"-@all", "+subscribe", "+unsubscribe", "+ping", "resetchannels", "&app:*"}
+)
+
+// aclClient creates an ACL user with exactly rules on server and returns
+// a client logged in as it.
+func aclClient(t *testing.T, server *pubsubtest.Server, admin *redis.Client, user string, rules []string) *redis.Client {
+	t.Helper()
+	args := []any{"ACL", "SETUSER", user, "reset", "on", ">pw"}
+	for _, r := range rules {
+		args = append(args, r)
+	}
+	require.NoError(t, admin.Do(t.Context(), args...).Err())
+	client := redis.NewClient(&redis.Options{Addr: server.Addr, Username: user, Password: "pw"})
+	t.Cleanup(func() { _ = client.Close() })
+	return client
+}
+
+// assertNoACLDenial fails when Redis refused any command for want of a
+// permission (ACL LOG lists each refusal).
+func assertNoACLDenial(t *testing.T, admin *redis.Client) {
+	t.Helper()
+	log, err := admin.Do(t.Context(), "ACL", "LOG").Slice()
+	require.NoError(t, err)
+	assert.Empty(t, log, "Redis refused commands: the documented ACL rules are not enough")
+}
+
+// Each Pub/Sub component runs as an ACL user with exactly the permissions
+// the README lists for it.
+func TestPubSubWithTheDocumentedACL(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	admin := server.Client(t)
+	pub := newPublisher(t, redisbus.PublisherConfig{Client: aclClient(t, server, admin, "publisher", aclPubSubPublisher)})
+	sub := newSubscriber(t, redisbus.SubscriberConfig{
+		Client:           aclClient(t, server, admin, "subscriber", aclPubSubSubscriber),
+		UnsubscribeAfter: time.Millisecond, HealthCheckInterval: 50 * time.Millisecond,
+	}, nil)
+
+	messages, err := sub.Subscribe(t.Context(), "app:news")
+	require.NoError(t, err)
+	publish(t, pub, "app:news", "hi")
+	assert.Equal(t, []string{"hi"}, receive(t, messages, 1))
+	_, err = pub.PublishCount(t.Context(), "app:news", message.NewMessage(watermill.NewUUID(), []byte("count")))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"count"}, receive(t, messages, 1))
+
+	// A topic left alone is unsubscribed; a quiet connection is pinged.
+	require.NoError(t, sub.SubscribeInitialize("app:other"))
+	require.Eventually(t, func() bool { return sub.Stats().Unsubscribed == 1 }, waitTimeout, time.Millisecond)
+	assertNoACLDenial(t, admin)
+}
