@@ -18,6 +18,11 @@ import (
 var (
 	aclPubSubPublisher  = []string{"-@all", "+publish", "resetchannels", "&app:*"}
 	aclPubSubSubscriber = []string{"-@all", "+subscribe", "+unsubscribe", "+ping", "resetchannels", "&app:*"}
+	aclStreamsPublisher = []string{"-@all", "+xadd", "+eval", "+evalsha", "+xinfo|groups", "+xpending", "+xrange",
+		"+xtrim", "+xlen", "resetkeys", "~app:*"}
+	aclStreamsSubscriber = []string{"-@all", "+xgroup|create", "+xgroup|delconsumer", "+xinfo|groups", "+xinfo|consumers",
+		"+xreadgroup", "+xack", "+xautoclaim", "+xclaim", "+xpending", "+xadd", "+xrange", "+xlen",
+		"+eval", "+evalsha", "+set", "+get", "+pexpire", "+del", "+ping", "resetkeys", "~app:*", "~{app:*"}
 )
 
 // aclClient creates an ACL user with exactly rules on server and returns
@@ -65,5 +70,47 @@ func TestPubSubWithTheDocumentedACL(t *testing.T) {
 	// A topic left alone is unsubscribed; a quiet connection is pinged.
 	require.NoError(t, sub.SubscribeInitialize("app:other"))
 	require.Eventually(t, func() bool { return sub.Stats().Unsubscribed == 1 }, waitTimeout, time.Millisecond)
+	assertNoACLDenial(t, admin)
+}
+
+// The Streams publisher and a consumer group's subscriber run as ACL
+// users with exactly the permissions the README lists: publishing and
+// trimming, reading, acking, nacking, dead-lettering, claiming, leasing
+// the consumer name, removing idle consumers and closing.
+func TestStreamsWithTheDocumentedACL(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	admin := server.Client(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: aclClient(t, server, admin, "publisher", aclStreamsPublisher)})
+	subscriberClient := aclClient(t, server, admin, "subscriber", aclStreamsSubscriber)
+	config := redisbus.StreamsSubscriberConfig{
+		Client: subscriberClient, ConsumerGroup: "g", MaxDeliveries: 2, NackResendDelay: time.Millisecond,
+		ClaimMinIdle: 50 * time.Millisecond, CloseTimeout: -1, ConsumerIdleTimeout: time.Millisecond,
+	}
+	sub := newStreamsSubscriber(t, config, nil)
+	messages, err := sub.Subscribe(t.Context(), "app:orders")
+	require.NoError(t, err)
+	publish(t, pub, "app:orders", "poison", "good")
+
+	poison := next(t, messages)
+	require.Equal(t, "poison", string(poison.Payload))
+	poison.Nack()
+	poison = next(t, messages)
+	require.Equal(t, "poison", string(poison.Payload))
+	poison.Nack() // its second delivery: dead-lettered
+	assert.Equal(t, []string{"good"}, receive(t, messages, 1))
+	require.Eventually(t, func() bool { return sub.Stats().DeadLettered == 1 }, waitTimeout, time.Millisecond)
+
+	// The first closes with a message in its handler's hands: it hands it
+	// back, and a second consumer claims it.
+	publish(t, pub, "app:orders", "handed back")
+	require.Equal(t, "handed back", string(next(t, messages).Payload))
+	require.NoError(t, sub.Close())
+	config.Consumer = "second"
+	second := newStreamsSubscriber(t, config, nil)
+	claimed, err := second.Subscribe(t.Context(), "app:orders")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"handed back"}, receive(t, claimed, 1))
+	assert.Equal(t, uint64(1), second.Stats().Claimed)
+	require.NoError(t, second.Close())
 	assertNoACLDenial(t, admin)
 }
