@@ -109,8 +109,7 @@ func (t *streamsTopic) renew() {
 				t.nameLost(id, holder)
 				return
 			}
-			if !t.isClosing() && time.Since(t.lastRenewError) >= 10*time.Second {
-				t.lastRenewError = time.Now()
+			if !t.isClosing() && t.renewErrorLog.allow() {
 				t.logger.Error("Cannot renew held entries; they are handed out only once Redis confirms they are still ours", err, nil)
 			}
 			return

@@ -132,10 +132,11 @@ type StreamsPublisher struct {
 	closed    chan struct{} // closed when Close has finished
 	closeErr  error
 
-	trimMu        sync.Mutex
-	trims         map[string]*topicTrim
-	lastTrimError time.Time
-	lastLossLog   time.Time
+	trimMu sync.Mutex
+	trims  map[string]*topicTrim
+	// Trims fail, or cut into a lagging group, on every attempt: logged
+	// at most once per logInterval.
+	trimErrorLog, trimLossLog logThrottle
 
 	trimmed, trimmedUnconsumed atomic.Uint64
 }
@@ -307,13 +308,7 @@ func (p *StreamsPublisher) trimDue(topic string, published int) []any {
 func (p *StreamsPublisher) trimDone(topic string, cmd *redis.Cmd) {
 	result, err := cmd.Int64Slice()
 	if err != nil || len(result) != 2 {
-		p.trimMu.Lock()
-		report := time.Since(p.lastTrimError) >= 10*time.Second
-		if report {
-			p.lastTrimError = time.Now()
-		}
-		p.trimMu.Unlock()
-		if report {
+		if p.trimErrorLog.allow() {
 			p.logger.Error("Cannot trim stream", err, watermill.LogFields{"topic": topic})
 		}
 		return
@@ -323,13 +318,7 @@ func (p *StreamsPublisher) trimDone(topic string, cmd *redis.Cmd) {
 		total := p.trimmedUnconsumed.Add(uint64(lost))
 		// Logged at most every ten seconds: a cap below a lagging group's
 		// backlog cuts into it on every trim.
-		p.trimMu.Lock()
-		report := time.Since(p.lastLossLog) >= 10*time.Second
-		if report {
-			p.lastLossLog = time.Now()
-		}
-		p.trimMu.Unlock()
-		if report {
+		if p.trimLossLog.allow() {
 			cap := p.trimFor(topic)
 			p.logger.Error("A trim cap removed entries that a consumer group had not consumed", errUnconsumedTrimmed, watermill.LogFields{
 				"topic": topic, "entries": lost, "total_since_start": total, "max_len": cap.MaxLen, "max_age": cap.MaxAge.String(),

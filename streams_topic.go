@@ -44,10 +44,9 @@ type streamsTopic struct {
 	acksUnsent atomic.Int64
 	// resume asks the reader to go through its own pending list again:
 	// entries were handed back, or a read's reply was lost.
-	resume   atomic.Bool
-	renewNow chan struct{} // capacity 1: the dispatcher waits for a renewal
-	// lastRenewError is when a failed renewal was last logged (maintain).
-	lastRenewError time.Time
+	resume        atomic.Bool
+	renewNow      chan struct{} // capacity 1: the dispatcher waits for a renewal
+	renewErrorLog logThrottle   // failed renewals
 
 	// Reader only.
 	resuming      bool     // reading the own pending list

@@ -392,11 +392,7 @@ func (s *Subscriber) refuse(topic string, err error) {
 func (s *Subscriber) connError(topic string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	key := ""
-	if s.config.Sharded {
-		key = topic
-	}
-	if conn := s.conns[key]; conn != nil {
+	if conn := s.conns[s.connKey(topic)]; conn != nil {
 		return conn.lastError()
 	}
 	return nil
@@ -405,10 +401,7 @@ func (s *Subscriber) connError(topic string) error {
 // connFor returns the connection that carries topic, creating it when
 // needed. The caller holds mu.
 func (s *Subscriber) connFor(topic string) *subscriptionConn {
-	key := ""
-	if s.config.Sharded {
-		key = topic
-	}
+	key := s.connKey(topic)
 	conn := s.conns[key]
 	if conn == nil {
 		conn = newSubscriptionConn(s)
@@ -416,6 +409,15 @@ func (s *Subscriber) connFor(topic string) *subscriptionConn {
 		s.wg.Go(conn.run)
 	}
 	return conn
+}
+
+// connKey names the connection that carries topic: its own when Sharded,
+// otherwise the one all topics share.
+func (s *Subscriber) connKey(topic string) string {
+	if s.config.Sharded {
+		return topic
+	}
+	return ""
 }
 
 func (s *Subscriber) setRoute(topic string, t *pubsubTopic) {

@@ -13,13 +13,12 @@ import (
 // Proxy is a TCP proxy in front of a server that can make its open
 // connections go silent, as a network partition or a dead load balancer
 // does (nothing is closed and no error is seen, data just stops arriving),
-// and delay the server's replies, as a slow or distant server does.
+// and delay the server's replies, as a slow server does.
 type Proxy struct {
 	listener net.Listener
 	target   string
 
-	replyDelay atomic.Int64 // nanoseconds each reply is held back
-	blackhole  atomic.Bool  // every connection, open or new, is frozen
+	blackhole atomic.Bool // every connection, open or new, is frozen
 
 	mu     sync.Mutex
 	links  []*proxyLink
@@ -51,18 +50,12 @@ func NewProxy(t testing.TB, target string) *Proxy {
 // Addr is the address clients connect to.
 func (p *Proxy) Addr() string { return p.listener.Addr().String() }
 
-// DelayReplies holds back everything the server sends by d from now on,
-// on open and new connections alike; zero stops delaying. Requests are not
-// delayed, so the server runs a command at once and its reply is late,
-// which is what a client's read timeout cannot tell from a lost command.
-func (p *Proxy) DelayReplies(d time.Duration) {
-	p.replyDelay.Store(int64(d))
-	p.DelayOpenConnections(d)
-}
-
-// DelayOpenConnections is DelayReplies for the connections open now only:
-// new ones are served at once, as when one connection's replies are stuck
-// behind a slow command or a congested path.
+// DelayOpenConnections holds back everything the server sends on the
+// connections open now by d; zero stops delaying. New connections are
+// served at once, as when one connection's replies are stuck behind a slow
+// command or a congested path. Requests are not delayed, so the server
+// runs a command at once and its reply is late, which is what a client's
+// read timeout cannot tell from a lost command.
 func (p *Proxy) DelayOpenConnections(d time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -72,15 +65,11 @@ func (p *Proxy) DelayOpenConnections(d time.Duration) {
 }
 
 // Blackhole freezes every connection, open and new: new ones are accepted
-// and then hear nothing, as behind a partition. Heal ends it for new
-// connections; frozen open ones stay frozen.
+// and then hear nothing, as behind a partition.
 func (p *Proxy) Blackhole() {
 	p.blackhole.Store(true)
 	p.FreezeOpenConnections()
 }
-
-// Heal lets new connections through again after Blackhole.
-func (p *Proxy) Heal() { p.blackhole.Store(false) }
 
 // FreezeOpenConnections stops forwarding on every connection open now, in
 // both directions, without closing them. New connections work normally.
@@ -105,7 +94,6 @@ func (p *Proxy) accept() {
 		}
 		link := &proxyLink{proxy: p, client: client, server: server}
 		link.frozen.Store(p.blackhole.Load())
-		link.replyDelay.Store(p.replyDelay.Load())
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
