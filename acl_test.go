@@ -18,11 +18,14 @@ import (
 var (
 	aclPubSubPublisher  = []string{"-@all", "+publish", "resetchannels", "&app:*"}
 	aclPubSubSubscriber = []string{"-@all", "+subscribe", "+unsubscribe", "+ping", "resetchannels", "&app:*"}
+	aclShardedPublisher  = []string{"-@all", "+spublish", "resetchannels", "&app:*"}
+	aclShardedSubscriber = []string{"-@all", "+ssubscribe", "+sunsubscribe", "+ping", "resetchannels", "&app:*"}
 	aclStreamsPublisher = []string{"-@all", "+xadd", "+eval", "+evalsha", "+xinfo|groups", "+xpending", "+xrange",
 		"+xtrim", "+xlen", "resetkeys", "~app:*"}
 	aclStreamsSubscriber = []string{"-@all", "+xgroup|create", "+xgroup|delconsumer", "+xinfo|groups", "+xinfo|consumers",
 		"+xreadgroup", "+xack", "+xautoclaim", "+xclaim", "+xpending", "+xadd", "+xrange", "+xlen",
 		"+eval", "+evalsha", "+set", "+get", "+pexpire", "+del", "+ping", "resetkeys", "~app:*", "~{app:*"}
+	aclStreamsFanOut = []string{"-@all", "+xread", "+xinfo|stream", "resetkeys", "~app:*"}
 )
 
 // aclClient creates an ACL user with exactly rules on server and returns
@@ -70,6 +73,49 @@ func TestPubSubWithTheDocumentedACL(t *testing.T) {
 	// A topic left alone is unsubscribed; a quiet connection is pinged.
 	require.NoError(t, sub.SubscribeInitialize("app:other"))
 	require.Eventually(t, func() bool { return sub.Stats().Unsubscribed == 1 }, waitTimeout, time.Millisecond)
+	assertNoACLDenial(t, admin)
+}
+
+// Sharded Pub/Sub runs with the sharded commands alone.
+func TestShardedPubSubWithTheDocumentedACL(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	admin := server.Client(t)
+	pub := newPublisher(t, redisbus.PublisherConfig{Client: aclClient(t, server, admin, "publisher", aclShardedPublisher), Sharded: true})
+	sub := newSubscriber(t, redisbus.SubscriberConfig{
+		Client:  aclClient(t, server, admin, "subscriber", aclShardedSubscriber),
+		Sharded: true, UnsubscribeAfter: time.Millisecond, HealthCheckInterval: 50 * time.Millisecond,
+	}, nil)
+
+	messages, err := sub.Subscribe(t.Context(), "app:news")
+	require.NoError(t, err)
+	publish(t, pub, "app:news", "hi")
+	assert.Equal(t, []string{"hi"}, receive(t, messages, 1))
+	_, err = pub.PublishCount(t.Context(), "app:news", message.NewMessage(watermill.NewUUID(), []byte("count")))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"count"}, receive(t, messages, 1))
+
+	require.NoError(t, sub.SubscribeInitialize("app:other"))
+	require.Eventually(t, func() bool { return sub.Stats().Unsubscribed == 1 }, waitTimeout, time.Millisecond)
+	assertNoACLDenial(t, admin)
+}
+
+// A fan-out Streams subscriber (no group) only reads.
+func TestStreamsFanOutWithTheDocumentedACL(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	admin := server.Client(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: aclClient(t, server, admin, "publisher", aclStreamsPublisher)})
+	fanOut := func(name, startID string) <-chan *message.Message {
+		sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{
+			Client: aclClient(t, server, admin, name, aclStreamsFanOut), StartID: startID,
+		}, nil)
+		messages, err := sub.Subscribe(t.Context(), "app:prices")
+		require.NoError(t, err)
+		return messages
+	}
+	first, second := fanOut("first", "0"), fanOut("second", "") // "": new entries only
+	publish(t, pub, "app:prices", "1", "2")
+	assert.Equal(t, []string{"1", "2"}, receive(t, first, 2))
+	assert.Equal(t, []string{"1", "2"}, receive(t, second, 2))
 	assertNoACLDenial(t, admin)
 }
 

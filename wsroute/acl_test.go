@@ -1,0 +1,75 @@
+package wsroute_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redisbus/watermill-redisbus/pubsubtest"
+	"github.com/redisbus/watermill-redisbus/wsroute"
+)
+
+// aclNode is the ACL rule set docs/operating-redis.md documents for a
+// wsroute node under the default Prefix, word for word.
+var aclNode = []string{"-@all", "+hincrby", "+hset", "+set", "+pexpire", "+multi", "+exec",
+	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hkeys", "+hdel",
+	"+publish", "+subscribe", "+unsubscribe", "+ping",
+	"resetkeys", "~wsroute:*", "resetchannels", "&wsroute:*"}
+
+// Nodes run as an ACL user with exactly the documented permissions:
+// registering, routing to a client and a room, broadcasting, leaving,
+// renewing, disconnecting and closing. Redis' ACL LOG lists every command
+// it refused, so an empty log proves the list is enough.
+func TestNodesWithTheDocumentedACL(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	admin := server.Client(t)
+	args := []any{"ACL", "SETUSER", "wsroute", "reset", "on", ">pw"}
+	for _, rule := range aclNode {
+		args = append(args, rule)
+	}
+	require.NoError(t, admin.Do(t.Context(), args...).Err())
+	user := redis.NewClient(&redis.Options{Addr: server.Addr, Username: "wsroute", Password: "pw"})
+	t.Cleanup(func() { _ = user.Close() })
+
+	config := wsroute.Config{NodeTTL: 300 * time.Millisecond} // renewals every 100 ms
+	config.NodeID = "a"
+	a := startNode(t, user, config)
+	config.NodeID = "b"
+	b := startNode(t, user, config)
+	alice := a.connect(t, "alice")
+	bob := b.connect(t, "bob")
+
+	result, err := a.SendToClient(t.Context(), "bob", []byte("hi bob"))
+	require.NoError(t, err)
+	assert.Equal(t, wsroute.Delivered, result.Status)
+	assert.Equal(t, "hi bob", read(t, bob))
+
+	require.NoError(t, b.Join(t.Context(), "bob", "lobby"))
+	result, err = a.Broadcast(t.Context(), "lobby", []byte("hi lobby"))
+	require.NoError(t, err)
+	assert.Equal(t, wsroute.Delivered, result.Status)
+	assert.Equal(t, "hi lobby", read(t, bob))
+	_, err = b.BroadcastAll(t.Context(), []byte("everyone"))
+	require.NoError(t, err)
+	assert.Equal(t, "everyone", read(t, alice))
+	require.NoError(t, b.Leave(t.Context(), "bob", "lobby"))
+
+	// Renewals run while the liveness key lives three periods.
+	renewed := a.Stats().LivenessRenewed
+	require.Eventually(t, func() bool { return a.Stats().LivenessRenewed >= renewed+3 }, waitTimeout, 5*time.Millisecond)
+
+	require.NoError(t, bob.Close(websocket.StatusNormalClosure, ""))
+	require.Eventually(t, func() bool { return b.Stats().Connections == 0 }, waitTimeout, 5*time.Millisecond)
+	result, err = a.SendToClient(t.Context(), "bob", []byte("gone"))
+	require.NoError(t, err)
+	assert.Equal(t, wsroute.Offline, result.Status)
+	require.NoError(t, b.Close())
+
+	log, err := admin.Do(t.Context(), "ACL", "LOG").Slice()
+	require.NoError(t, err)
+	assert.Empty(t, log, "Redis refused commands: the documented ACL rules are not enough")
+}
