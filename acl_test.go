@@ -16,11 +16,11 @@ import (
 
 // The ACL rules the README documents for each component, word for word.
 var (
-	aclPubSubPublisher  = []string{"-@all", "+publish", "resetchannels", "&app:*"}
-	aclPubSubSubscriber = []string{"-@all", "+subscribe", "+unsubscribe", "+ping", "resetchannels", "&app:*"}
+	aclPubSubPublisher   = []string{"-@all", "+publish", "resetchannels", "&app:*"}
+	aclPubSubSubscriber  = []string{"-@all", "+subscribe", "+unsubscribe", "+ping", "resetchannels", "&app:*"}
 	aclShardedPublisher  = []string{"-@all", "+spublish", "resetchannels", "&app:*"}
 	aclShardedSubscriber = []string{"-@all", "+ssubscribe", "+sunsubscribe", "+ping", "resetchannels", "&app:*"}
-	aclStreamsPublisher = []string{"-@all", "+xadd", "+eval", "+evalsha", "+xinfo|groups", "+xpending", "+xrange",
+	aclStreamsPublisher  = []string{"-@all", "+xadd", "+eval", "+evalsha", "+xinfo|groups", "+xpending", "+xrange",
 		"+xtrim", "+xlen", "resetkeys", "~app:*"}
 	aclStreamsSubscriber = []string{"-@all", "+xgroup|create", "+xgroup|delconsumer", "+xinfo|groups", "+xinfo|consumers",
 		"+xreadgroup", "+xack", "+xautoclaim", "+xclaim", "+xpending", "+xadd", "+xrange", "+xlen",
