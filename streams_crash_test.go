@@ -114,8 +114,17 @@ func TestStreamsDeadConsumersEntriesAreClaimed(t *testing.T) {
 		"the dead consumer's entries must arrive within ClaimMinIdle and a margin")
 }
 
+// Redis writes the AOF before it replies, so a killed redis-server keeps
+// everything acknowledged whether it fsyncs every write or every second
+// (what everysec risks is the machine failing, which no test here does).
 func TestStreamsNothingAcknowledgedIsLostWhenRedisCrashes(t *testing.T) {
-	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{AOF: true})
+	for _, fsync := range []string{"always", "everysec"} {
+		t.Run("appendfsync "+fsync, func(t *testing.T) { nothingAcknowledgedIsLostWhenRedisCrashes(t, fsync) })
+	}
+}
+
+func nothingAcknowledgedIsLostWhenRedisCrashes(t *testing.T, fsync string) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{AOF: true, AppendFsync: fsync})
 	client := server.Client(t)
 	topic, group := pubsubtest.Topic(t), "g"
 	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})

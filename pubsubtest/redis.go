@@ -35,6 +35,11 @@ type ServerOptions struct {
 	// AOF turns on the append-only file with fsync on every write, so data
 	// acknowledged to a client survives a restart.
 	AOF bool
+	// AppendFsync, with AOF, sets appendfsync instead of "always":
+	// "everysec" or "no". Redis writes every change to the file before it
+	// replies, so either still keeps what a killed redis-server process
+	// acknowledged; they differ when the machine itself fails.
+	AppendFsync string
 	// Cluster starts the server in cluster mode (see StartCluster).
 	Cluster bool
 	// TLS, when set, makes the server speak TLS only, with this
@@ -207,9 +212,12 @@ func freePort() (int, error) {
 }
 
 func (s *Server) args() []string {
-	appendonly := "no"
+	appendonly, fsync := "no", "always"
 	if s.opts.AOF {
 		appendonly = "yes"
+	}
+	if s.opts.AppendFsync != "" {
+		fsync = s.opts.AppendFsync
 	}
 	args := []string{
 		"--port", strconv.Itoa(s.port),
@@ -217,7 +225,7 @@ func (s *Server) args() []string {
 		"--dir", s.dir,
 		"--save", "",
 		"--appendonly", appendonly,
-		"--appendfsync", "always",
+		"--appendfsync", fsync,
 		"--daemonize", "no",
 		"--logfile", "",
 		"--enable-debug-command", "local",
