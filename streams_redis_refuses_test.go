@@ -353,3 +353,30 @@ func TestStreamsGroupDestroyedUnderARouter(t *testing.T) {
 	publish(t, pub, topic, "after")
 	log.waitAll(t, []string{"after"}, waitTimeout)
 }
+
+// When Redis is full, Pub/Sub goes on (PUBLISH stores nothing) while a
+// Streams Publish fails with Redis' OOM error and stores nothing: the
+// table in docs/operating-redis.md.
+func TestPublishingWhileRedisIsFull(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	client := server.Client(t)
+	topic := pubsubtest.Topic(t)
+	pub := newPublisher(t, redisbus.PublisherConfig{Client: client})
+	sub := newSubscriber(t, redisbus.SubscriberConfig{Client: client}, nil)
+	messages, err := sub.Subscribe(t.Context(), topic)
+	require.NoError(t, err)
+	streams := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	publish(t, streams, topic+":stream", "before")
+
+	fillRedis(t, client)
+	publish(t, pub, topic, "while full")
+	assert.Equal(t, []string{"while full"}, receive(t, messages, 1))
+	err = streams.Publish(topic+":stream", message.NewMessage(watermill.NewUUID(), []byte("refused")))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "OOM")
+	assert.Equal(t, int64(1), streamLen(t, client, topic+":stream"))
+
+	emptyRedis(t, client)
+	publish(t, streams, topic+":stream", "after")
+	assert.Equal(t, int64(2), streamLen(t, client, topic+":stream"))
+}
