@@ -1,6 +1,8 @@
 package redisbus_test
 
 import (
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,7 +16,8 @@ import (
 	"github.com/redisbus/watermill-redisbus/pubsubtest"
 )
 
-// The ACL rules the README documents for each component, word for word.
+// The ACL rules docs/operating-redis.md documents for each component, word
+// for word (TestACLRulesAreDocumented checks the page).
 var (
 	aclPubSubPublisher   = []string{"-@all", "+publish", "resetchannels", "&app:*"}
 	aclPubSubSubscriber  = []string{"-@all", "+subscribe", "+unsubscribe", "+ping", "resetchannels", "&app:*"}
@@ -27,6 +30,18 @@ var (
 		"+eval", "+evalsha", "+set", "+get", "+pexpire", "+del", "+ping", "resetkeys", "~app:*", "~{app:*"}
 	aclStreamsFanOut = []string{"-@all", "+xread", "+xinfo|stream", "resetkeys", "~app:*"}
 )
+
+// The page shows each rule set the tests use, word for word, so that what
+// a reader copies is what was tested.
+func TestACLRulesAreDocumented(t *testing.T) {
+	page, err := os.ReadFile("docs/operating-redis.md")
+	require.NoError(t, err)
+	for _, rules := range [][]string{aclPubSubPublisher, aclPubSubSubscriber, aclShardedPublisher, aclShardedSubscriber,
+		aclStreamsPublisher, aclStreamsSubscriber, aclStreamsFanOut} {
+		documented := strings.ReplaceAll(strings.Join(rules, " "), "|", `\|`) // escaped in a Markdown table
+		assert.Contains(t, string(page), "`"+documented, "docs/operating-redis.md should show these rules")
+	}
+}
 
 // aclClient creates an ACL user with exactly rules on server and returns
 // a client logged in as it.
@@ -52,7 +67,7 @@ func assertNoACLDenial(t *testing.T, admin *redis.Client) {
 }
 
 // Each Pub/Sub component runs as an ACL user with exactly the permissions
-// the README lists for it.
+// docs/operating-redis.md lists for it.
 func TestPubSubWithTheDocumentedACL(t *testing.T) {
 	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
 	admin := server.Client(t)
@@ -120,7 +135,7 @@ func TestStreamsFanOutWithTheDocumentedACL(t *testing.T) {
 }
 
 // The Streams publisher and a consumer group's subscriber run as ACL
-// users with exactly the permissions the README lists: publishing and
+// users with exactly the permissions docs/operating-redis.md lists: publishing and
 // trimming, reading, acking, nacking, dead-lettering, claiming, leasing
 // the consumer name, removing idle consumers and closing.
 func TestStreamsWithTheDocumentedACL(t *testing.T) {

@@ -54,17 +54,30 @@ func main() {
 	_, _, _, _, _, _, _, _, _, _ = ctx, logger, client, router, publisher, frames, data, orderJSON, processOrder, sessionUser
 `
 
-// The README's Go snippets are what a newcomer copies first: each must
-// compile against the current API. Unused variables are the only errors
-// forgiven, since a snippet shows a value without using it.
+// The Go snippets of the README and docs/ are what a newcomer copies first:
+// each must compile against the current API. Unused variables are the only
+// errors forgiven, since a snippet shows a value without using it.
 func TestReadmeGoSnippetsCompile(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
+	docs, err := filepath.Glob("docs/*.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	snippets := regexp.MustCompile("(?s)```go\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
-	if len(snippets) < 3 {
+	for _, file := range append([]string{"README.md"}, docs...) {
+		t.Run(file, func(t *testing.T) { snippetsCompile(t, file) })
+	}
+}
+
+func snippetsCompile(t *testing.T, file string) {
+	text, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snippets := regexp.MustCompile("(?s)```go\n(.*?)```").FindAllStringSubmatch(string(text), -1)
+	if file == "README.md" && len(snippets) < 3 {
 		t.Fatalf("found %d Go snippets in README.md, expected the three quick starts at least", len(snippets))
+	}
+	if len(snippets) == 0 {
+		return
 	}
 	var src strings.Builder
 	src.WriteString(readmePreamble)
@@ -92,7 +105,7 @@ func TestReadmeGoSnippetsCompile(t *testing.T) {
 		problems = append(problems, line)
 	}
 	if len(problems) > 0 {
-		t.Errorf("README.md's Go snippets do not compile:\n%s\n\nas compiled:\n%s", strings.Join(problems, "\n"), numbered(src.String()))
+		t.Errorf("%s's Go snippets do not compile:\n%s\n\nas compiled:\n%s", file, strings.Join(problems, "\n"), numbered(src.String()))
 	}
 }
 

@@ -1,6 +1,8 @@
 package wsroute_test
 
 import (
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +21,13 @@ var aclNode = []string{"-@all", "+hincrby", "+hset", "+set", "+pexpire", "+multi
 	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hkeys", "+hdel",
 	"+publish", "+subscribe", "+unsubscribe", "+ping",
 	"resetkeys", "~wsroute:*", "resetchannels", "&wsroute:*"}
+
+// The page shows the rules the test uses, word for word.
+func TestACLRulesAreDocumented(t *testing.T) {
+	page, err := os.ReadFile("../docs/operating-redis.md")
+	require.NoError(t, err)
+	assert.Contains(t, string(page), "`"+strings.Join(aclNode, " ")+"`")
+}
 
 // Nodes run as an ACL user with exactly the documented permissions:
 // registering, routing to a client and a room, broadcasting, leaving,
