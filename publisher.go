@@ -333,6 +333,21 @@ func (p *Publisher) Flush(ctx context.Context) error {
 	return p.queued.wait(ctx)
 }
 
+// String names the publisher in logs and metrics: Watermill's
+// components/metrics labels its series with it (publisher_name), so it
+// says what kind of publisher this is and nothing that varies per process.
+func (p *Publisher) String() string {
+	switch {
+	case p.config.Sharded && p.config.Async:
+		return "redisbus.Publisher(sharded,async)"
+	case p.config.Sharded:
+		return "redisbus.Publisher(sharded)"
+	case p.config.Async:
+		return "redisbus.Publisher(async)"
+	}
+	return "redisbus.Publisher"
+}
+
 // Close stops the Publisher and returns within its bound, whatever Redis
 // does: AsyncCloseTimeout in Async mode, CloseTimeout otherwise. Later
 // publishes fail with ErrPublisherClosed, and so do those waiting for room

@@ -156,3 +156,24 @@ func TestPublisherConfigErrorsNameTheField(t *testing.T) {
 	assert.Equal(t, "PublisherConfig.Client", configErr.Field)
 	assert.Contains(t, err.Error(), "PublisherConfig.Client")
 }
+
+// Watermill's components/metrics labels series with a Publisher's or
+// Subscriber's String: it says what kind it is, never what varies per
+// process.
+func TestNamesForMetrics(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	names := map[string]fmt.Stringer{
+		"redisbus.Publisher":                     newPublisher(t, redisbus.PublisherConfig{Client: client}),
+		"redisbus.Publisher(async)":              newPublisher(t, redisbus.PublisherConfig{Client: client, Async: true}),
+		"redisbus.Publisher(sharded)":            newPublisher(t, redisbus.PublisherConfig{Client: client, Sharded: true}),
+		"redisbus.Publisher(sharded,async)":      newPublisher(t, redisbus.PublisherConfig{Client: client, Sharded: true, Async: true}),
+		"redisbus.Subscriber":                    newSubscriber(t, redisbus.SubscriberConfig{Client: client}, nil),
+		"redisbus.Subscriber(sharded)":           newSubscriber(t, redisbus.SubscriberConfig{Client: client, Sharded: true}, nil),
+		"redisbus.StreamsPublisher":              newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client}),
+		"redisbus.StreamsSubscriber(fan-out)":    newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client}, nil),
+		"redisbus.StreamsSubscriber(group=jobs)": newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "jobs"}, nil),
+	}
+	for want, component := range names {
+		assert.Equal(t, want, component.String())
+	}
+}

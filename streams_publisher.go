@@ -334,6 +334,10 @@ func (p *StreamsPublisher) Stats() StreamsPublisherStats {
 	return StreamsPublisherStats{Trimmed: p.trimmed.Load(), TrimmedUnconsumed: p.trimmedUnconsumed.Load()}
 }
 
+// String names the publisher in logs and metrics (Watermill's
+// components/metrics publisher_name label).
+func (p *StreamsPublisher) String() string { return "redisbus.StreamsPublisher" }
+
 // Close stops the publisher within CloseTimeout, whatever Redis does: it
 // waits for publishes in progress until then, and those Redis has not
 // answered by then fail with an error saying their entries may or may not

@@ -483,6 +483,17 @@ func (s *StreamsSubscriber) Stats() StreamsSubscriberStats {
 	}
 }
 
+// String names the subscriber in logs and metrics (Watermill's
+// components/metrics subscriber_name label) by its consumer group, so that
+// the series of different groups stay apart; the consumer name, which
+// differs per process, is left out.
+func (s *StreamsSubscriber) String() string {
+	if s.config.ConsumerGroup == "" {
+		return "redisbus.StreamsSubscriber(fan-out)"
+	}
+	return "redisbus.StreamsSubscriber(group=" + s.config.ConsumerGroup + ")"
+}
+
 // Close closes every subscription channel and cancels the contexts of the
 // messages handed out; waits up to CloseTimeout for those messages to be
 // acked or nacked (a Router closes its subscribers while its handlers still

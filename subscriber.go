@@ -480,6 +480,15 @@ func (s *Subscriber) Stats() SubscriberStats {
 	}
 }
 
+// String names the subscriber in logs and metrics (Watermill's
+// components/metrics subscriber_name label).
+func (s *Subscriber) String() string {
+	if s.config.Sharded {
+		return "redisbus.Subscriber(sharded)"
+	}
+	return "redisbus.Subscriber"
+}
+
 // Close closes every subscription channel and the Redis connections the
 // Subscriber opened, and returns when all its goroutines have exited.
 // Messages not yet acked are dropped with the inboxes. Close does not close
