@@ -30,7 +30,11 @@ const (
 // every field but Client means its documented default.
 type StreamsSubscriberConfig struct {
 	// Client runs the consumer group commands. Required; never closed by
-	// the subscriber.
+	// the subscriber. Its hooks (redisotel and the like) see every command
+	// the subscriber sends, those of the client it makes from this one (see
+	// ReadClient) too, provided they were added before the first
+	// subscriber was made on it: the subscriber adds a hook of its own,
+	// once per client, that relays those commands through the ones before.
 	Client redis.UniversalClient
 
 	// ReadClient runs the commands that move entries to this consumer:
@@ -381,11 +385,15 @@ func blockingClient(c redis.UniversalClient) (redis.UniversalClient, bool) {
 	case *redis.Client:
 		opt := *c.Options()
 		opt.PoolSize, opt.MaxRetries, opt.MaintNotificationsConfig = poolSize, -1, disabled
-		return redis.NewClient(&opt), true
+		derived := redis.NewClient(&opt)
+		relayHooks(c, derived) // the caller's hooks see its commands
+		return derived, true
 	case *redis.ClusterClient:
 		opt := *c.Options()
 		opt.PoolSize, opt.MaxRetries, opt.MaintNotificationsConfig = poolSize, -1, disabled
-		return redis.NewClusterClient(&opt), true
+		derived := redis.NewClusterClient(&opt)
+		relayHooks(c, derived)
+		return derived, true
 	}
 	return c, false
 }
