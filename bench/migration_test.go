@@ -225,14 +225,20 @@ func (h *migration) publishUntil(ctx context.Context) {
 }
 
 // migrationMessage is message n as lib publishes it: metadata short and
-// long (MessagePack encodes strings of 32 bytes and more differently),
-// non-ASCII, and none at all for every seventh message.
+// long (MessagePack encodes strings of 32 and of 256 bytes and more
+// differently, and maps of 16 pairs and more), non-ASCII, and none at all
+// for every seventh message.
 func migrationMessage(n int, lib string) *message.Message {
 	msg := message.NewMessage(watermill.NewUUID(), fmt.Appendf(nil, `{"order":%d,"note":"zürich → kraków"}`, n))
 	if n%7 != 0 {
 		msg.Metadata.Set("n", strconv.Itoa(n))
 		msg.Metadata.Set("published_by", lib)
 		msg.Metadata.Set("trace", strings.Repeat("ab-ü-", 8+n%40))
+	}
+	if n%11 == 5 {
+		for i := range 20 {
+			msg.Metadata.Set(fmt.Sprintf("key-%02d", i), strconv.Itoa(i*n))
+		}
 	}
 	return msg
 }
