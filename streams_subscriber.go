@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -466,6 +467,25 @@ func (s *StreamsSubscriber) topic(ctx context.Context, name string) (*streamsTop
 		return nil, fmt.Errorf("redisbus: subscribe to %q: %w", name, t.initErr)
 	}
 	return t, nil
+}
+
+// Topics returns the streams the subscriber reads now, sorted: what a
+// monitor (such as the redisbusprom collector) watches for it.
+func (s *StreamsSubscriber) Topics() []string {
+	s.mu.Lock()
+	topics := make([]string, 0, len(s.topics))
+	for name := range s.topics {
+		topics = append(topics, name)
+	}
+	s.mu.Unlock()
+	slices.Sort(topics)
+	return topics
+}
+
+// DeadLetterTopic returns the name of topic's dead-letter stream
+// (StreamsSubscriberConfig.DeadLetterTopic).
+func (s *StreamsSubscriber) DeadLetterTopic(topic string) string {
+	return s.config.DeadLetterTopic(topic)
 }
 
 // Stats returns the subscriber's counters.
