@@ -1,0 +1,32 @@
+// Package listenurl turns a listener's address into a URL a browser on the
+// same machine can open.
+package listenurl
+
+import (
+	"net"
+	"strconv"
+)
+
+// HTTP returns the http:// URL of a listener at addr. A listener on every
+// interface (":8081", "0.0.0.0:8081", "[::]:8081") is reached at
+// localhost: a browser cannot open http://[::]:8081.
+func HTTP(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return "http://" + addr.String()
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port)
+}
+
+// Port returns the port of a listener at addr, or 0.
+func Port(addr net.Addr) int {
+	if tcp, ok := addr.(*net.TCPAddr); ok {
+		return tcp.Port
+	}
+	_, port, _ := net.SplitHostPort(addr.String())
+	n, _ := strconv.Atoi(port)
+	return n
+}
