@@ -185,7 +185,7 @@ func startNode(ctx context.Context, config nodeConfig, printMu *sync.Mutex) (_ *
 	if err != nil {
 		return nil, err
 	}
-	n.url = listenurl.HTTP(listener.Addr())
+	n.url = listenurl.HTTP(config.Addr, listener.Addr())
 	n.server = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = n.server.Serve(listener) }()
 	return n, nil

@@ -89,7 +89,8 @@ func run(ctx context.Context, out io.Writer, redisURL string, addrs []string, st
 	}
 	var urls []string
 	for _, addr := range addrs {
-		listener, err := net.Listen("tcp", strings.TrimSpace(addr))
+		addr = strings.TrimSpace(addr)
+		listener, err := net.Listen("tcp", addr)
 		if err != nil {
 			return err
 		}
@@ -104,7 +105,7 @@ func run(ctx context.Context, out io.Writer, redisURL string, addrs []string, st
 		httpServer := &http.Server{Handler: server, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = httpServer.Serve(listener) }()
 		defer shutdown(httpServer)
-		url := listenurl.HTTP(listener.Addr())
+		url := listenurl.HTTP(addr, listener.Addr())
 		urls = append(urls, url)
 		fmt.Fprintf(out, "chat node %s serving %s\n", nodeID, url)
 	}

@@ -7,15 +7,19 @@ import (
 	"strconv"
 )
 
-// HTTP returns the http:// URL of a listener at addr. A listener on every
-// interface (":8081", "0.0.0.0:8081", "[::]:8081") is reached at
-// localhost: a browser cannot open http://[::]:8081.
-func HTTP(addr net.Addr) string {
-	host, port, err := net.SplitHostPort(addr.String())
+// HTTP returns the http:// URL of listener, which was asked to listen on
+// requested. A host name asked for ("localhost:8081") is kept, with the
+// port the listener got; a listener on every interface (":8081",
+// "0.0.0.0:8081", "[::]:8081") is reached at localhost, since a browser
+// cannot open http://[::]:8081; an IP address stays as it is.
+func HTTP(requested string, listener net.Addr) string {
+	host, port, err := net.SplitHostPort(listener.String())
 	if err != nil {
-		return "http://" + addr.String()
+		return "http://" + listener.String()
 	}
-	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+	if asked, _, err := net.SplitHostPort(requested); err == nil && asked != "" && net.ParseIP(asked) == nil {
+		host = asked
+	} else if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
 		host = "localhost"
 	}
 	return "http://" + net.JoinHostPort(host, port)

@@ -9,15 +9,17 @@ import (
 )
 
 func TestHTTP(t *testing.T) {
-	for addr, want := range map[string]string{
-		"[::]:8081":       "http://localhost:8081",
-		"0.0.0.0:8081":    "http://localhost:8081",
-		"127.0.0.1:8081":  "http://127.0.0.1:8081",
-		"[::1]:8081":      "http://[::1]:8081",
-		"192.0.2.7:80":    "http://192.0.2.7:80",
-		"example.org:443": "http://example.org:443",
+	for _, c := range []struct{ requested, listener, want string }{
+		{":8081", "[::]:8081", "http://localhost:8081"},
+		{"0.0.0.0:8081", "0.0.0.0:8081", "http://localhost:8081"},
+		{"[::]:8081", "[::]:8081", "http://localhost:8081"},
+		{"127.0.0.1:0", "127.0.0.1:40123", "http://127.0.0.1:40123"},
+		{"[::1]:8081", "[::1]:8081", "http://[::1]:8081"},
+		{"localhost:8081", "127.0.0.1:8081", "http://localhost:8081"},
+		{"localhost:0", "127.0.0.1:40123", "http://localhost:40123"},
+		{"chat.internal:80", "192.0.2.7:80", "http://chat.internal:80"},
 	} {
-		assert.Equal(t, want, HTTP(fakeAddr(addr)), addr)
+		assert.Equal(t, c.want, HTTP(c.requested, fakeAddr(c.listener)), "%s listening on %s", c.requested, c.listener)
 	}
 }
 
@@ -27,8 +29,7 @@ func TestHTTPOfARealListenerOnEveryInterface(t *testing.T) {
 	l, err := net.Listen("tcp", ":0")
 	require.NoError(t, err)
 	defer l.Close()
-	url := HTTP(l.Addr())
-	assert.Regexp(t, `^http://localhost:\d+$`, url)
+	assert.Regexp(t, `^http://localhost:\d+$`, HTTP(":0", l.Addr()))
 	assert.Positive(t, Port(l.Addr()))
 }
 
