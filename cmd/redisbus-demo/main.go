@@ -131,7 +131,7 @@ func ping(ctx context.Context, opt *redis.Options) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := client.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("Redis at %s does not answer: %w", opt.Addr, err)
+		return fmt.Errorf("no answer from Redis at %s: %w", opt.Addr, err)
 	}
 	return nil
 }

@@ -131,7 +131,7 @@ func TestStartupFailsWhenRedisDoesNotAnswer(t *testing.T) {
 	var out syncBuffer
 	err = run(t.Context(), &out, options{redisURL: "redis://" + addr, node: "a", addr: "127.0.0.1:0"})
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "Redis at "+addr+" does not answer")
+	assert.Contains(t, err.Error(), "no answer from Redis at "+addr)
 	assert.Empty(t, out.String())
 }
 
