@@ -1,13 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/redisbus/watermill-redisbus/internal/exampletest"
 	"github.com/redisbus/watermill-redisbus/pubsubtest"
 )
 
@@ -28,27 +28,7 @@ node-3 reads product:42:price = 12.49
 // other node evicts, every node reads the new value, and the writer keeps
 // its own copy. Each run has a key of its own, and deletes it.
 func TestEveryRunEveryOtherNodeEvictsAndReadsTheNewValue(t *testing.T) {
-	t.Run("REDIS_URL", func(t *testing.T) {
-		server := pubsubtest.Redis(t)
-		for nth := 1; nth <= 2; nth++ {
-			assertRun(t, server.URL, nth)
-		}
-		keys, err := server.Client(t).Keys(t.Context(), "*cacheinvalidation-example:*").Result()
-		require.NoError(t, err)
-		assert.Empty(t, keys, "the runs delete the records they made")
-	})
-	t.Run("embedded Redis", func(t *testing.T) {
-		for nth := 1; nth <= 2; nth++ {
-			assertRun(t, "", nth)
-		}
-	})
-}
-
-func assertRun(t *testing.T, redisURL string, nth int) {
-	t.Helper()
-	var out bytes.Buffer
-	require.NoError(t, run(t.Context(), &out, redisURL), "run %d", nth)
-	assert.Equal(t, wantOutput, out.String(), "run %d", nth)
+	exampletest.SameOutputEveryRun(t, run, wantOutput, "*cacheinvalidation-example:*")
 }
 
 func TestNodeServesRepeatedReadsFromItsCache(t *testing.T) {

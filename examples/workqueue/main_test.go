@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"strings"
 	"testing"
 
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
-
+	"github.com/redisbus/watermill-redisbus/internal/exampletest"
 	"github.com/redisbus/watermill-redisbus/pubsubtest"
 )
 
@@ -34,26 +31,5 @@ var wantOutput = func() string {
 // Run twice against one Redis, the example prints the same lines: each run
 // has a queue of its own, and deletes it.
 func TestEveryRunRetriesThenDeadLettersTheFailingOrder(t *testing.T) {
-	t.Run("REDIS_URL", func(t *testing.T) {
-		server := pubsubtest.Redis(t)
-		client := server.Client(t)
-		for nth := 1; nth <= 2; nth++ {
-			assertRun(t, server.URL, nth)
-		}
-		keys, err := client.Keys(t.Context(), "*workqueue-example:*").Result()
-		require.NoError(t, err)
-		assert.Empty(t, keys, "the runs delete the streams they made")
-	})
-	t.Run("embedded Redis", func(t *testing.T) {
-		for nth := 1; nth <= 2; nth++ {
-			assertRun(t, "", nth)
-		}
-	})
-}
-
-func assertRun(t *testing.T, redisURL string, nth int) {
-	t.Helper()
-	var out bytes.Buffer
-	require.NoError(t, run(t.Context(), &out, redisURL), "run %d", nth)
-	assert.Equal(t, wantOutput, out.String(), "run %d", nth)
+	exampletest.SameOutputEveryRun(t, run, wantOutput, "*workqueue-example:*")
 }
