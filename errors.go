@@ -16,6 +16,16 @@ var ErrSubscriberClosed = errors.New("redisbus: subscriber is closed")
 
 var errNoMessage = errors.New("marshaler returned no message")
 
+// Errors of the logs that report a loss or a conflict, so that a log line
+// at error level says what went wrong instead of err=<nil>.
+var (
+	errClaimedElsewhere = errors.New("entries claimed by another consumer")
+	errEntriesGone      = errors.New("pending entries no longer in the stream")
+	errAcksUnsent       = errors.New("acks not sent within CloseTimeout")
+	errNameTakenOver    = errors.New("consumer name leased by another subscriber")
+	errInboxFull        = errors.New("inbox full")
+)
+
 // ConfigError reports an invalid configuration. Field names the offending
 // field as Config.Field, e.g. "SubscriberConfig.InboxSize".
 type ConfigError struct {

@@ -127,7 +127,7 @@ func (t *pubsubTopic) overflowed(*inboxEntry) {
 	// Log the first drop and then every 1000th, so a flood of drops is
 	// visible without flooding the log.
 	if total%1000 == 1 {
-		t.logger.Error("Inbox full, message dropped", nil, watermill.LogFields{
+		t.logger.Error("Inbox full, message dropped", errInboxFull, watermill.LogFields{
 			"policy":        t.s.config.InboxOverflow.String(),
 			"inbox_size":    t.s.config.InboxSize,
 			"dropped_total": total,

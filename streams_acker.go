@@ -208,7 +208,7 @@ func (a *streamsAcker) finish(topics []*streamsTopic) {
 		}
 	}
 	if n := a.pending(); n > 0 {
-		a.s.logger.Error("Closing with acks unsent; their entries will be delivered again", nil,
+		a.s.logger.Error("Closing with acks unsent; their entries will be delivered again", errAcksUnsent,
 			watermill.LogFields{"operations": n})
 	}
 	for _, t := range topics {

@@ -212,7 +212,7 @@ func (t *streamsTopic) nameLost(id *consumerIdentity, holder string) {
 	}
 	n := t.held.lose(ids)
 	t.s.stats.lost.Add(uint64(n))
-	t.logger.Error("Consumer name taken over by another subscriber; entries held here are dropped, and reading waits for a name", nil,
+	t.logger.Error("Consumer name taken over by another subscriber; entries held here are dropped, and reading waits for a name", errNameTakenOver,
 		watermill.LogFields{"consumer": id.name, "holder": holderName(holder), "entries_dropped": n})
 	t.inbox.poke()
 }

@@ -148,7 +148,7 @@ func (t *streamsTopic) lost(ids []string) {
 	}
 	if n := t.held.lose(ids); n > 0 {
 		t.s.stats.lost.Add(uint64(n))
-		t.logger.Error("Held entries were claimed by another consumer; those not yet handed out are dropped here", nil,
+		t.logger.Error("Held entries were claimed by another consumer; those not yet handed out are dropped here", errClaimedElsewhere,
 			watermill.LogFields{"entries": n})
 		t.inbox.poke()
 	}

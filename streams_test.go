@@ -174,9 +174,10 @@ func TestStreamsPoisonMessageIsDeadLetteredAfterMaxDeliveries(t *testing.T) {
 	client := pubsubtest.NewClient(t)
 	topic, group := pubsubtest.Topic(t), "g"
 	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	logger := pubsubtest.NewRecordingLogger()
 	sub, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{
 		Client: client, ConsumerGroup: group, MaxDeliveries: 3, NackResendDelay: time.Millisecond,
-	}, nil)
+	}, logger)
 	require.NoError(t, err)
 	ch, err := sub.Subscribe(t.Context(), topic)
 	require.NoError(t, err)
@@ -216,6 +217,13 @@ func TestStreamsPoisonMessageIsDeadLetteredAfterMaxDeliveries(t *testing.T) {
 	assert.Equal(t, "3", fields[redisbus.DeadLetterFieldDeliveries])
 	assert.Contains(t, fields[redisbus.DeadLetterFieldReason], "nacked 3 times")
 	assert.Zero(t, pendingCount(t, client, topic, group), "the poison entry left the group")
+
+	// The log says why, as its error: not err=<nil>.
+	logged := logger.Find(watermill.ErrorLogLevel, "dead-letter")
+	require.Len(t, logged, 1)
+	require.Error(t, logged[0].Err)
+	assert.Equal(t, fields[redisbus.DeadLetterFieldReason], logged[0].Err.Error())
+	assert.Equal(t, ids[1], logged[0].Fields["entry_id"])
 }
 
 func TestStreamsUndecodableEntryIsDeadLetteredAtOnce(t *testing.T) {
@@ -248,7 +256,12 @@ func TestStreamsUndecodableEntryIsDeadLetteredAtOnce(t *testing.T) {
 	assert.Equal(t, "not msgpack", dead[1].Values[redisbus.StreamsFieldMetadata], "the entry's own fields are kept")
 	assert.Zero(t, pendingCount(t, client, topic, group))
 	assert.Equal(t, uint64(2), sub.Stats().DeadLettered)
-	assert.Len(t, logger.Find(watermill.ErrorLogLevel, "dead-letter"), 2)
+	logged := logger.Find(watermill.ErrorLogLevel, "dead-letter")
+	require.Len(t, logged, 2)
+	for i, entry := range logged {
+		require.Error(t, entry.Err, "the log says why, as its error")
+		assert.Equal(t, dead[i].Values[redisbus.DeadLetterFieldReason], entry.Err.Error())
+	}
 }
 
 func TestStreamsRestartedConsumerResumesItsPendingEntriesAtOnce(t *testing.T) {

@@ -544,7 +544,7 @@ func (t *streamsTopic) readFailed(err error) {
 // trimmed reports pending entries whose stream entry is gone.
 func (t *streamsTopic) trimmed(n int) {
 	t.s.stats.trimmed.Add(uint64(n))
-	t.logger.Error("Pending entries were trimmed or deleted from the stream before they were handled; they are lost", nil,
+	t.logger.Error("Pending entries were trimmed or deleted from the stream before they were handled; they are lost", errEntriesGone,
 		watermill.LogFields{"entries": n})
 }
 

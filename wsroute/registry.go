@@ -59,6 +59,13 @@ var (
 	expireNodeScript = redis.NewScript(expireNodeSource)
 )
 
+// Errors of the logs that report a conflict or a lapse, so that a log line
+// at error level says what went wrong instead of err=<nil>.
+var (
+	errNodeIDInUse    = errors.New("liveness key held by another incarnation of this node ID")
+	errLivenessLapsed = errors.New("liveness key had expired")
+)
+
 // nextGeneration takes the client's next generation, the fencing token of
 // a registration: it increases with every registration of the client, so a
 // node can tell a message meant for an earlier registration.
@@ -98,7 +105,7 @@ func (n *Node) renewLiveness(ctx context.Context) (lapsed bool, err error) {
 		return false, err
 	}
 	if prev != n.incarnation {
-		n.logger.Error("Another process uses this node ID; routing to both is unreliable", nil,
+		n.logger.Error("Another process uses this node ID; routing to both is unreliable", errNodeIDInUse,
 			watermill.LogFields{"other_incarnation": prev})
 	}
 	return false, nil
@@ -131,7 +138,7 @@ func (n *Node) heartbeat() {
 			case err != nil:
 				n.logger.Error("Cannot renew node liveness; once NodeTTL passes, senders see this node's clients as Offline", err, nil)
 			case lapsed:
-				n.logger.Error("Node liveness had lapsed; registering every connection and room again", nil, nil)
+				n.logger.Error("Node liveness had lapsed; registering every connection and room again", errLivenessLapsed, nil)
 				n.restore()
 			}
 		case <-n.restoreNow:

@@ -3,11 +3,12 @@
 // to clients on either node, joins rooms, and publishes to a best-effort
 // Pub/Sub topic and a reliable Streams topic.
 //
-// Without REDIS_URL it starts an embedded Redis (miniredis) and two nodes
-// in this process, prints both URLs, checks that the nodes hear each other
-// and serves until interrupted:
+// Without -node it starts two nodes in this process (-addr-a and -addr-b
+// set their listen addresses), on an embedded Redis (miniredis) unless
+// REDIS_URL is set:
 //
 //	go run ./cmd/redisbus-demo
+//	go run ./cmd/redisbus-demo -addr-a localhost:8081 -addr-b localhost:8082
 //
 // With REDIS_URL, -node runs one node per process, for a real multi-process
 // (or multi-host) deployment:
@@ -15,7 +16,10 @@
 //	REDIS_URL=redis://127.0.0.1:6379/0 go run ./cmd/redisbus-demo -node a -addr :8081
 //	REDIS_URL=redis://127.0.0.1:6379/0 go run ./cmd/redisbus-demo -node b -addr :8082
 //
-// -check runs the start-up check and exits.
+// Either way it prints each node's URL, runs a start-up check (Redis
+// answers; every node hears every greeting over Pub/Sub; a message routed
+// through Redis reaches a WebSocket client of each node) and serves until
+// interrupted. -check runs the start-up check and exits.
 package main
 
 import (
@@ -26,6 +30,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -63,8 +68,9 @@ type options struct {
 	check              bool
 }
 
-// run starts the nodes, prints their URLs and serves until ctx is done (or,
-// with check, until the start-up check passed).
+// run starts the nodes, prints their URLs, runs the start-up check and
+// serves until ctx is done (or, with check, until the check passed). It
+// prints its start-up lines in one order on every run.
 func run(ctx context.Context, out io.Writer, o options) error {
 	if o.node != "" && o.redisURL == "" {
 		return errors.New("-node needs REDIS_URL: the nodes of separate processes must share a Redis")
@@ -82,6 +88,9 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	if err != nil {
 		return err
 	}
+	if err := ping(ctx, opt); err != nil {
+		return err
+	}
 
 	configs := []nodeConfig{{Name: "node-a", Addr: o.addrA}, {Name: "node-b", Addr: o.addrB}}
 	if o.node != "" {
@@ -97,54 +106,95 @@ func run(ctx context.Context, out io.Writer, o options) error {
 		}
 		defer n.close()
 		nodes = append(nodes, n)
-		printMu.Lock()
-		fmt.Fprintf(out, "node %s listening on %s\n", n.name, n.url)
-		printMu.Unlock()
+		n.printf("node %s listening on %s\n", n.name, n.url)
 	}
 
-	if len(nodes) == 2 {
-		if err := startupCheck(ctx, nodes, opt); err != nil {
-			return err
-		}
+	if err := startupCheck(ctx, nodes, opt); err != nil {
+		return fmt.Errorf("start-up check: %w", err)
 	}
 	if o.check {
 		return nil
 	}
-	printMu.Lock()
-	fmt.Fprintln(out, "open the URLs above in two browser tabs; Ctrl-C stops")
-	printMu.Unlock()
+	if len(nodes) == 1 {
+		nodes[0].printf("open %s in a browser tab; a second node (the same REDIS_URL, another -node and -addr) serves a second tab; Ctrl-C stops\n", nodes[0].url)
+	} else {
+		nodes[0].printf("open %s and %s in two browser tabs; Ctrl-C stops\n", nodes[0].url, nodes[1].url)
+	}
 	<-ctx.Done()
 	return nil
 }
 
-// startupCheck has each node greet the other, and a foreign producer (a
-// plain PUBLISH, as a PHP or Python service would send) greet both, and
-// returns when every greeting has crossed.
+// ping fails, saying where, when Redis does not answer.
+func ping(ctx context.Context, opt *redis.Options) error {
+	client := redis.NewClient(opt)
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("no answer from Redis at %s: %w", opt.Addr, err)
+	}
+	return nil
+}
+
+// startupCheck proves, before the nodes are announced ready, what the page
+// relies on: each node's greeting, and a plain PUBLISH as a PHP or Python
+// service would send, reach every node over Pub/Sub; and a message routed
+// through Redis reaches a WebSocket client of each node (from the other
+// node when there are two). It narrates in one order on every run.
 func startupCheck(ctx context.Context, nodes []*node, opt *redis.Options) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	say := nodes[0].printf
+	say("start-up check: Redis at %s answers\n", opt.Addr)
+
+	var senders []string
 	for _, n := range nodes {
 		receivers, err := n.greet(ctx)
 		if err != nil {
 			return err
 		}
-		n.printf("%s published a greeting (Redis delivered it to %d subscribers)\n", n.name, receivers)
+		say("start-up check: %s's greeting reached %d node(s) over Pub/Sub\n", n.name, receivers)
+		senders = append(senders, n.name)
 	}
 	foreign := redis.NewClient(opt)
 	defer foreign.Close()
 	if err := foreign.Publish(ctx, greetingTopic, "hello from a PHP service").Err(); err != nil {
 		return err
 	}
-	timeout := time.After(10 * time.Second)
+	senders = append(senders, foreignProducer)
 	for _, n := range nodes {
-		for heard := 0; heard < len(nodes); heard++ { // the other node and the foreign producer
-			select {
-			case <-n.greeted:
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-timeout:
-				return fmt.Errorf("%s did not hear every greeting", n.name)
-			}
+		if err := n.awaitGreetings(ctx, senders); err != nil {
+			return err
+		}
+		say("start-up check: %s heard the greetings of %s\n", n.name, list(senders))
+	}
+
+	for i, n := range nodes {
+		sender := nodes[(i+1)%len(nodes)]
+		if err := n.checkRoute(ctx, sender); err != nil {
+			return err
+		}
+		if sender == n {
+			say("start-up check: %s routed a message through Redis to a WebSocket client of its own\n", n.name)
+		} else {
+			say("start-up check: %s routed a message through Redis to a WebSocket client of %s\n", sender.name, n.name)
 		}
 	}
-	nodes[0].printf("start-up check passed: both nodes hear each other through Redis\n")
+	for _, n := range nodes {
+		n.ready.Store(true)
+	}
+	if len(nodes) == 1 {
+		say("start-up check passed: node %s is ready\n", nodes[0].name)
+	} else {
+		say("start-up check passed: both nodes hear each other through Redis\n")
+	}
 	return nil
+}
+
+// list joins names as a sentence does: "a", "a and b", "a, b and c".
+func list(names []string) string {
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
 }

@@ -8,7 +8,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "embed"
@@ -16,9 +19,11 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 
 	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/internal/listenurl"
 	"github.com/redisbus/watermill-redisbus/wsroute"
 )
 
@@ -62,7 +67,8 @@ type node struct {
 
 	printMu *sync.Mutex
 	out     io.Writer
-	greeted chan string // greetings heard, for the start-up check
+	greeted chan string // who greeted, during the start-up check
+	ready   atomic.Bool // the start-up check passed: narrate greetings
 	logMu   sync.Mutex
 	log     []logEntry // what reached this node over Pub/Sub and Streams
 }
@@ -179,7 +185,7 @@ func startNode(ctx context.Context, config nodeConfig, printMu *sync.Mutex) (_ *
 	if err != nil {
 		return nil, err
 	}
-	n.url = "http://" + listener.Addr().String()
+	n.url = listenurl.HTTP(config.Addr, listener.Addr())
 	n.server = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = n.server.Serve(listener) }()
 	return n, nil
@@ -271,22 +277,88 @@ func (n *node) serveLog(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, map[string]any{"node": n.name, "log": entries})
 }
 
-// handleGreeting narrates the start-up check: greetings from the other
-// node, and from any program that PUBLISHes to the topic.
+// foreignProducer is who sends a greeting without Watermill metadata.
+const foreignProducer = "a non-Watermill producer"
+
+// handleGreeting hands greetings (from any node, this one included, and
+// from any program that PUBLISHes to the topic) to the start-up check, and
+// once it passed narrates those of other nodes starting.
 func (n *node) handleGreeting(msg *message.Message) error {
 	from := msg.Metadata.Get("from")
-	if from == n.name {
+	if from == "" {
+		from = foreignProducer
+	}
+	if !n.ready.Load() {
+		select {
+		case n.greeted <- from:
+		default:
+		}
 		return nil
 	}
-	if from == "" {
-		from = "a non-Watermill producer"
-	}
-	n.printf("%s received from %s: %s\n", n.name, from, msg.Payload)
-	select {
-	case n.greeted <- from:
-	default:
+	if from != n.name {
+		n.printf("%s received from %s: %s\n", n.name, from, msg.Payload)
 	}
 	return nil
+}
+
+// awaitGreetings returns once n heard a greeting from each of senders.
+func (n *node) awaitGreetings(ctx context.Context, senders []string) error {
+	heard := map[string]bool{}
+	for !allHeard(heard, senders) {
+		select {
+		case from := <-n.greeted:
+			heard[from] = true
+		case <-ctx.Done():
+			var missing []string
+			for _, s := range senders {
+				if !heard[s] {
+					missing = append(missing, s)
+				}
+			}
+			return fmt.Errorf("%s did not hear %s over Pub/Sub: %w", n.name, strings.Join(missing, ", "), ctx.Err())
+		}
+	}
+	return nil
+}
+
+func allHeard(heard map[string]bool, senders []string) bool {
+	return !slices.ContainsFunc(senders, func(s string) bool { return !heard[s] })
+}
+
+// checkRoute connects a WebSocket client to n and has sender route a
+// message to it through Redis: the path of what the page sends.
+func (n *node) checkRoute(ctx context.Context, sender *node) error {
+	id := "startup-check-" + watermill.NewShortUUID()
+	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(n.url, "http")+"/ws?client="+id, nil)
+	if err != nil {
+		return fmt.Errorf("connect to %s/ws: %w", n.url, err)
+	}
+	defer ws.CloseNow()
+	// The reply to whoami, routed to the client through Redis, says that
+	// n has registered it.
+	if err := ws.Write(ctx, websocket.MessageText, mustJSON(frame{Op: "whoami"})); err != nil {
+		return err
+	}
+	if _, _, err := ws.Read(ctx); err != nil {
+		return fmt.Errorf("%s did not answer its own client: %w", n.name, err)
+	}
+	want := reply{Kind: "info", Text: "start-up check from " + sender.name}
+	result, err := sender.route.SendToClient(ctx, id, mustJSON(want))
+	if err != nil {
+		return err
+	}
+	if result.Status != wsroute.Delivered {
+		return fmt.Errorf("%s routed to a client of %s: %s", sender.name, n.name, result.Status)
+	}
+	_, data, err := ws.Read(ctx)
+	if err != nil {
+		return fmt.Errorf("%s routed to a client of %s, which got nothing: %w", sender.name, n.name, err)
+	}
+	var got reply
+	if err := json.Unmarshal(data, &got); err != nil || got != want {
+		return fmt.Errorf("%s routed to a client of %s, which got %s", sender.name, n.name, data)
+	}
+	return ws.Close(websocket.StatusNormalClosure, "")
 }
 
 // greet publishes a greeting on the start-up check topic.

@@ -5,6 +5,18 @@
 //
 //	go run ./examples/cacheinvalidation                 # embedded Redis
 //	REDIS_URL=redis://127.0.0.1:6379/0 go run ./examples/cacheinvalidation
+//
+// It prints the same lines on every run:
+//
+//	node-1 caches product:42:price = 9.99
+//	node-2 caches product:42:price = 9.99
+//	node-3 caches product:42:price = 9.99
+//	node-1 sets product:42:price = 12.49
+//	node-2 evicted product:42:price
+//	node-3 evicted product:42:price
+//	node-1 reads product:42:price = 12.49
+//	node-2 reads product:42:price = 12.49
+//	node-3 reads product:42:price = 12.49
 package main
 
 import (
@@ -12,23 +24,34 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"slices"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/redisbus/watermill-redisbus/internal/redisurl"
 )
 
+// record is the record the nodes cache.
+const record = "product:42:price"
+
 func main() {
-	if err := run(context.Background(), os.Stdout, os.Getenv("REDIS_URL"), "product:42:price"); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Stdout, os.Getenv("REDIS_URL")); err != nil {
 		fmt.Fprintln(os.Stderr, "cacheinvalidation:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, out io.Writer, redisURL, key string) error {
+// run has three nodes cache the record, one write it, and each read it
+// again; it deletes the record at the end.
+func run(ctx context.Context, out io.Writer, redisURL string) error {
 	if redisURL == "" {
 		embedded, err := miniredis.Run()
 		if err != nil {
@@ -44,22 +67,32 @@ func run(ctx context.Context, out io.Writer, redisURL, key string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 
+	// An application's records have their keys for good. This program
+	// runs against your Redis for a moment, so each run stores the record
+	// under a key of its own (it prints the record's name) and deletes it
+	// at the end: every run prints the same lines, and no key of yours is
+	// touched.
+	key := "cacheinvalidation-example:" + watermill.NewShortUUID() + ":" + record
 	store := redis.NewClient(opt)
 	defer store.Close()
+	defer store.Del(context.WithoutCancel(ctx), key)
 	if err := store.Set(ctx, key, "9.99", 0).Err(); err != nil {
 		return err
 	}
 
-	// Evictions happen on the nodes' handler goroutines.
-	var outMu sync.Mutex
+	// Evictions happen on the nodes' handler goroutines, concurrently;
+	// they are printed in the nodes' order once all are in, so that every
+	// run prints the same lines.
+	var evictedMu sync.Mutex
+	var evictedBy []string
 	var evictions sync.WaitGroup
 	onEvict := func(n *Node, evicted string) {
 		if evicted != key {
 			return // another program's invalidation, on a shared Redis
 		}
-		outMu.Lock()
-		fmt.Fprintf(out, "%s evicted %s\n", n.Name, key)
-		outMu.Unlock()
+		evictedMu.Lock()
+		evictedBy = append(evictedBy, n.Name)
+		evictedMu.Unlock()
 		evictions.Done()
 	}
 	var nodes []*Node
@@ -77,10 +110,10 @@ func run(ctx context.Context, out io.Writer, redisURL, key string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "%s caches %s = %s\n", n.Name, key, price)
+		fmt.Fprintf(out, "%s caches %s = %s\n", n.Name, record, price)
 	}
 
-	fmt.Fprintf(out, "%s sets %s = 12.49\n", nodes[0].Name, key)
+	fmt.Fprintf(out, "%s sets %s = 12.49\n", nodes[0].Name, record)
 	evictions.Add(len(nodes) - 1)
 	if err := nodes[0].Set(ctx, key, "12.49"); err != nil {
 		return err
@@ -90,15 +123,21 @@ func run(ctx context.Context, out io.Writer, redisURL, key string) error {
 	select {
 	case <-evicted:
 	case <-ctx.Done():
-		return fmt.Errorf("not every node evicted %s: %w", key, ctx.Err())
+		return fmt.Errorf("not every node evicted %s: %w", record, ctx.Err())
 	}
+	evictedMu.Lock()
+	slices.Sort(evictedBy)
+	for _, name := range evictedBy {
+		fmt.Fprintf(out, "%s evicted %s\n", name, record)
+	}
+	evictedMu.Unlock()
 
 	for _, n := range nodes {
 		price, err := n.Get(ctx, key)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "%s reads %s = %s\n", n.Name, key, price)
+		fmt.Fprintf(out, "%s reads %s = %s\n", n.Name, record, price)
 	}
 	return nil
 }

@@ -5,6 +5,16 @@
 //
 //	go run ./examples/cqrs                 # embedded Redis
 //	REDIS_URL=redis://127.0.0.1:6379/0 go run ./examples/cqrs
+//
+// It prints the same lines on every run:
+//
+//	send-confirmation: emailed ada about order 1
+//	send-confirmation: emailed grace about order 2
+//	send-confirmation: emailed linus about order 3
+//	sales-report: order 1 adds 10.00
+//	sales-report: order 2 adds 20.00
+//	sales-report: order 3 adds 30.00
+//	both handlers saw all 3 events
 package main
 
 import (
@@ -12,9 +22,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/alicebob/miniredis/v2"
@@ -33,15 +46,17 @@ type OrderPlaced struct {
 }
 
 func main() {
-	if err := run(context.Background(), os.Stdout, os.Getenv("REDIS_URL"), "events"); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Stdout, os.Getenv("REDIS_URL")); err != nil {
 		fmt.Fprintln(os.Stderr, "cqrs:", err)
 		os.Exit(1)
 	}
 }
 
-// run publishes three events and returns when both handlers saw them all.
-// Topics are prefix + "." + the event name.
-func run(ctx context.Context, out io.Writer, redisURL, prefix string) error {
+// run publishes three events, returns when both handlers saw them all, and
+// deletes the streams it made.
+func run(ctx context.Context, out io.Writer, redisURL string) error {
 	if redisURL == "" {
 		embedded, err := miniredis.Run()
 		if err != nil {
@@ -59,8 +74,33 @@ func run(ctx context.Context, out io.Writer, redisURL, prefix string) error {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 
+	// An application keeps its topics and consumer groups for good: a
+	// group's position in its stream is what lets a handler restarted
+	// tomorrow carry on where it stopped. This program only shows three
+	// events and exits, so each run has topics and groups of its own, and
+	// deletes their streams at the end (the groups go with them): every run
+	// prints the same lines, and no key of yours is touched.
+	prefix := "cqrs-example:" + watermill.NewShortUUID()
+	var topicsMu sync.Mutex
+	topics := map[string]bool{}
+	topic := func(eventName string) string {
+		name := prefix + "." + eventName
+		topicsMu.Lock()
+		topics[name] = true
+		topicsMu.Unlock()
+		return name
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		topicsMu.Lock()
+		defer topicsMu.Unlock()
+		for name := range topics {
+			_ = client.Del(ctx, name, name+":dead").Err()
+		}
+	}()
+
 	marshaler := cqrs.JSONMarshaler{}
-	topic := func(eventName string) string { return prefix + "." + eventName }
 
 	publisher, err := redisbus.NewStreamsPublisher(redisbus.StreamsPublisherConfig{Client: client}, nil)
 	if err != nil {
@@ -110,24 +150,27 @@ func run(ctx context.Context, out io.Writer, redisURL, prefix string) error {
 		return err
 	}
 
+	// The two handlers run concurrently, each seeing the events in order.
+	// Each keeps what it did, printed handler by handler at the end, so
+	// that every run prints the same lines.
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	const events = 3
 	wg.Add(2 * events)
-	print := func(format string, args ...any) {
+	var confirmations, report []string
+	record := func(lines *[]string, format string, args ...any) {
 		mu.Lock()
 		defer mu.Unlock()
-		fmt.Fprintf(out, format, args...)
+		*lines = append(*lines, fmt.Sprintf(format, args...))
+		wg.Done()
 	}
 	err = processor.AddHandlers(
 		cqrs.NewEventHandler("send-confirmation", func(ctx context.Context, e *OrderPlaced) error {
-			print("send-confirmation: emailed %s about order %d\n", e.Customer, e.OrderID)
-			wg.Done()
+			record(&confirmations, "send-confirmation: emailed %s about order %d", e.Customer, e.OrderID)
 			return nil
 		}),
 		cqrs.NewEventHandler("sales-report", func(ctx context.Context, e *OrderPlaced) error {
-			print("sales-report: order %d adds %.2f\n", e.OrderID, e.Total)
-			wg.Done()
+			record(&report, "sales-report: order %d adds %.2f", e.OrderID, e.Total)
 			return nil
 		}),
 	)
@@ -150,7 +193,12 @@ func run(ctx context.Context, out io.Writer, redisURL, prefix string) error {
 	go func() { wg.Wait(); close(handled) }()
 	select {
 	case <-handled:
-		print("both handlers saw all %d events\n", events)
+		mu.Lock()
+		defer mu.Unlock()
+		for _, line := range append(confirmations, report...) {
+			fmt.Fprintln(out, line)
+		}
+		fmt.Fprintf(out, "both handlers saw all %d events\n", events)
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("handlers did not see every event: %w", ctx.Err())

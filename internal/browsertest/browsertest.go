@@ -1,0 +1,210 @@
+//go:build unix
+
+// Package browsertest drives headless Chromium (Debian's chromium) over
+// the DevTools protocol, for the tests that open the demo's and the chat
+// example's pages in a real browser.
+package browsertest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/require"
+)
+
+// Chromium is a headless browser, stopped when the test ends.
+type Chromium struct {
+	ws      *websocket.Conn
+	nextID  atomic.Int64
+	mu      sync.Mutex
+	pending map[int64]chan cdpResponse
+}
+
+type cdpResponse struct {
+	Result json.RawMessage `json:"result"`
+	Error  *struct {
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// StartChromium starts headless Chromium for t.
+func StartChromium(t *testing.T, ctx context.Context) *Chromium {
+	bin, err := exec.LookPath("chromium")
+	require.NoError(t, err, "the browser test needs Chromium: apt-get install chromium")
+	cmd := exec.CommandContext(ctx, bin,
+		"--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+		"--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+		"--remote-debugging-port=0", "--user-data-dir="+t.TempDir(), "about:blank")
+	// Chromium runs renderer and helper processes that write to the profile
+	// directory: a process group of its own lets the cleanup stop them all
+	// before the directory is removed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { stopProcessGroup(t, cmd) })
+
+	// Chromium announces its DevTools endpoint on stderr.
+	var endpoint string
+	lines := bufio.NewScanner(stderr)
+	for lines.Scan() {
+		if _, url, ok := strings.Cut(lines.Text(), "DevTools listening on "); ok {
+			endpoint = strings.TrimSpace(url)
+			break
+		}
+	}
+	require.NotEmpty(t, endpoint, "chromium did not start its DevTools endpoint")
+	go func() { _, _ = io.Copy(io.Discard, stderr) }()
+
+	ws, _, err := websocket.Dial(ctx, endpoint, nil)
+	require.NoError(t, err)
+	ws.SetReadLimit(64 << 20)
+	b := &Chromium{ws: ws, pending: map[int64]chan cdpResponse{}}
+	go b.readLoop()
+	t.Cleanup(func() { _ = ws.CloseNow() })
+	return b
+}
+
+func (b *Chromium) readLoop() {
+	for {
+		_, data, err := b.ws.Read(context.Background())
+		if err != nil {
+			return
+		}
+		var msg struct {
+			ID int64 `json:"id"`
+			cdpResponse
+		}
+		if json.Unmarshal(data, &msg) != nil || msg.ID == 0 {
+			continue // an event
+		}
+		b.mu.Lock()
+		c := b.pending[msg.ID]
+		delete(b.pending, msg.ID)
+		b.mu.Unlock()
+		if c != nil {
+			c <- msg.cdpResponse
+		}
+	}
+}
+
+// call sends a DevTools command, to a page when sessionID is set.
+func (b *Chromium) call(ctx context.Context, sessionID, method string, params any) (json.RawMessage, error) {
+	id := b.nextID.Add(1)
+	c := make(chan cdpResponse, 1)
+	b.mu.Lock()
+	b.pending[id] = c
+	b.mu.Unlock()
+	request := map[string]any{"id": id, "method": method, "params": params}
+	if sessionID != "" {
+		request["sessionId"] = sessionID
+	}
+	data, err := json.Marshal(request)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.ws.Write(ctx, websocket.MessageText, data); err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-c:
+		if r.Error != nil {
+			return nil, fmt.Errorf("%s: %s", method, r.Error.Message)
+		}
+		return r.Result, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Tab is a page in the browser.
+type Tab struct {
+	b         *Chromium
+	sessionID string
+}
+
+// Open opens url in a new tab and returns once it has loaded and shows an
+// element with the id ready.
+func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *Tab {
+	result, err := b.call(ctx, "", "Target.createTarget", map[string]any{"url": "about:blank"})
+	require.NoError(t, err)
+	var target struct{ TargetID string }
+	require.NoError(t, json.Unmarshal(result, &target))
+	result, err = b.call(ctx, "", "Target.attachToTarget", map[string]any{"targetId": target.TargetID, "flatten": true})
+	require.NoError(t, err)
+	var session struct{ SessionID string }
+	require.NoError(t, json.Unmarshal(result, &session))
+	p := &Tab{b: b, sessionID: session.SessionID}
+	_, err = b.call(ctx, p.sessionID, "Page.navigate", map[string]any{"url": url})
+	require.NoError(t, err)
+	quoted, _ := json.Marshal(ready)
+	p.Eval(t, ctx, fmt.Sprintf(`new Promise((resolve) => {
+		if (document.readyState === 'complete' && document.getElementById(%s)) return resolve(true);
+		window.addEventListener('load', () => resolve(true));
+	})`, quoted))
+	return p
+}
+
+// Eval runs JavaScript in the page, awaiting a returned promise.
+func (p *Tab) Eval(t *testing.T, ctx context.Context, expression string) json.RawMessage {
+	t.Helper()
+	result, err := p.b.call(ctx, p.sessionID, "Runtime.evaluate", map[string]any{
+		"expression": expression, "awaitPromise": true, "returnByValue": true,
+	})
+	require.NoError(t, err)
+	var out struct {
+		Result           json.RawMessage
+		ExceptionDetails *struct {
+			Text      string
+			Exception struct{ Description string }
+		}
+	}
+	require.NoError(t, json.Unmarshal(result, &out))
+	if out.ExceptionDetails != nil {
+		t.Fatalf("%s: %s %s", expression, out.ExceptionDetails.Text, out.ExceptionDetails.Exception.Description)
+	}
+	return out.Result
+}
+
+// WaitForText waits, inside the page, until the element with id shows
+// text; after 15 s it fails with what the element shows.
+func (p *Tab) WaitForText(t *testing.T, ctx context.Context, id, text string) {
+	t.Helper()
+	quotedID, _ := json.Marshal(id)
+	quoted, _ := json.Marshal(text)
+	p.Eval(t, ctx, fmt.Sprintf(`new Promise((resolve, reject) => {
+		const log = document.getElementById(%s);
+		const check = () => log.textContent.includes(%s);
+		if (check()) return resolve(true);
+		const observer = new MutationObserver(() => { if (check()) { observer.disconnect(); resolve(true); } });
+		observer.observe(log, {childList: true, characterData: true, subtree: true});
+		setTimeout(() => { observer.disconnect(); reject(new Error('not shown after 15s: ' + %s + '\nshown: ' + log.textContent)); }, 15000);
+	})`, quotedID, quoted, quoted))
+}
+
+// stopProcessGroup kills cmd's process group and returns once no process of
+// it is left.
+func stopProcessGroup(t *testing.T, cmd *exec.Cmd) {
+	pgid := cmd.Process.Pid
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	_ = cmd.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for syscall.Kill(-pgid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Errorf("chromium's processes (group %d) outlived SIGKILL by 10 s", pgid)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
