@@ -115,6 +115,9 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	if o.check {
 		return nil
 	}
+	for _, n := range nodes {
+		n.printf("Prometheus metrics of %s: %s/metrics\n", n.name, n.url)
+	}
 	if len(nodes) == 1 {
 		nodes[0].printf("open %s in a browser tab; a second node (the same REDIS_URL, another -node and -addr) serves a second tab; Ctrl-C stops\n", nodes[0].url)
 	} else {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -109,6 +110,7 @@ start-up check: a's greeting reached 1 node(s) over Pub/Sub
 start-up check: a heard the greetings of a and a non-Watermill producer
 start-up check: a routed a message through Redis to a WebSocket client of its own
 start-up check passed: node a is ready
+Prometheus metrics of a: {url}/metrics
 open {url} in a browser tab; a second node (the same REDIS_URL, another -node and -addr) serves a second tab; Ctrl-C stops
 `
 	want = strings.NewReplacer("{url}", url, "{addr}", server.Addr).Replace(want)
@@ -118,6 +120,22 @@ open {url} in a browser tab; a second node (the same REDIS_URL, another -node an
 	require.NoError(t, err)
 	_ = resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
+
+	// The series a user looks for first: the orders group, the node's
+	// routing, Watermill's handler timings.
+	resp, err = http.Get(url + "/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	require.NoError(t, err)
+	for _, series := range []string{
+		`redisbus_stream_group_pending_entries{group="demo-processors",stream="demo:orders"}`,
+		`redisbus_wsroute_connections{name="a"}`,
+		`redisbus_pubsub_received_messages_total{name="redisbus.Subscriber"}`,
+		`handler_execution_time_seconds_count{handler_name="greetings",success="true"}`,
+	} {
+		assert.Contains(t, string(body), series)
+	}
 	cancel()
 	require.NoError(t, <-done)
 }

@@ -5,6 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ThreeDotsLabs/watermill/components/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redisbus/watermill-redisbus/redisbusprom"
 	"io"
 	"net"
 	"net/http"
@@ -151,6 +155,10 @@ func startNode(ctx context.Context, config nodeConfig, printMu *sync.Mutex) (_ *
 	n.router.AddConsumerHandler("events", eventsTopic, n.subscriber, n.handleEvent("pubsub"))
 	n.router.AddConsumerHandler("orders", ordersTopic, n.streamsSub, n.handleEvent("streams"))
 	n.router.AddConsumerHandler("greetings", greetingTopic, n.subscriber, n.handleGreeting)
+	registry, err := n.metrics()
+	if err != nil {
+		return nil, err
+	}
 	go func() { _ = n.router.Run(context.WithoutCancel(ctx)) }()
 	select {
 	case <-n.router.Running():
@@ -178,6 +186,7 @@ func startNode(ctx context.Context, config nodeConfig, printMu *sync.Mutex) (_ *
 		_, _ = w.Write(page)
 	})
 	mux.HandleFunc("/log", n.serveLog)
+	mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]any{"node": n.name, "wsroute": n.route.Stats(), "subscriber": n.subscriber.Stats(), "streams": n.streamsSub.Stats()})
 	})
@@ -189,6 +198,31 @@ func startNode(ctx context.Context, config nodeConfig, printMu *sync.Mutex) (_ *
 	n.server = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = n.server.Serve(listener) }()
 	return n, nil
+}
+
+// metrics makes the node's Prometheus registry: Watermill's metrics of
+// its Router (handlers, publishers, subscribers) and redisbus' own (its
+// components' counters, the orders stream and its group). Each node has a
+// registry of its own, as each would be a process of its own.
+func (n *node) metrics() (*prometheus.Registry, error) {
+	registry := prometheus.NewRegistry()
+	metrics.NewPrometheusMetricsBuilder(registry, "", "").AddPrometheusRouterMetrics(n.router)
+	collector, err := redisbusprom.NewCollector(redisbusprom.Config{Client: n.client, CacheFor: 5 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	for _, err := range []error{
+		collector.AddPublisher("", n.publisher),
+		collector.AddSubscriber("", n.subscriber),
+		collector.AddStreamsPublisher("", n.streamsPublisher),
+		collector.AddStreamsSubscriber("", n.streamsSub),
+		collector.AddNode("", n.route),
+	} {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return registry, registry.Register(collector)
 }
 
 // handleFrame turns a client's frame into what it asks for. Replies and
