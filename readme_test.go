@@ -21,11 +21,15 @@ import (
 	"net/http"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
 	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/redisbusprom"
 	"github.com/redisbus/watermill-redisbus/wsroute"
 )
 
@@ -36,6 +40,10 @@ var (
 	_ = redisbus.NewPublisher
 	_ = wsroute.NewNode
 	_ = redis.NewClient
+	_ = metrics.NewPrometheusMetricsBuilder
+	_ = prometheus.NewRegistry
+	_ = promhttp.Handler
+	_ = redisbusprom.NewCollector
 )
 
 func main() {
@@ -50,8 +58,12 @@ func main() {
 		orderJSON    []byte
 		processOrder func(*message.Message) error
 		sessionUser  func(*http.Request) (string, error)
+		subscriber   *redisbus.StreamsSubscriber
+		streamsPublisher *redisbus.StreamsPublisher
+		node         *wsroute.Node
 	)
 	_, _, _, _, _, _, _, _, _, _ = ctx, logger, client, router, publisher, frames, data, orderJSON, processOrder, sessionUser
+	_, _, _ = subscriber, streamsPublisher, node
 `
 
 // The Go snippets of the README and docs/ are what a newcomer copies first:
