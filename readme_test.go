@@ -29,6 +29,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/redisbusotel"
 	"github.com/redisbus/watermill-redisbus/redisbusprom"
 	"github.com/redisbus/watermill-redisbus/wsroute"
 )
@@ -44,6 +45,7 @@ var (
 	_ = prometheus.NewRegistry
 	_ = promhttp.Handler
 	_ = redisbusprom.NewCollector
+	_ = redisbusotel.NewPublisher
 )
 
 func main() {
