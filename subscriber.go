@@ -261,7 +261,14 @@ func (s *Subscriber) subscribeTopic(ctx context.Context, topic string, user bool
 		s.mu.Unlock()
 	} else {
 		s.topics[topic] = t
-		s.inUse(t, user)
+		if user {
+			s.inUse(t, user)
+		} else {
+			// A SubscribeInitialize: the topic counts as unused from Redis'
+			// confirmation on, so that a confirmation slower than
+			// UnsubscribeAfter does not retire it under the call waiting.
+			defer s.armIdleIfUnused(t)
+		}
 		s.setRoute(topic, t) // before SUBSCRIBE, so no message finds no inbox
 		s.wg.Go(t.inbox.run)
 		conn := s.connFor(topic)
@@ -315,6 +322,20 @@ func (s *Subscriber) inUse(t *pubsubTopic, user bool) {
 		return
 	}
 	if t.users == 0 {
+		select {
+		case <-t.confirmed:
+			s.armIdle(t)
+		default: // armed when the call that subscribed it has its confirmation
+		}
+	}
+}
+
+// armIdleIfUnused arms t's idle timer unless a Subscribe uses it (or it is
+// gone).
+func (s *Subscriber) armIdleIfUnused(t *pubsubTopic) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed && t.users == 0 && s.topics[t.name] == t {
 		s.armIdle(t)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -107,4 +108,21 @@ func TestUnusedTopicsAreUnsubscribed(t *testing.T) {
 	require.NoError(t, err)
 	publish(t, pub, prefix+":user-0", "welcome back")
 	assert.Equal(t, []string{"welcome back"}, receive(t, again, 1))
+}
+
+// A topic's unused time starts when Redis confirmed it: a confirmation
+// slower than UnsubscribeAfter does not retire the topic under the
+// SubscribeInitialize waiting for it (which then failed with "subscriber
+// is closed").
+func TestSubscribeInitializeSlowerThanUnsubscribeAfter(t *testing.T) {
+	proxy := pubsubtest.NewProxy(t, pubsubtest.Redis(t).Addr)
+	client := redis.NewClient(&redis.Options{Addr: proxy.Addr()})
+	t.Cleanup(func() { _ = client.Close() })
+	sub := newSubscriber(t, redisbus.SubscriberConfig{Client: client, UnsubscribeAfter: time.Millisecond, HealthCheckInterval: time.Hour}, nil)
+	first := pubsubtest.Topic(t)
+	require.NoError(t, sub.SubscribeInitialize(first)) // opens the connection
+	proxy.DelayOpenConnections(50 * time.Millisecond)
+
+	require.NoError(t, sub.SubscribeInitialize(first+"-slow"))
+	require.Eventually(t, func() bool { return sub.Stats().Unsubscribed == 2 }, waitTimeout, time.Millisecond, "both are retired once unused")
 }
