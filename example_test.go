@@ -16,15 +16,11 @@ import (
 // newRedisClient connects the examples to the tests' Redis. In your code:
 // redis.NewClient(&redis.Options{Addr: "localhost:6379"}).
 func newRedisClient() *redis.Client {
-	url, err := pubsubtest.SharedURL()
+	client, err := pubsubtest.SharedClient()
 	if err != nil {
 		panic(err)
 	}
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		panic(err)
-	}
-	return redis.NewClient(opt)
+	return client
 }
 
 // The three steps of a best-effort Pub/Sub: a Redis client, a handler
@@ -71,6 +67,38 @@ func Example() {
 		fmt.Println("nothing received")
 	}
 	// Output: [hello:world] received: hi from anywhere
+}
+
+// A Subscriber used without a Router: Subscribe returns a channel, and
+// each message must be acked before the channel delivers the next. A plain
+// PUBLISH, as a PHP or Python service or redis-cli would send it, arrives as
+// a message whose payload is the published string.
+func ExampleSubscriber() {
+	client := newRedisClient()
+	defer client.Close()
+	ctx := context.Background()
+
+	subscriber, err := redisbus.NewSubscriber(redisbus.SubscriberConfig{Client: client}, nil)
+	if err != nil {
+		panic(err)
+	}
+	defer subscriber.Close()
+	// Subscribe returns once Redis has confirmed the subscription: whatever
+	// is published from now on is received.
+	messages, err := subscriber.Subscribe(ctx, "prices:eur")
+	if err != nil {
+		panic(err)
+	}
+
+	// Another service, not using Watermill: PUBLISH prices:eur 1.0842
+	if err := client.Publish(ctx, "prices:eur", "1.0842").Err(); err != nil {
+		panic(err)
+	}
+
+	msg := <-messages
+	fmt.Printf("received %s\n", msg.Payload)
+	msg.Ack()
+	// Output: received 1.0842
 }
 
 // PublishCount tells a publisher whether anybody was listening.

@@ -111,11 +111,13 @@ func (c PublisherConfig) Validate() error {
 // Publisher is a best-effort Watermill Publisher over Redis PUBLISH: every
 // Subscriber connected to the topic at that moment receives the message; one
 // that is not connected never will. For at-least-once delivery use the
-// Streams publisher.
+// [StreamsPublisher].
 //
-// Concurrent Publish calls are coalesced (see coalescer): many goroutines
-// publishing one message each share round trips, while a lone call is sent
-// at once. With PublisherConfig.Async, Publish does not wait at all.
+// Concurrent Publish calls are coalesced: the calls waiting when a pipeline
+// is free go to Redis together, up to [PublisherConfig.MaxBatchSize]
+// commands, so many goroutines publishing one message each share round
+// trips, while a lone call is sent at once (nothing waits for a batch to
+// fill). With [PublisherConfig.Async], Publish does not wait at all.
 type Publisher struct {
 	config    PublisherConfig
 	logger    watermill.LoggerAdapter
@@ -200,8 +202,9 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 // Subscriber holds one connection per topic (in Sharded mode) or one for all
 // its topics, however many Subscribe calls share it. On a Redis Cluster the
 // count covers one node: the shard that owns the channel in Sharded mode,
-// otherwise the master plain PUBLISHes go through (see
-// clusterPublishRoute).
+// otherwise the master that every plain PUBLISH of the Publisher goes
+// through (the one owning the slot of "{redisbus}"; one entry node keeps
+// messages in order, which PUBLISHes entering at random nodes would lose).
 func (p *Publisher) PublishCount(ctx context.Context, topic string, msg *message.Message) (int64, error) {
 	return p.publish(ctx, topic, []*message.Message{msg}, true)
 }

@@ -116,7 +116,7 @@ func (t StreamTrim) validate(field string) error {
 // AOF and appendfsync always, a message acknowledged to the publisher
 // survives a Redis crash.
 //
-// Concurrent Publish calls are coalesced (see coalescer): many goroutines
+// Concurrent Publish calls are coalesced as [Publisher] coalesces them: many goroutines
 // publishing one message each share round trips, while a lone call is sent
 // at once.
 type StreamsPublisher struct {

@@ -307,8 +307,11 @@ type streamsCounters struct {
 //
 // Each topic is read once per subscriber, however many Subscribe calls share
 // it; entries are read into a per-topic inbox, as many as the handlers will
-// start soon (see StreamsSubscriberConfig.ReadAhead), and handed out as the
-// Pub/Sub Subscriber does (see topicInbox).
+// start soon (see [StreamsSubscriberConfig.ReadAhead]), and shared among the
+// topic's Subscribe channels as the [Subscriber] shares messages, each
+// channel holding up to [StreamsSubscriberConfig.MaxInFlight] unacked
+// messages. Entries not read ahead stay in Redis, where the other consumers
+// of the group can take them.
 type StreamsSubscriber struct {
 	config StreamsSubscriberConfig
 	logger watermill.LoggerAdapter
@@ -531,7 +534,7 @@ func (s *StreamsSubscriber) String() string {
 // exited. Close does not close the client and is idempotent: concurrent
 // calls all return once it is done.
 //
-// Close returns within CloseTimeout + 1s (closeGrace), whatever Redis does.
+// Close returns within CloseTimeout + 1s, whatever Redis does.
 // When Redis has not answered by then, Close gives up waiting, with an
 // error: acks not sent then are lost (those messages come again), entries
 // not handed back are claimed after ClaimMinIdle, and the consumer name

@@ -162,8 +162,14 @@ type subscriberCounters struct {
 // Subscriber is a best-effort Watermill Subscriber over Redis SUBSCRIBE.
 //
 // Each topic is subscribed once per Subscriber, however many Subscribe calls
-// share it. Messages wait in a bounded per-topic inbox until a consumer
-// acks them; see topicInbox for how consumers share a topic. A topic stays
+// share it. Messages wait in a bounded per-topic inbox
+// ([SubscriberConfig.InboxSize], [SubscriberConfig.InboxBytes]) until a
+// consumer acks them, so a slow handler never blocks the connection. Several
+// Subscribe calls on one topic share its messages: each message is offered
+// to every channel with room and the first to read it takes it, and a
+// channel holds one unacked message at a time, which keeps order per
+// channel. A nacked message goes back to the head of the inbox; one whose
+// channel closed before it was acked goes to the next Subscribe. A topic stays
 // subscribed from its first Subscribe or SubscribeInitialize until no
 // Subscribe call has used it for UnsubscribeAfter, or until Close.
 type Subscriber struct {

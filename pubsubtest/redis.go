@@ -98,6 +98,21 @@ func SharedURL() (string, error) {
 	return s.URL, nil
 }
 
+// SharedClient returns a new client of the shared Redis (see Redis) for
+// code without a testing.TB, such as Example functions. The caller closes
+// it.
+func SharedClient() (*redis.Client, error) {
+	s, err := sharedServer()
+	if err != nil {
+		return nil, err
+	}
+	opt, err := redisurl.Parse(s.URL)
+	if err != nil {
+		return nil, err
+	}
+	return redis.NewClient(opt), nil
+}
+
 func sharedServer() (*Server, error) {
 	shared.once.Do(func() {
 		if url := os.Getenv("REDIS_URL"); url != "" {
