@@ -90,8 +90,15 @@
 // package's Pub/Sub. Package
 // [github.com/redisbus/watermill-redisbus/pubsubtest] is the test harness:
 // private redis-servers, a proxy that breaks connections, and Watermill's
-// universal test suite.
+// universal test suite. Package
+// [github.com/redisbus/watermill-redisbus/redisbusprom] exports redisbus'
+// own metrics to Prometheus (consumer-group lag, pending entries, dead
+// letters, drops), with a Grafana dashboard, and package
+// [github.com/redisbus/watermill-redisbus/redisbusotel] carries
+// OpenTelemetry traces across Redis in message metadata; neither is
+// imported unless you do.
 //
-// The README in the repository covers guarantees, failure behaviour, the
-// wire formats and the Redis versions each feature needs.
+// The README and the docs directory in the repository cover guarantees,
+// failure behaviour, operating Redis, the wire formats and the Redis
+// versions each feature needs.
 package redisbus
