@@ -316,14 +316,14 @@ func StreamView(ctx context.Context, client *redis.Client, stream, dead string, 
 // DeadLetter is an entry of a dead-letter stream: the message as it was in
 // its stream, and why and from where it was moved.
 type DeadLetter struct {
-	ID           string `json:"id"`
-	AgeMS        int64  `json:"age_ms"` // since it was dead-lettered
-	Reason       string `json:"reason"`
-	OriginStream string `json:"origin_stream"`
-	OriginID     string `json:"origin_id"`
-	Group        string `json:"group"`
-	Consumer     string `json:"consumer"`
-	Deliveries   int    `json:"deliveries"`
+	ID           string  `json:"id"`
+	AgeMS        int64   `json:"age_ms"` // since it was dead-lettered
+	Reason       string  `json:"reason"`
+	OriginStream string  `json:"origin_stream"`
+	OriginID     string  `json:"origin_id"`
+	Group        string  `json:"group"`
+	Consumer     string  `json:"consumer"`
+	Deliveries   int     `json:"deliveries"`
 	Message      Message `json:"message"`
 }
 
