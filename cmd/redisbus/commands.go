@@ -306,6 +306,11 @@ func (c *console) printReplay(r ReplayResult) error {
 	} else {
 		fmt.Fprintf(c.stdout, "Replayed %d dead letters from %s%s.\n", r.Replayed, r.DeadLetterStream, streamsText(r.Streams))
 	}
+	for _, stream := range r.TwoStep {
+		fmt.Fprintf(c.stdout, "Note: %s is in another hash slot than %s (Redis Cluster), so each entry was re-added, then deleted: "+
+			"had the replay been killed between the two, the entry would be in both (with its UUID). "+
+			"Name topics with a hash tag, such as {orders}, to keep a topic and its dead letters in one slot.\n", stream, r.DeadLetterStream)
+	}
 	for _, id := range r.NoOrigin {
 		fmt.Fprintf(c.stdout, "Not replayed (no %s field): %s\n", "redisbus_origin_stream", id)
 	}
@@ -442,19 +447,20 @@ func newPendingCommand(c *console) *cobra.Command {
 
 func newClaimCommand(c *console) *cobra.Command {
 	var (
-		to      string
-		minIdle time.Duration
+		to, from string
+		minIdle  time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "claim TOPIC GROUP --to CONSUMER [ID...] [--min-idle DURATION]",
+		Use:   "claim TOPIC GROUP --to CONSUMER [ID...] [--min-idle DURATION] [--from CONSUMER]",
 		Short: "Give pending entries to another consumer of the group",
 		Long: `Give pending entries to another consumer of the group (XCLAIM): the
-listed IDs, or with --min-idle and no IDs every entry idle that long
-(XAUTOCLAIM). With IDs, --min-idle skips those that became active again.
-Their delivery counts stay as they were.`,
+listed IDs, or without IDs every entry idle for --min-idle or longer
+(XAUTOCLAIM), only --from's when given. With IDs, --min-idle skips those
+that became active again. Delivery counts stay as they were.`,
 		Args: cobra.MinimumNArgs(2),
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the consumer to give them to (required)")
+	cmd.Flags().StringVar(&from, "from", "", "only this consumer's entries")
 	cmd.Flags().DurationVar(&minIdle, "min-idle", 0, "only entries idle this long or longer")
 	validate := func(args []string) error {
 		switch {
@@ -462,6 +468,8 @@ Their delivery counts stay as they were.`,
 			return usagef("say which consumer gets the entries: --to CONSUMER")
 		case len(args) == 2 && minIdle <= 0:
 			return usagef("say which entries: IDs, or --min-idle DURATION for all that are idle that long")
+		case len(args) > 2 && from != "":
+			return usagef("--from goes with --min-idle, not with IDs")
 		}
 		return nil
 	}
@@ -470,7 +478,7 @@ Their delivery counts stay as they were.`,
 		if err := c.requireStream(ctx, topic); err != nil {
 			return err
 		}
-		claimed, err := claim(ctx, c.client, topic, group, to, args[2:], minIdle)
+		claimed, err := claim(ctx, c.client, topic, group, from, to, args[2:], minIdle)
 		if err != nil {
 			return c.groupError(err, topic, group)
 		}
@@ -486,24 +494,48 @@ Their delivery counts stay as they were.`,
 	return cmd
 }
 
-// claimPage is how many entries one XAUTOCLAIM takes.
+// claimPage is how many entries one XAUTOCLAIM or XPENDING takes.
 const claimPage = 100
 
-// claim gives ids (or, without ids, every entry idle for minIdle) of
-// group to consumer, keeping their delivery counts (JUSTID). It returns
-// the IDs claimed.
-func claim(ctx context.Context, client *redis.Client, stream, group, consumer string, ids []string, minIdle time.Duration) ([]string, error) {
-	if len(ids) > 0 {
+// claim gives ids of group to consumer or, without ids, every entry idle
+// for minIdle (of from, when set). Delivery counts stay (JUSTID). It
+// returns the IDs claimed.
+func claim(ctx context.Context, client redis.UniversalClient, stream, group, from, to string, ids []string, minIdle time.Duration) ([]string, error) {
+	justID := func(ids []string) ([]string, error) {
 		return client.XClaimJustID(ctx, &redis.XClaimArgs{
-			Stream: stream, Group: group, Consumer: consumer, MinIdle: minIdle, Messages: ids,
+			Stream: stream, Group: group, Consumer: to, MinIdle: minIdle, Messages: ids,
 		}).Result()
+	}
+	if len(ids) > 0 {
+		return justID(ids)
 	}
 	claimed := []string{}
 	start := "0-0"
 	for {
-		page, next, err := client.XAutoClaimJustID(ctx, &redis.XAutoClaimArgs{
-			Stream: stream, Group: group, Consumer: consumer, MinIdle: minIdle, Start: start, Count: claimPage,
-		}).Result()
+		var (
+			page []string
+			err  error
+			next string
+		)
+		if from != "" { // XAUTOCLAIM cannot tell consumers apart
+			var pending []redis.XPendingExt
+			pending, err = client.XPendingExt(ctx, &redis.XPendingExtArgs{
+				Stream: stream, Group: group, Consumer: from, Idle: minIdle, Start: start, End: "+", Count: claimPage,
+			}).Result()
+			next = "0-0"
+			if err == nil && len(pending) > 0 {
+				ids := make([]string, len(pending))
+				for i, p := range pending {
+					ids[i] = p.ID
+				}
+				page, err = justID(ids)
+				next = "(" + ids[len(ids)-1]
+			}
+		} else {
+			page, next, err = client.XAutoClaimJustID(ctx, &redis.XAutoClaimArgs{
+				Stream: stream, Group: group, Consumer: to, MinIdle: minIdle, Start: start, Count: claimPage,
+			}).Result()
+		}
 		if err != nil {
 			return claimed, err
 		}

@@ -30,8 +30,8 @@ type console struct {
 	redisURL string
 	json     bool
 
-	client *redis.Client
-	addr   string // host:port, for error messages (the URL may hold a password)
+	client redis.UniversalClient // a *redis.ClusterClient on Redis Cluster
+	addr   string                // host:port, for error messages (the URL may hold a password)
 }
 
 func newRootCommand(c *console) *cobra.Command {
@@ -87,11 +87,36 @@ func (c *console) connect(ctx context.Context) error {
 	opts.DialerRetries = 1
 	redis.SetLogger(quietLogger{}) // its errors reach the user as ours
 	c.addr = opts.Addr
-	c.client = redis.NewClient(opts)
+	client := redis.NewClient(opts)
+	c.client = client
+	if err := client.Ping(ctx).Err(); err != nil {
+		return c.redisError(err)
+	}
+	if !clusterEnabled(ctx, client) {
+		return nil
+	}
+	_ = client.Close()
+	c.client = redis.NewClusterClient(&redis.ClusterOptions{
+		Addrs:         []string{opts.Addr},
+		Username:      opts.Username,
+		Password:      opts.Password,
+		TLSConfig:     opts.TLSConfig,
+		DialTimeout:   opts.DialTimeout,
+		MaxRetries:    opts.MaxRetries,
+		DialerRetries: opts.DialerRetries,
+	})
 	if err := c.client.Ping(ctx).Err(); err != nil {
 		return c.redisError(err)
 	}
 	return nil
+}
+
+// clusterEnabled tells whether the server is a Redis Cluster node, whose
+// keys are spread over the cluster's masters. A user whose ACL does not
+// allow INFO is taken to be on a standalone server.
+func clusterEnabled(ctx context.Context, client *redis.Client) bool {
+	info, err := client.Info(ctx, "cluster").Result()
+	return err == nil && strings.Contains(info, "cluster_enabled:1")
 }
 
 // redisError turns an error of a Redis call into an exit code and a

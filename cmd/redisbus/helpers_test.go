@@ -41,17 +41,30 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// env is a private redis-server and a client of it.
+// env is a private redis-server, or Redis Cluster, and a client of it.
 type env struct {
 	t      *testing.T
-	server *pubsubtest.Server
-	client *redis.Client
+	url    string // for the console
+	client redis.UniversalClient
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
-	return &env{t: t, server: server, client: server.Client(t)}
+	return &env{t: t, url: server.URL, client: server.Client(t)}
+}
+
+// newClusterEnv starts a Redis Cluster of three masters; the console is
+// given one node's URL.
+func newClusterEnv(t *testing.T) *env {
+	t.Helper()
+	cluster := pubsubtest.StartCluster(t, 3)
+	return &env{t: t, url: "redis://" + cluster.Addrs[0], client: cluster.Client(t)}
+}
+
+// with returns the env for a subtest t.
+func (e *env) with(t *testing.T) *env {
+	return &env{t: t, url: e.url, client: e.client}
 }
 
 // result is what one run of the console did.
@@ -63,7 +76,7 @@ type result struct {
 // run runs the console against the env's Redis with stdin as its input.
 func (e *env) run(stdin string, args ...string) result {
 	e.t.Helper()
-	return runConsole(e.t, stdin, append([]string{"--redis", e.server.URL}, args...)...)
+	return runConsole(e.t, stdin, append([]string{"--redis", e.url}, args...)...)
 }
 
 func runConsole(t *testing.T, stdin string, args ...string) result {

@@ -139,38 +139,54 @@ func TestReplayNeedsToBeToldWhat(t *testing.T) {
 // message is in its stream or still a dead letter, never both. A last
 // replay finishes the job.
 func TestReplayKilledMidwayLosesNothing(t *testing.T) {
-	const n = 20000
 	e := newEnv(t)
-	ctx := context.Background()
-	msgs, sub := e.deadLetters("orders", n)
-	require.NoError(t, sub.Close())
-	require.NoError(t, e.client.XTrimMaxLen(ctx, "orders", 0).Err(), "so that orders holds only what was replayed")
+	r := e.killMidReplay("orders", 20000, 0)
+	assert.Empty(t, r.TwoStep)
+}
 
-	for _, killAt := range []int64{n/10 + 137, n/3 + 61, 2*n/3 + 7} {
+// killMidReplay makes n dead letters of topic and replays them, killing
+// the console three times on the way. After each kill, every message is
+// back in topic or still a dead letter, and in both at most maxDuplicates
+// times per kill. It returns the result of the replay that finished.
+func (e *env) killMidReplay(topic string, n, maxDuplicates int) ReplayResult {
+	t := e.t
+	ctx := context.Background()
+	msgs, sub := e.deadLetters(topic, n)
+	require.NoError(t, sub.Close())
+	require.NoError(t, e.client.XTrimMaxLen(ctx, topic, 0).Err(), "so that the stream holds only what was replayed")
+
+	duplicated := func(back, dead map[string]int) int {
+		both := 0
+		for uuid := range msgs {
+			require.Positive(t, back[uuid]+dead[uuid], "message %s is in one of the streams", uuid)
+			if back[uuid]+dead[uuid] > 1 {
+				both++
+			}
+		}
+		return both
+	}
+	for kills, killAt := range []int64{int64(n)/10 + 137, int64(n)/3 + 61, 2*int64(n)/3 + 7} {
 		// One entry per round trip, so that the kill lands among them.
-		cmd := exec.Command(binary, "--redis", e.server.URL, "replay", "orders", "--all", "--batch", "1")
+		cmd := exec.Command(binary, "--redis", e.url, "replay", topic, "--all", "--batch", "1")
 		require.NoError(t, cmd.Start())
-		require.Eventually(t, func() bool { return e.client.XLen(ctx, "orders").Val() >= killAt }, 30*time.Second, time.Millisecond)
+		require.Eventually(t, func() bool { return e.client.XLen(ctx, topic).Val() >= killAt }, 30*time.Second, time.Millisecond)
 		require.NoError(t, cmd.Process.Kill())
 		_ = cmd.Wait()
 
-		back, dead := e.uuids("orders"), e.uuids("orders:dead")
+		back, dead := e.uuids(topic), e.uuids(topic+":dead")
 		require.NotEmpty(t, dead, "killed before it finished")
-		t.Logf("killed with %d of %d replayed", len(back), n)
-		for uuid := range msgs {
-			require.Equal(t, 1, back[uuid]+dead[uuid], "message %s is in exactly one of the streams", uuid)
-		}
+		both := duplicated(back, dead)
+		t.Logf("killed with %d of %d replayed, %d in both streams", len(back), n, both)
+		require.LessOrEqual(t, both, (kills+1)*maxDuplicates)
 	}
 
 	var r ReplayResult
-	e.okJSON(&r, "replay", "orders", "--all")
-	assert.Positive(t, r.Replayed)
-	back := e.uuids("orders")
+	e.okJSON(&r, "replay", topic, "--all")
+	back := e.uuids(topic)
 	assert.Len(t, back, n)
-	for uuid := range msgs {
-		assert.Equal(t, 1, back[uuid], "message %s is back once", uuid)
-	}
-	assert.EqualValues(t, 0, e.client.XLen(ctx, "orders:dead").Val())
+	assert.LessOrEqual(t, duplicated(back, nil), 3*maxDuplicates)
+	assert.EqualValues(t, 0, e.client.XLen(ctx, topic+":dead").Val())
+	return r
 }
 
 func TestPurgeAsksFirst(t *testing.T) {

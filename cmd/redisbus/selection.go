@@ -69,7 +69,7 @@ const eachPage = 500
 // for them (for a progress bar). Entries added after end are not
 // visited, so a replay that dead-letters its own entries again ends.
 // Listed IDs that are not in the stream are left out.
-func (s *selection) each(ctx context.Context, client *redis.Client, stream, end string, fn func(selected []redis.XMessage, visited int) error) error {
+func (s *selection) each(ctx context.Context, client redis.UniversalClient, stream, end string, fn func(selected []redis.XMessage, visited int) error) error {
 	err := s.visit(ctx, client, stream, end, fn)
 	if errors.Is(err, errStop) {
 		return nil
@@ -77,7 +77,7 @@ func (s *selection) each(ctx context.Context, client *redis.Client, stream, end 
 	return err
 }
 
-func (s *selection) visit(ctx context.Context, client *redis.Client, stream, end string, fn func(selected []redis.XMessage, visited int) error) error {
+func (s *selection) visit(ctx context.Context, client redis.UniversalClient, stream, end string, fn func(selected []redis.XMessage, visited int) error) error {
 	if len(s.ids) > 0 {
 		for i := 0; i < len(s.ids); i += eachPage {
 			pipe := client.Pipeline()
@@ -135,7 +135,7 @@ func (s *selection) matches(e redis.XMessage) bool {
 }
 
 // lastID is the ID of the newest entry of stream, or "" when it is empty.
-func lastID(ctx context.Context, client *redis.Client, stream string) (string, error) {
+func lastID(ctx context.Context, client redis.UniversalClient, stream string) (string, error) {
 	newest, err := client.XRevRangeN(ctx, stream, "+", "-", 1).Result()
 	if err != nil || len(newest) == 0 {
 		return "", err

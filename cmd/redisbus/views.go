@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -128,31 +129,41 @@ type Group struct {
 // named <topic><deadSuffix> is shown as the dead letters of its topic,
 // not as a topic. Keys that are not streams, such as the consumer-name
 // leases next to each stream, are not listed.
-func StreamsView(ctx context.Context, client *redis.Client, pattern, deadSuffix string, limit int) (topics []StreamSummary, truncated bool, err error) {
+func StreamsView(ctx context.Context, client redis.UniversalClient, pattern, deadSuffix string, limit int) (topics []StreamSummary, truncated bool, err error) {
 	names := map[string]bool{} // topic → its stream exists
-	var cursor uint64
-	for {
-		var keys []string
-		keys, cursor, err = client.ScanType(ctx, cursor, pattern, 1000, "stream").Result()
-		if err != nil {
-			return nil, false, err
-		}
-		for _, key := range keys {
-			if topic, ok := strings.CutSuffix(key, deadSuffix); ok && deadSuffix != "" {
-				if _, seen := names[topic]; !seen {
-					names[topic] = false
-				}
-				continue
+	var mu sync.Mutex          // guards names: a cluster's masters are scanned at once
+	scan := func(ctx context.Context, node redis.Cmdable) error {
+		var cursor uint64
+		for {
+			keys, next, err := node.ScanType(ctx, cursor, pattern, 1000, "stream").Result()
+			if err != nil {
+				return err
 			}
-			names[key] = true
+			mu.Lock()
+			for _, key := range keys {
+				if topic, ok := strings.CutSuffix(key, deadSuffix); ok && deadSuffix != "" {
+					if _, seen := names[topic]; !seen {
+						names[topic] = false
+					}
+					continue
+				}
+				names[key] = true
+			}
+			full := len(names) > limit // then the list is cut below
+			mu.Unlock()
+			if next == 0 || full {
+				return nil
+			}
+			cursor = next
 		}
-		if cursor == 0 {
-			break
-		}
-		if len(names) > limit {
-			truncated = true
-			break
-		}
+	}
+	if cluster, ok := client.(*redis.ClusterClient); ok {
+		err = cluster.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return scan(ctx, node) })
+	} else {
+		err = scan(ctx, client)
+	}
+	if err != nil {
+		return nil, false, err
 	}
 	sorted := make([]string, 0, len(names))
 	for name := range names {
@@ -172,7 +183,7 @@ func StreamsView(ctx context.Context, client *redis.Client, pattern, deadSuffix 
 	return topics, truncated, nil
 }
 
-func streamSummary(ctx context.Context, client *redis.Client, stream, dead string, exists bool) (StreamSummary, error) {
+func streamSummary(ctx context.Context, client redis.UniversalClient, stream, dead string, exists bool) (StreamSummary, error) {
 	s := StreamSummary{Stream: stream, Exists: exists, DeadLetterStream: dead, Groups: []Group{}}
 	if !exists { // the scan found only its dead letters; --match may have left it out
 		kind, err := client.Type(ctx, stream).Result()
@@ -215,7 +226,7 @@ func streamSummary(ctx context.Context, client *redis.Client, stream, dead strin
 }
 
 // groupsOf adds to XINFO GROUPS the oldest pending entry of each group.
-func groupsOf(ctx context.Context, client *redis.Client, stream string, infos []redis.XInfoGroup) ([]Group, error) {
+func groupsOf(ctx context.Context, client redis.UniversalClient, stream string, infos []redis.XInfoGroup) ([]Group, error) {
 	pipe := client.Pipeline()
 	pending := make([]*redis.XPendingCmd, len(infos))
 	for i, info := range infos {
@@ -270,7 +281,7 @@ type Consumer struct {
 
 // StreamView describes stream (which must exist) and the last entries of
 // it, at most last.
-func StreamView(ctx context.Context, client *redis.Client, stream, dead string, last int64) (StreamDetail, error) {
+func StreamView(ctx context.Context, client redis.UniversalClient, stream, dead string, last int64) (StreamDetail, error) {
 	summary, err := streamSummary(ctx, client, stream, dead, true)
 	if err != nil {
 		return StreamDetail{}, err
@@ -363,7 +374,7 @@ func deadLetterOf(e redis.XMessage, now time.Time) DeadLetter {
 
 // DeadView lists the dead letters of dead that sel selects, oldest first,
 // at most limit (more says whether there were more).
-func DeadView(ctx context.Context, client *redis.Client, dead string, sel selection, limit int) (letters []DeadLetter, more bool, err error) {
+func DeadView(ctx context.Context, client redis.UniversalClient, dead string, sel selection, limit int) (letters []DeadLetter, more bool, err error) {
 	letters = []DeadLetter{}
 	now := time.Now()
 	err = sel.each(ctx, client, dead, "+", func(batch []redis.XMessage, _ int) error {
@@ -391,7 +402,7 @@ type PendingEntry struct {
 // PendingView lists the pending entries of group, oldest first, at most
 // limit: only consumer's when consumer is set, only those idle for minIdle
 // or longer.
-func PendingView(ctx context.Context, client *redis.Client, stream, group, consumer string, minIdle time.Duration, limit int64) ([]PendingEntry, error) {
+func PendingView(ctx context.Context, client redis.UniversalClient, stream, group, consumer string, minIdle time.Duration, limit int64) ([]PendingEntry, error) {
 	list, err := client.XPendingExt(ctx, &redis.XPendingExtArgs{
 		Stream: stream, Group: group, Consumer: consumer, Idle: minIdle,
 		Start: "-", End: "+", Count: limit,
