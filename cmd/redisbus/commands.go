@@ -51,32 +51,34 @@ func newStreamsCommand(c *console) *cobra.Command {
 		if truncated {
 			c.notef("(more than %d topics: narrow with --match or raise --limit)", limit)
 		}
-		if c.json {
-			return c.printJSON(topics)
-		}
-		if len(topics) == 0 {
-			c.notef("no streams match %q", match)
-			return nil
-		}
-		rows := make([][]string, len(topics))
-		for i, s := range topics {
-			rows[i] = []string{s.Stream, "-", "-", "-", "-", "-", itoa(s.DeadLetters)}
-			if s.Exists {
-				lag := itoa(s.Lag)
-				if s.Lag < 0 {
-					lag = "?"
-				}
-				oldest := "-"
-				if s.Pending > 0 {
-					oldest = age(s.OldestPendingAgeMS)
-				}
-				rows[i] = []string{s.Stream, itoa(s.Length), itoa(len(s.Groups)), lag, itoa(s.Pending), oldest, itoa(s.DeadLetters)}
+		header := []string{"STREAM", "LENGTH", "GROUPS", "LAG", "PENDING", "OLDEST PENDING", "DEAD"}
+		return list(c, topics, fmt.Sprintf("no streams match %q", match), header, func(s StreamSummary) []string {
+			if !s.Exists {
+				return []string{s.Stream, "-", "-", "-", "-", "-", itoa(s.DeadLetters)}
 			}
-		}
-		table(c.stdout, []string{"STREAM", "LENGTH", "GROUPS", "LAG", "PENDING", "OLDEST PENDING", "DEAD"}, rows)
-		return nil
+			return []string{s.Stream, itoa(s.Length), itoa(len(s.Groups)), lagText(s.Lag), itoa(s.Pending),
+				oldestPendingText(s.Pending, s.OldestPendingAgeMS), itoa(s.DeadLetters)}
+		})
 	})
 	return cmd
+}
+
+// list prints items as JSON with --json, else as a table of a row per
+// item, or says empty on stderr when there are none.
+func list[T any](c *console, items []T, empty string, header []string, row func(T) []string) error {
+	if c.json {
+		return c.printJSON(items)
+	}
+	if len(items) == 0 {
+		c.notef("%s", empty)
+		return nil
+	}
+	rows := make([][]string, len(items))
+	for i, item := range items {
+		rows[i] = row(item)
+	}
+	table(c.stdout, header, rows)
+	return nil
 }
 
 func newStreamCommand(c *console) *cobra.Command {
@@ -93,7 +95,7 @@ func newStreamCommand(c *console) *cobra.Command {
 	cmd.Flags().Int64Var(&last, "last", 5, "show this many of the newest entries")
 	cmd.RunE = c.command(nil, func(ctx context.Context, args []string) error {
 		topic := args[0]
-		if err := c.requireStream(ctx, topic); err != nil {
+		if err := c.requireStream(ctx, topic, noStream(topic)); err != nil {
 			return err
 		}
 		d, err := StreamView(ctx, c.client, topic, deadStream(topic, dead), last)
@@ -108,23 +110,15 @@ func newStreamCommand(c *console) *cobra.Command {
 			d.Stream, d.Length, dash(d.FirstID), dash(d.LastID), d.DeadLetters, d.DeadLetterStream)
 		groups := make([][]string, len(d.Groups))
 		for i, g := range d.Groups {
-			lag := itoa(g.Lag)
-			if g.Lag < 0 {
-				lag = "?"
-			}
-			oldest := "-"
-			if g.Pending > 0 {
-				oldest = age(g.OldestPendingAgeMS)
-			}
-			groups[i] = []string{g.Name, itoa(g.Consumers), itoa(g.Pending), oldest, lag, g.LastDeliveredID}
+			groups[i] = []string{g.Name, itoa(g.Consumers), itoa(g.Pending), oldestPendingText(g.Pending, g.OldestPendingAgeMS), lagText(g.Lag), g.LastDeliveredID}
 		}
 		table(w, []string{"GROUP", "CONSUMERS", "PENDING", "OLDEST PENDING", "LAG", "LAST DELIVERED"}, groups)
 		fmt.Fprintln(w)
 		consumers := make([][]string, len(d.Consumers))
 		for i, cs := range d.Consumers {
-			consumers[i] = []string{cs.Group, cs.Name, itoa(cs.Pending), age(cs.IdleMS), age(cs.InactiveMS)}
+			consumers[i] = []string{cs.Group, cs.Name, itoa(cs.Pending), age(cs.IdleMS)}
 		}
-		table(w, []string{"GROUP", "CONSUMER", "PENDING", "IDLE", "INACTIVE"}, consumers)
+		table(w, []string{"GROUP", "CONSUMER", "PENDING", "IDLE"}, consumers)
 		fmt.Fprintln(w)
 		entries := make([][]string, len(d.LastEntries))
 		for i, e := range d.LastEntries {
@@ -153,7 +147,7 @@ func newDeadCommand(c *console) *cobra.Command {
 	validate := func(args []string) error { return sel.parse(args[1:], false) }
 	cmd.RunE = c.command(validate, func(ctx context.Context, args []string) error {
 		stream := deadStream(args[0], dead)
-		if err := c.requireDeadStream(ctx, stream); err != nil {
+		if err := c.requireStream(ctx, stream, nil); err != nil {
 			return err
 		}
 		letters, more, err := DeadView(ctx, c.client, stream, sel, limit)
@@ -163,32 +157,13 @@ func newDeadCommand(c *console) *cobra.Command {
 		if more {
 			c.notef("(showing the oldest %d: raise --limit, or filter with --reason or --since)", limit)
 		}
-		if c.json {
-			return c.printJSON(letters)
-		}
-		if len(letters) == 0 {
-			c.notef("no dead letters in %s", stream)
-			return nil
-		}
-		rows := make([][]string, len(letters))
-		for i, d := range letters {
-			rows[i] = []string{d.ID, age(d.AgeMS), truncate(d.Reason, 50), dash(d.OriginStream) + " " + dash(d.OriginID),
+		header := []string{"ID", "AGE", "REASON", "ORIGIN", "GROUP", "DELIVERIES", "UUID", "PAYLOAD"}
+		return list(c, letters, "no dead letters in "+stream, header, func(d DeadLetter) []string {
+			return []string{d.ID, age(d.AgeMS), truncate(d.Reason, 50), dash(d.OriginStream) + " " + dash(d.OriginID),
 				dash(d.Group), itoa(d.Deliveries), dash(d.Message.UUID), payloadText(d.Message, 40)}
-		}
-		table(c.stdout, []string{"ID", "AGE", "REASON", "ORIGIN", "GROUP", "DELIVERIES", "UUID", "PAYLOAD"}, rows)
-		return nil
+		})
 	})
 	return cmd
-}
-
-// requireDeadStream is requireStream for a dead-letter stream, which does
-// not exist until the first dead letter: no dead letters is not an error.
-func (c *console) requireDeadStream(ctx context.Context, stream string) error {
-	err := c.requireStream(ctx, stream)
-	if exit, ok := err.(*exitError); ok && strings.HasPrefix(exit.err.Error(), "no stream") {
-		return nil
-	}
-	return err
 }
 
 func newReplayCommand(c *console) *cobra.Command {
@@ -227,11 +202,11 @@ Say which: entry IDs, --all, --reason REGEX and/or --since DURATION.`,
 	}
 	cmd.RunE = c.command(validate, func(ctx context.Context, args []string) error {
 		stream := deadStream(args[0], dead)
-		if err := c.requireDeadStream(ctx, stream); err != nil {
+		if err := c.requireStream(ctx, stream, nil); err != nil {
 			return err
 		}
 		if to != "" {
-			if err := c.requireStreamOrNone(ctx, to); err != nil {
+			if err := c.requireStream(ctx, to, nil); err != nil {
 				return err
 			}
 		}
@@ -253,16 +228,6 @@ Say which: entry IDs, --all, --reason REGEX and/or --since DURATION.`,
 		return nil
 	})
 	return cmd
-}
-
-// requireStreamOrNone accepts a stream or a key that does not exist yet
-// (XADD creates it).
-func (c *console) requireStreamOrNone(ctx context.Context, key string) error {
-	err := c.requireStream(ctx, key)
-	if exit, ok := err.(*exitError); ok && strings.HasPrefix(exit.err.Error(), "no stream") {
-		return nil
-	}
-	return err
 }
 
 // progressBar shows how far a long replay got, on stderr when it is a
@@ -352,7 +317,7 @@ exactly the entries it counted (dead letters added meanwhile stay).`,
 	validate := func(args []string) error { return sel.parse(args[1:], true) }
 	cmd.RunE = c.command(validate, func(ctx context.Context, args []string) error {
 		stream := deadStream(args[0], dead)
-		if err := c.requireDeadStream(ctx, stream); err != nil {
+		if err := c.requireStream(ctx, stream, nil); err != nil {
 			return err
 		}
 		var ids []string
@@ -398,6 +363,9 @@ func (c *console) printPurge(stream string, deleted int) error {
 func (c *console) confirm(question string) bool {
 	fmt.Fprint(c.stderr, question)
 	answer, err := bufio.NewReader(c.stdin).ReadString('\n')
+	if f, ok := c.stdin.(*os.File); !ok || !term.IsTerminal(int(f.Fd())) {
+		fmt.Fprintln(c.stderr) // a person's Enter ends the line; piped input does not show
+	}
 	if err != nil && err != io.EOF {
 		return false
 	}
@@ -421,26 +389,17 @@ func newPendingCommand(c *console) *cobra.Command {
 	cmd.Flags().Int64Var(&limit, "limit", 100, "list at most this many, oldest first")
 	cmd.RunE = c.command(nil, func(ctx context.Context, args []string) error {
 		topic, group := args[0], args[1]
-		if err := c.requireStream(ctx, topic); err != nil {
+		if err := c.requireStream(ctx, topic, noStream(topic)); err != nil {
 			return err
 		}
 		entries, err := PendingView(ctx, c.client, topic, group, consumer, minIdle, limit)
 		if err != nil {
 			return c.groupError(err, topic, group)
 		}
-		if c.json {
-			return c.printJSON(entries)
-		}
-		if len(entries) == 0 {
-			c.notef("nothing pending in group %s of %s", group, topic)
-			return nil
-		}
-		rows := make([][]string, len(entries))
-		for i, p := range entries {
-			rows[i] = []string{p.ID, p.Consumer, age(p.IdleMS), itoa(p.Deliveries), age(p.AgeMS)}
-		}
-		table(c.stdout, []string{"ID", "CONSUMER", "IDLE", "DELIVERIES", "AGE"}, rows)
-		return nil
+		empty := fmt.Sprintf("nothing pending in group %s of %s", group, topic)
+		return list(c, entries, empty, []string{"ID", "CONSUMER", "IDLE", "DELIVERIES", "AGE"}, func(p PendingEntry) []string {
+			return []string{p.ID, p.Consumer, age(p.IdleMS), itoa(p.Deliveries), age(p.AgeMS)}
+		})
 	})
 	return cmd
 }
@@ -475,7 +434,7 @@ that became active again. Delivery counts stay as they were.`,
 	}
 	cmd.RunE = c.command(validate, func(ctx context.Context, args []string) error {
 		topic, group := args[0], args[1]
-		if err := c.requireStream(ctx, topic); err != nil {
+		if err := c.requireStream(ctx, topic, noStream(topic)); err != nil {
 			return err
 		}
 		claimed, err := claim(ctx, c.client, topic, group, from, to, args[2:], minIdle)

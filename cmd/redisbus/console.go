@@ -144,8 +144,11 @@ func isNetworkError(err error) bool {
 }
 
 // requireStream checks that key is a stream, so that a typo or a key of
-// another type gets a clear message (exit 4) instead of WRONGTYPE.
-func (c *console) requireStream(ctx context.Context, key string) error {
+// another type gets a clear message (exit 4) instead of WRONGTYPE. When
+// key does not exist it returns ifMissing: nil accepts a stream that does
+// not exist yet, such as a dead-letter stream before the first dead
+// letter.
+func (c *console) requireStream(ctx context.Context, key string, ifMissing error) error {
 	kind, err := c.client.Type(ctx, key).Result()
 	if err != nil {
 		return c.redisError(err)
@@ -154,9 +157,14 @@ func (c *console) requireStream(ctx context.Context, key string) error {
 	case "stream":
 		return nil
 	case "none":
-		return failf(exitNotFound, "no stream named %q", key)
+		return ifMissing
 	}
 	return failf(exitNotFound, "%q is a %s, not a stream", key, kind)
+}
+
+// noStream is the error of a command that needs stream to exist.
+func noStream(stream string) error {
+	return failf(exitNotFound, "no stream named %q", stream)
 }
 
 // groupError explains NOGROUP, which Redis also returns for a missing key.

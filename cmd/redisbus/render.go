@@ -42,6 +42,23 @@ func age(ms int64) string {
 
 func itoa[T int | int64](n T) string { return strconv.FormatInt(int64(n), 10) }
 
+// lagText shows a lag, "?" when Redis cannot tell it (-1).
+func lagText(lag int64) string {
+	if lag < 0 {
+		return "?"
+	}
+	return itoa(lag)
+}
+
+// oldestPendingText shows the age of the oldest pending entry, "-" when
+// none is pending.
+func oldestPendingText(pending, ageMS int64) string {
+	if pending == 0 {
+		return "-"
+	}
+	return age(ageMS)
+}
+
 // dash shows an empty value as "-" so that columns stay aligned.
 func dash(s string) string {
 	if s == "" {
@@ -54,7 +71,7 @@ func dash(s string) string {
 // printable, else quoted; binary as base64:….
 func payloadText(m Message, limit int) string {
 	if m.DecodeError != "" {
-		return "(not a redisbus message: " + m.DecodeError + ")"
+		return truncate("(not a redisbus message: "+m.DecodeError+") "+metadataText(m.Fields), limit)
 	}
 	if m.Payload == nil {
 		return "base64:" + truncate(m.PayloadBase64, limit)

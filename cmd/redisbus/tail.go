@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -48,11 +47,8 @@ so nothing in Redis tells a channel from a stream not created yet.`,
 		if pubsub || sharded {
 			err = c.tailPubSub(ctx, topic, sharded, count)
 		} else {
-			if err := c.requireStream(ctx, topic); err != nil {
-				var exit *exitError
-				if errors.As(err, &exit) && strings.HasPrefix(exit.err.Error(), "no stream") {
-					return failf(exitNotFound, "no stream named %q (for a Pub/Sub channel, add --pubsub)", topic)
-				}
+			missing := failf(exitNotFound, "no stream named %q (for a Pub/Sub channel, add --pubsub)", topic)
+			if err := c.requireStream(ctx, topic, missing); err != nil {
 				return err
 			}
 			err = c.tailStream(ctx, topic, from, count)
@@ -75,13 +71,18 @@ func (c *console) tailStream(ctx context.Context, stream, from string, count int
 		from = last.LastGeneratedID
 	}
 	c.notef("Tailing stream %s after %s (Ctrl-C to stop)", stream, from)
+	// A blocked XREAD does not see ctx end; closing the connection ends it.
+	stop := context.AfterFunc(ctx, func() { _ = c.client.Close() })
+	defer stop()
 	printed := 0
 	for {
 		read, err := c.client.XRead(ctx, &redis.XReadArgs{Streams: []string{stream, from}, Count: 100, Block: 5 * time.Second}).Result()
-		if errors.Is(err, redis.Nil) {
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, redis.Nil):
 			continue
-		}
-		if err != nil {
+		case err != nil:
 			return err
 		}
 		for _, e := range read[0].Messages {
@@ -109,10 +110,16 @@ func (c *console) tailPubSub(ctx context.Context, channel string, sharded bool, 
 	}
 	c.notef("Tailing Pub/Sub channel %s (Ctrl-C to stop)", channel)
 	printed := 0
+	messages := sub.Channel() // a blocked ReceiveMessage would not see ctx end
 	for {
-		msg, err := sub.ReceiveMessage(ctx)
-		if err != nil {
-			return err
+		var msg *redis.Message
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case msg = <-messages:
+		}
+		if msg == nil {
+			return errors.New("the subscription ended")
 		}
 		if err := c.printTail(TailMessage{Channel: channel, Message: decodePubSub([]byte(msg.Payload))}); err != nil {
 			return err

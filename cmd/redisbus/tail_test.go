@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -18,6 +19,11 @@ import (
 // startTail runs `redisbus tail` with args and returns once it says it is
 // tailing; wait returns the lines it printed and its exit code.
 func (e *env) startTail(args ...string) (wait func() ([]string, int)) {
+	wait, _ = e.startTailProcess(args...)
+	return wait
+}
+
+func (e *env) startTailProcess(args ...string) (wait func() ([]string, int), process *os.Process) {
 	e.t.Helper()
 	cmd := exec.Command(binary, append([]string{"--redis", e.url, "tail"}, args...)...)
 	stdout, err := cmd.StdoutPipe()
@@ -37,6 +43,18 @@ func (e *env) startTail(args ...string) (wait func() ([]string, int)) {
 		}
 		_ = cmd.Wait()
 		return lines, cmd.ProcessState.ExitCode()
+	}, cmd.Process
+}
+
+func TestTailEndsOnInterruptWithExitCode0(t *testing.T) {
+	e := newEnv(t)
+	e.xadd("orders", "payload", "x")
+	for _, args := range [][]string{{"orders"}, {"news", "--pubsub"}, {"news", "--sharded"}} {
+		wait, process := e.startTailProcess(args...)
+		require.NoError(t, process.Signal(os.Interrupt))
+		lines, code := wait()
+		assert.Equal(t, 0, code, "%v", args)
+		assert.Empty(t, lines)
 	}
 }
 

@@ -273,10 +273,8 @@ type Consumer struct {
 	Group   string `json:"group"`
 	Name    string `json:"name"`
 	Pending int64  `json:"pending"`
-	// IdleMS is the time since the consumer last read or claimed;
-	// InactiveMS since it last did so successfully (-1 if never).
-	IdleMS     int64 `json:"idle_ms"`
-	InactiveMS int64 `json:"inactive_ms"`
+	// IdleMS is the time since the consumer last read or claimed.
+	IdleMS int64 `json:"idle_ms"`
 }
 
 // StreamView describes stream (which must exist) and the last entries of
@@ -299,14 +297,7 @@ func StreamView(ctx context.Context, client redis.UniversalClient, stream, dead 
 	}
 	for i, g := range summary.Groups {
 		for _, c := range consumers[i].Val() {
-			inactive := c.Inactive.Milliseconds()
-			if c.Inactive < 0 {
-				inactive = -1
-			}
-			d.Consumers = append(d.Consumers, Consumer{
-				Group: g.Name, Name: c.Name, Pending: c.Pending,
-				IdleMS: c.Idle.Milliseconds(), InactiveMS: inactive,
-			})
+			d.Consumers = append(d.Consumers, Consumer{Group: g.Name, Name: c.Name, Pending: c.Pending, IdleMS: c.Idle.Milliseconds()})
 		}
 	}
 	if entries := first.Val(); len(entries) > 0 {
