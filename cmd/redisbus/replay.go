@@ -87,7 +87,8 @@ func replay(ctx context.Context, client redis.UniversalClient, dead, to string, 
 	return r, err
 }
 
-// move replays one batch of dead letters in one round trip.
+// move replays one batch of dead letters: in one round trip of scripts,
+// and for the streams in another hash slot in three (moveInTwoSteps).
 func (r *ReplayResult) move(ctx context.Context, client redis.UniversalClient, dead, to string, entries []redis.XMessage, dryRun bool, now time.Time) error {
 	var (
 		scripted, twoStep []DeadLetter
