@@ -10,11 +10,13 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Cluster is a private Redis Cluster of masters without replicas, on
-// loopback.
+// Cluster is a private Redis Cluster on loopback: masters, and the
+// replicas AddReplica adds.
 type Cluster struct {
-	// Addrs are the nodes' host:port.
+	// Addrs are the masters' host:port.
 	Addrs []string
+	// Replicas are the replicas' host:port.
+	Replicas []string
 
 	nodes []*redis.Client // one per address, in the same order
 }
@@ -78,6 +80,81 @@ func (c *Cluster) Client(t testing.TB) *redis.ClusterClient {
 	client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs})
 	t.Cleanup(func() { _ = client.Close() })
 	return client
+}
+
+// AddReplicas starts a replica of each master, stopped when t ends, and
+// returns once they are in sync and every master lists them for their
+// masters' slots (so a client made from then on sees them). Replicas[i]
+// replicates Addrs[i].
+func (c *Cluster) AddReplicas(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("pubsubtest: cluster replicas: %s: %v", what, err)
+		}
+	}
+	// await polls: the cluster bus has nothing a client can wait on.
+	await := func(what string, done func() bool) {
+		t.Helper()
+		for !done() {
+			if ctx.Err() != nil {
+				t.Fatalf("pubsubtest: cluster replicas: not %s within 60s", what)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	masterIDs := make([]string, len(c.nodes))
+	replicas := make([]*redis.Client, len(c.nodes))
+	for i, master := range c.nodes {
+		id, err := master.Do(ctx, "CLUSTER", "MYID").Text()
+		must("cluster myid", err)
+		masterIDs[i] = id
+		// An empty data set syncs at once, rather than after the default
+		// 5s wait for more replicas.
+		must("config set", master.ConfigSet(ctx, "repl-diskless-sync-delay", "0").Err())
+		s, err := startServer(ServerOptions{Cluster: true}, t.TempDir()) // a directory of its own for the synced RDB
+		must("start", err)
+		t.Cleanup(s.stop)
+		replicas[i] = redis.NewClient(&redis.Options{Addr: s.Addr})
+		t.Cleanup(func() { _ = replicas[i].Close() })
+		c.Replicas = append(c.Replicas, s.Addr)
+		host, port, _ := strings.Cut(c.Addrs[i], ":")
+		must("cluster meet", replicas[i].ClusterMeet(ctx, host, port).Err())
+	}
+	for i, replica := range replicas {
+		await("knowing the master", func() bool {
+			nodes, err := replica.ClusterNodes(ctx).Result()
+			return err == nil && strings.Contains(nodes, masterIDs[i])
+		})
+		must("cluster replicate", replica.Do(ctx, "CLUSTER", "REPLICATE", masterIDs[i]).Err())
+	}
+	for _, replica := range replicas {
+		await("in sync", func() bool {
+			info, err := replica.Info(ctx, "replication").Result()
+			return err == nil && strings.Contains(info, "master_link_status:up")
+		})
+	}
+	// A master lists a replica once gossip told it the replica synced.
+	for _, node := range c.nodes {
+		await("listed by every master", func() bool {
+			ranges, err := node.ClusterSlots(ctx).Result()
+			if err != nil {
+				return false
+			}
+			listed := 0
+			for _, r := range ranges {
+				for i, addr := range c.Addrs {
+					if len(r.Nodes) == 2 && r.Nodes[0].Addr == addr && r.Nodes[1].Addr == c.Replicas[i] {
+						listed++
+					}
+				}
+			}
+			return listed == len(ranges)
+		})
+	}
 }
 
 // Slot returns the hash slot of key (or of a channel name).
