@@ -362,7 +362,7 @@ func (c *subscriptionConn) run() {
 }
 
 // errSlotMoved is why a shard channel's subscription was dropped by Redis.
-var errSlotMoved = errors.New("Redis unsubscribed the shard channel: its hash slot moved to another node")
+var errSlotMoved = errors.New("the shard channel was unsubscribed by Redis: its hash slot moved to another node")
 
 // carries reports whether channel is one this connection must keep
 // subscribed.

@@ -140,7 +140,7 @@ func (c *Cluster) AddReplicas(t testing.TB) {
 	// A master lists a replica once gossip told it the replica synced.
 	for _, node := range c.nodes {
 		await("listed by every master", func() bool {
-			ranges, err := node.ClusterSlots(ctx).Result()
+			ranges, err := slotMap(ctx, node)
 			if err != nil {
 				return false
 			}
@@ -170,7 +170,7 @@ func (c *Cluster) Slot(t testing.TB, key string) int {
 // Owner returns the index in Addrs of the master that owns slot.
 func (c *Cluster) Owner(t testing.TB, slot int) int {
 	t.Helper()
-	ranges, err := c.nodes[0].ClusterSlots(context.Background()).Result()
+	ranges, err := slotMap(context.Background(), c.nodes[0])
 	if err != nil {
 		t.Fatalf("pubsubtest: cluster slots: %v", err)
 	}
@@ -241,7 +241,7 @@ func (c *Cluster) MoveSlot(t testing.TB, slot, to int) {
 	}
 	for i, node := range c.nodes {
 		for {
-			ranges, err := node.ClusterSlots(ctx).Result()
+			ranges, err := slotMap(ctx, node)
 			must("cluster slots", err)
 			if ownerIn(ranges, slot) == c.Addrs[to] {
 				break
@@ -252,6 +252,14 @@ func (c *Cluster) MoveSlot(t testing.TB, slot, to int) {
 			time.Sleep(20 * time.Millisecond) // the cluster bus has nothing to wait on
 		}
 	}
+}
+
+// slotMap is what node tells clients about slots and their nodes: CLUSTER
+// SLOTS, which go-redis' cluster client reads (CLUSTER SHARDS, which
+// replaces it, would not show what the client sees).
+func slotMap(ctx context.Context, node *redis.Client) ([]redis.ClusterSlot, error) {
+	//lint:ignore SA1019 go-redis v9's ClusterClient loads its state with CLUSTER SLOTS
+	return node.ClusterSlots(ctx).Result()
 }
 
 // ownerIn returns the address of the master that ranges give slot to.
