@@ -268,12 +268,14 @@ func NewNode(config Config, logger watermill.LoggerAdapter) (*Node, error) {
 		OnReconnect: func(redisbus.LossWindow) { signalRestore(n.restoreNow) },
 	}, n.logger)
 	if err != nil {
+		_ = n.publisher.Close()
 		n.closeSubscriptionClient()
 		return nil, err
 	}
 	fail := func(err error) (*Node, error) {
 		_ = n.subscriber.Close()
 		n.closeSubscriptionClient()
+		_ = n.publisher.Close()
 		return nil, err
 	}
 
