@@ -2,9 +2,11 @@ package redisbus_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	redisbus "github.com/redisbus/watermill-redisbus"
@@ -49,4 +51,67 @@ func TestClusterConformance(t *testing.T) {
 				return newStreamsPubSub(t, client, group)
 			})
 	})
+}
+
+// When a shard channel's slot moves to another master, the old owner
+// unsubscribes its subscribers (an SUNSUBSCRIBE they did not ask for). The
+// subscriber must subscribe again on the new owner and report the gap like
+// any reconnection; a topic subscribed after the move, by a client that
+// still maps the slot to the old owner, must follow the MOVED redirection.
+func TestShardedSubscriberFollowsASlotMigration(t *testing.T) {
+	t.Parallel()
+	cluster := pubsubtest.StartCluster(t, 3)
+	client := cluster.Client(t)
+	logger := pubsubtest.NewRecordingLogger()
+	reconnects := make(chan redisbus.LossWindow, 10)
+	sub := newSubscriber(t, redisbus.SubscriberConfig{
+		Client: client, Sharded: true,
+		OnReconnect: func(w redisbus.LossWindow) { reconnects <- w },
+	}, logger)
+	pub := newPublisher(t, redisbus.PublisherConfig{Client: client, Sharded: true})
+	ctx := t.Context()
+
+	topic := pubsubtest.Topic(t)
+	messages, err := sub.Subscribe(ctx, topic)
+	require.NoError(t, err)
+	publish(t, pub, topic, "before the move")
+	require.Equal(t, []string{"before the move"}, receive(t, messages, 1))
+
+	slot := cluster.Slot(t, topic)
+	before := time.Now()
+	cluster.MoveSlot(t, slot, (cluster.Owner(t, slot)+1)%len(cluster.Addrs))
+	var loss redisbus.LossWindow
+	select {
+	case loss = <-reconnects:
+	case <-time.After(waitTimeout):
+		t.Fatalf("the subscriber did not subscribe again within %s of the slot's move: it is deaf (stats %+v)", waitTimeout, sub.Stats())
+	}
+	t.Logf("deaf for %s after the slot moved (loss window)", loss.To.Sub(loss.From))
+	assert.Equal(t, []string{topic}, loss.Topics)
+	assert.False(t, loss.From.Before(before), "the window starts when Redis unsubscribed the channel")
+	assert.True(t, loss.To.After(loss.From))
+	assert.ErrorContains(t, loss.Err, "slot")
+	stats := sub.Stats()
+	assert.Equal(t, uint64(1), stats.Reconnects)
+	assert.Equal(t, loss, stats.LastLoss)
+	assert.Len(t, logger.Find(watermill.ErrorLogLevel, "Redis unsubscribed"), 1)
+	assert.Len(t, logger.Find(watermill.InfoLogLevel, "restored"), 1)
+
+	receivers, err := pub.PublishCount(ctx, topic, message.NewMessage(watermill.NewUUID(), []byte("after the move")))
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), receivers, "SPUBLISH on the new owner reaches the subscriber")
+	assert.Equal(t, []string{"after the move"}, receive(t, messages, 1))
+
+	// The client still maps the next slot to its old owner: SSUBSCRIBE
+	// goes there first and is redirected.
+	later := pubsubtest.Topic(t) + "-later"
+	slot = cluster.Slot(t, later)
+	cluster.MoveSlot(t, slot, (cluster.Owner(t, slot)+1)%len(cluster.Addrs))
+	messages, err = sub.Subscribe(ctx, later)
+	require.NoError(t, err)
+	receivers, err = pub.PublishCount(ctx, later, message.NewMessage(watermill.NewUUID(), []byte("after the redirection")))
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), receivers)
+	assert.Equal(t, []string{"after the redirection"}, receive(t, messages, 1))
+	assert.Empty(t, reconnects, "subscribing somewhere else than first asked loses nothing")
 }

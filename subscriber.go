@@ -482,6 +482,18 @@ func (s *Subscriber) reconnected(w LossWindow) {
 	}
 }
 
+// reloadSlots has a cluster client read the slot map again, in the
+// background, so that the next connection for a shard channel goes to the
+// node that owns its slot now. go-redis reads it again by itself only
+// when one of its commands is redirected, or after
+// ClusterStateReloadInterval (a minute by default): a subscription
+// connection's redirections do not reach it.
+func (s *Subscriber) reloadSlots() {
+	if cluster, ok := s.config.Client.(interface{ ReloadState(context.Context) }); ok {
+		cluster.ReloadState(context.Background())
+	}
+}
+
 // Stats returns the Subscriber's counters.
 func (s *Subscriber) Stats() SubscriberStats {
 	s.mu.Lock()

@@ -279,6 +279,18 @@ func (c *subscriptionConn) run() {
 			return
 		}
 		if err != nil {
+			if redirected(err) {
+				// SSUBSCRIBE reached a node that does not own the
+				// channel's slot (the client's slot map is out of date):
+				// subscribe again where the map, read anew, points.
+				// Nothing was received here yet, so nothing was lost.
+				lastAlive, pinged = time.Now(), false
+				c.s.logger.Debug("Shard channel's slot is on another node; following the redirection",
+					watermill.LogFields{"topics": c.topics(), "err": err.Error()})
+				c.s.reloadSlots()
+				c.breaks(err)
+				continue
+			}
 			var redisErr redis.Error
 			if errors.As(err, &redisErr) && !connectionLevel(err) {
 				// An answer, so the connection works: Redis refused a
@@ -321,6 +333,20 @@ func (c *subscriptionConn) run() {
 				t.receive(m.Payload)
 			}
 		case *redis.Subscription:
+			if m.Kind == "sunsubscribe" && c.carries(m.Channel) {
+				// Redis dropped the subscription by itself: the shard
+				// channel's slot moved to another node (or was removed
+				// from this one). This SUNSUBSCRIBE was not asked for: a
+				// Sharded Subscriber closes a topic's connection instead.
+				if lost == nil {
+					lost = &LossWindow{From: lastAlive, Err: errSlotMoved}
+					c.s.logger.Error("Redis unsubscribed the shard channel; subscribing again on its slot's owner; messages published until then are not received",
+						errSlotMoved, watermill.LogFields{"topics": c.topics()})
+				}
+				c.s.reloadSlots()
+				c.breaks(errSlotMoved)
+				continue
+			}
 			if m.Kind != "subscribe" && m.Kind != "ssubscribe" {
 				continue
 			}
@@ -335,13 +361,30 @@ func (c *subscriptionConn) run() {
 	}
 }
 
+// errSlotMoved is why a shard channel's subscription was dropped by Redis.
+var errSlotMoved = errors.New("the shard channel was unsubscribed by Redis: its hash slot moved to another node")
+
+// carries reports whether channel is one this connection must keep
+// subscribed.
+func (c *subscriptionConn) carries(channel string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Contains(c.channels, channel)
+}
+
+// redirected reports a MOVED or ASK reply: the command belongs on another
+// node of the cluster.
+func redirected(err error) bool {
+	_, moved := redis.IsMovedError(err)
+	_, ask := redis.IsAskError(err)
+	return moved || ask
+}
+
 // connectionLevel reports a Redis error that is about the connection, not
 // a command: go-redis replaces the connection after it, so it cannot be
 // matched to a SUBSCRIBE sent.
 func connectionLevel(err error) bool {
-	_, moved := redis.IsMovedError(err)
-	_, ask := redis.IsAskError(err)
-	return moved || ask || redis.IsReadOnlyError(err) || redis.IsClusterDownError(err) ||
+	return redirected(err) || redis.IsReadOnlyError(err) || redis.IsClusterDownError(err) ||
 		redis.IsLoadingError(err) || redis.IsMasterDownError(err)
 }
 

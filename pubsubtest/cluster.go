@@ -10,11 +10,15 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Cluster is a private Redis Cluster of masters without replicas, on
-// loopback.
+// Cluster is a private Redis Cluster on loopback: masters, and the
+// replicas AddReplica adds.
 type Cluster struct {
-	// Addrs are the nodes' host:port.
+	// Addrs are the masters' host:port.
 	Addrs []string
+	// Replicas are the replicas' host:port.
+	Replicas []string
+
+	nodes []*redis.Client // one per address, in the same order
 }
 
 // StartCluster starts a Redis Cluster of n masters for t, each owning an
@@ -36,6 +40,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		t.Cleanup(func() { _ = client.Close() })
 		clients = append(clients, client)
 	}
+	c.nodes = clients
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -75,4 +80,194 @@ func (c *Cluster) Client(t testing.TB) *redis.ClusterClient {
 	client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs})
 	t.Cleanup(func() { _ = client.Close() })
 	return client
+}
+
+// AddReplicas starts a replica of each master, stopped when t ends, and
+// returns once they are in sync and every master lists them for their
+// masters' slots (so a client made from then on sees them). Replicas[i]
+// replicates Addrs[i].
+func (c *Cluster) AddReplicas(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("pubsubtest: cluster replicas: %s: %v", what, err)
+		}
+	}
+	// await polls: the cluster bus has nothing a client can wait on.
+	await := func(what string, done func() bool) {
+		t.Helper()
+		for !done() {
+			if ctx.Err() != nil {
+				t.Fatalf("pubsubtest: cluster replicas: not %s within 60s", what)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	masterIDs := make([]string, len(c.nodes))
+	replicas := make([]*redis.Client, len(c.nodes))
+	for i, master := range c.nodes {
+		id, err := master.Do(ctx, "CLUSTER", "MYID").Text()
+		must("cluster myid", err)
+		masterIDs[i] = id
+		// An empty data set syncs at once, rather than after the default
+		// 5s wait for more replicas.
+		must("config set", master.ConfigSet(ctx, "repl-diskless-sync-delay", "0").Err())
+		s, err := startServer(ServerOptions{Cluster: true}, t.TempDir()) // a directory of its own for the synced RDB
+		must("start", err)
+		t.Cleanup(s.stop)
+		replicas[i] = redis.NewClient(&redis.Options{Addr: s.Addr})
+		t.Cleanup(func() { _ = replicas[i].Close() })
+		c.Replicas = append(c.Replicas, s.Addr)
+		host, port, _ := strings.Cut(c.Addrs[i], ":")
+		must("cluster meet", replicas[i].ClusterMeet(ctx, host, port).Err())
+	}
+	for i, replica := range replicas {
+		await("knowing the master", func() bool {
+			nodes, err := replica.ClusterNodes(ctx).Result()
+			return err == nil && strings.Contains(nodes, masterIDs[i])
+		})
+		must("cluster replicate", replica.Do(ctx, "CLUSTER", "REPLICATE", masterIDs[i]).Err())
+	}
+	for _, replica := range replicas {
+		await("in sync", func() bool {
+			info, err := replica.Info(ctx, "replication").Result()
+			return err == nil && strings.Contains(info, "master_link_status:up")
+		})
+	}
+	// A master lists a replica once gossip told it the replica synced.
+	for _, node := range c.nodes {
+		await("listed by every master", func() bool {
+			ranges, err := slotMap(ctx, node)
+			if err != nil {
+				return false
+			}
+			listed := 0
+			for _, r := range ranges {
+				for i, addr := range c.Addrs {
+					if len(r.Nodes) == 2 && r.Nodes[0].Addr == addr && r.Nodes[1].Addr == c.Replicas[i] {
+						listed++
+					}
+				}
+			}
+			return listed == len(ranges)
+		})
+	}
+}
+
+// Slot returns the hash slot of key (or of a channel name).
+func (c *Cluster) Slot(t testing.TB, key string) int {
+	t.Helper()
+	slot, err := c.nodes[0].ClusterKeySlot(context.Background(), key).Result()
+	if err != nil {
+		t.Fatalf("pubsubtest: cluster keyslot: %v", err)
+	}
+	return int(slot)
+}
+
+// Owner returns the index in Addrs of the master that owns slot.
+func (c *Cluster) Owner(t testing.TB, slot int) int {
+	t.Helper()
+	ranges, err := slotMap(context.Background(), c.nodes[0])
+	if err != nil {
+		t.Fatalf("pubsubtest: cluster slots: %v", err)
+	}
+	owner := ownerIn(ranges, slot)
+	for i, addr := range c.Addrs {
+		if addr == owner {
+			return i
+		}
+	}
+	t.Fatalf("pubsubtest: no master owns slot %d: %v", slot, ranges)
+	return -1
+}
+
+// MoveSlot moves slot, and the keys in it, to the master Addrs[to], the
+// way an operator reshards: CLUSTER SETSLOT IMPORTING on the target and
+// MIGRATING on the source, MIGRATE of every key, then CLUSTER SETSLOT
+// NODE on the target, the source and every other master. When the source
+// gives the slot up, Redis 7.0 unsubscribes the clients of the slot's
+// shard channels on it (each gets an SUNSUBSCRIBE it did not ask for).
+// MoveSlot returns once every master names the new owner.
+func (c *Cluster) MoveSlot(t testing.TB, slot, to int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	from := c.Owner(t, slot)
+	if from == to {
+		t.Fatalf("pubsubtest: slot %d is on %s already", slot, c.Addrs[to])
+	}
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("pubsubtest: move slot %d from %s to %s: %s: %v", slot, c.Addrs[from], c.Addrs[to], what, err)
+		}
+	}
+	id := func(i int) string {
+		t.Helper()
+		myID, err := c.nodes[i].Do(ctx, "CLUSTER", "MYID").Text()
+		must("cluster myid", err)
+		return myID
+	}
+	source, target := c.nodes[from], c.nodes[to]
+	sourceID, targetID := id(from), id(to)
+	must("importing", target.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", sourceID).Err())
+	must("migrating", source.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", targetID).Err())
+	host, port, _ := strings.Cut(c.Addrs[to], ":")
+	for {
+		keys, err := source.ClusterGetKeysInSlot(ctx, slot, 100).Result()
+		must("getkeysinslot", err)
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", host, port, "", 0, 10_000, "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		must("migrate", source.Do(ctx, args...).Err())
+	}
+	// Target first, so that the source, once it lets go, redirects to a
+	// node that already serves the slot.
+	order := []int{to, from}
+	for i := range c.nodes {
+		if i != to && i != from {
+			order = append(order, i)
+		}
+	}
+	for _, i := range order {
+		must("setslot node on "+c.Addrs[i], c.nodes[i].Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", targetID).Err())
+	}
+	for i, node := range c.nodes {
+		for {
+			ranges, err := slotMap(ctx, node)
+			must("cluster slots", err)
+			if ownerIn(ranges, slot) == c.Addrs[to] {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("pubsubtest: %s does not name %s as the owner of slot %d", c.Addrs[i], c.Addrs[to], slot)
+			}
+			time.Sleep(20 * time.Millisecond) // the cluster bus has nothing to wait on
+		}
+	}
+}
+
+// slotMap is what node tells clients about slots and their nodes: CLUSTER
+// SLOTS, which go-redis' cluster client reads (CLUSTER SHARDS, which
+// replaces it, would not show what the client sees).
+func slotMap(ctx context.Context, node *redis.Client) ([]redis.ClusterSlot, error) {
+	//lint:ignore SA1019 go-redis v9's ClusterClient loads its state with CLUSTER SLOTS
+	return node.ClusterSlots(ctx).Result()
+}
+
+// ownerIn returns the address of the master that ranges give slot to.
+func ownerIn(ranges []redis.ClusterSlot, slot int) string {
+	for _, r := range ranges {
+		if r.Start <= slot && slot <= r.End && len(r.Nodes) > 0 {
+			return r.Nodes[0].Addr
+		}
+	}
+	return ""
 }

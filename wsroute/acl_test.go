@@ -22,29 +22,75 @@ var aclNode = []string{"-@all", "+hincrby", "+hset", "+set", "+pexpire", "+multi
 	"+publish", "+subscribe", "+unsubscribe", "+ping",
 	"resetkeys", "~wsroute:*", "resetchannels", "&wsroute:*"}
 
-// The page shows the rules the test uses, word for word.
+// aclClusterNode is the rule set documented for a node on Redis Cluster,
+// with Prefix "{wsroute}:": shard channels, and the slot map.
+var aclClusterNode = []string{"-@all", "+hincrby", "+hset", "+set", "+pexpire", "+multi", "+exec",
+	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hkeys", "+hdel",
+	"+spublish", "+ssubscribe", "+sunsubscribe", "+ping", "+cluster|slots", "+command",
+	"resetkeys", "~{wsroute}:*", "resetchannels", "&{wsroute}:*"}
+
+// The page shows the rules the tests use, word for word.
 func TestACLRulesAreDocumented(t *testing.T) {
 	page, err := os.ReadFile("../docs/operating-redis.md")
 	require.NoError(t, err)
 	assert.Contains(t, string(page), "`"+strings.Join(aclNode, " ")+"`")
+	escaped := strings.ReplaceAll(strings.Join(aclClusterNode, " "), "|", `\|`) // in a Markdown table
+	assert.Contains(t, string(page), "`"+escaped+"`")
 }
 
-// Nodes run as an ACL user with exactly the documented permissions:
-// registering, routing to a client and a room, broadcasting, leaving,
-// renewing, disconnecting and closing. Redis' ACL LOG lists every command
-// it refused, so an empty log proves the list is enough.
-func TestNodesWithTheDocumentedACL(t *testing.T) {
-	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
-	admin := server.Client(t)
+func setUser(t *testing.T, admin *redis.Client, rules []string) {
+	t.Helper()
 	args := []any{"ACL", "SETUSER", "wsroute", "reset", "on", ">pw"}
-	for _, rule := range aclNode {
+	for _, rule := range rules {
 		args = append(args, rule)
 	}
 	require.NoError(t, admin.Do(t.Context(), args...).Err())
+}
+
+// assertNoRefusal checks Redis' ACL LOG, which lists every command it
+// refused: empty, it proves the rules were enough.
+func assertNoRefusal(t *testing.T, admin *redis.Client) {
+	t.Helper()
+	log, err := admin.Do(t.Context(), "ACL", "LOG").Slice()
+	require.NoError(t, err)
+	assert.Empty(t, log, "Redis refused commands: the documented ACL rules are not enough")
+}
+
+// Nodes run as an ACL user with exactly the documented permissions.
+func TestNodesWithTheDocumentedACL(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	admin := server.Client(t)
+	setUser(t, admin, aclNode)
 	user := redis.NewClient(&redis.Options{Addr: server.Addr, Username: "wsroute", Password: "pw"})
 	t.Cleanup(func() { _ = user.Close() })
+	useEveryCommand(t, user, wsroute.Config{})
+	assertNoRefusal(t, admin)
+}
 
-	config := wsroute.Config{NodeTTL: 300 * time.Millisecond} // renewals every 100 ms
+// The same on Redis Cluster, with the rules set on every master.
+func TestNodesOnAClusterWithTheDocumentedACL(t *testing.T) {
+	redisCluster := pubsubtest.StartCluster(t, 3)
+	var admins []*redis.Client
+	for _, addr := range redisCluster.Addrs {
+		admin := redis.NewClient(&redis.Options{Addr: addr})
+		t.Cleanup(func() { _ = admin.Close() })
+		setUser(t, admin, aclClusterNode)
+		admins = append(admins, admin)
+	}
+	user := redis.NewClusterClient(&redis.ClusterOptions{Addrs: redisCluster.Addrs, Username: "wsroute", Password: "pw"})
+	t.Cleanup(func() { _ = user.Close() })
+	useEveryCommand(t, user, wsroute.Config{Prefix: "{wsroute}:"})
+	for _, admin := range admins {
+		assertNoRefusal(t, admin)
+	}
+}
+
+// useEveryCommand runs two nodes through what a node sends Redis:
+// registering, routing to a client and a room, broadcasting, leaving,
+// renewing, disconnecting and closing.
+func useEveryCommand(t *testing.T, user redis.UniversalClient, config wsroute.Config) {
+	t.Helper()
+	config.NodeTTL = 300 * time.Millisecond // renewals every 100 ms
 	config.NodeID = "a"
 	a := startNode(t, user, config)
 	config.NodeID = "b"
@@ -78,8 +124,4 @@ func TestNodesWithTheDocumentedACL(t *testing.T) {
 		return err == nil && result.Status == wsroute.Offline
 	}, waitTimeout, 5*time.Millisecond)
 	require.NoError(t, b.Close())
-
-	log, err := admin.Do(t.Context(), "ACL", "LOG").Slice()
-	require.NoError(t, err)
-	assert.Empty(t, log, "Redis refused commands: the documented ACL rules are not enough")
 }

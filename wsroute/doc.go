@@ -22,7 +22,10 @@
 // checks the connection and generation, queues the message on the
 // connection's bounded send queue, and one writer goroutine per connection
 // writes it. Rooms work the same way, with Redis knowing only which nodes
-// have members.
+// have members. On Redis Cluster the node channels are shard channels in
+// the registry's slot (SPUBLISH, SSUBSCRIBE), so that the script counts
+// the listening nodes wherever they subscribed, and the subscriptions
+// follow the slot when it moves.
 //
 // Delivery over node channels is redisbus' best-effort Pub/Sub: a message
 // in flight when a node's subscription drops is lost (the loss is logged by

@@ -34,6 +34,12 @@ type testNode struct {
 
 func startNode(t *testing.T, client redis.UniversalClient, config wsroute.Config) *testNode {
 	t.Helper()
+	return startLoggedNode(t, client, config, nil)
+}
+
+// startLoggedNode is startNode with the node logging to logger.
+func startLoggedNode(t *testing.T, client redis.UniversalClient, config wsroute.Config, logger watermill.LoggerAdapter) *testNode {
+	t.Helper()
 	frames := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 1024}, watermill.NopLogger{})
 	t.Cleanup(func() { _ = frames.Close() })
 	config.Client = client
@@ -41,7 +47,7 @@ func startNode(t *testing.T, client redis.UniversalClient, config wsroute.Config
 	config.InboundTopic = "frames"
 	inbound, err := frames.Subscribe(context.Background(), config.InboundTopic)
 	require.NoError(t, err)
-	node, err := wsroute.NewNode(config, nil)
+	node, err := wsroute.NewNode(config, logger)
 	require.NoError(t, err)
 	handler, err := node.Handler(wsroute.HandlerConfig{
 		Authenticate: func(r *http.Request) (string, error) {

@@ -45,7 +45,8 @@ type Config struct {
 
 	// Prefix starts every Redis key and channel name. Zero means "wsroute:".
 	// On Redis Cluster use a hash-tagged prefix such as "{wsroute}:", so
-	// that the routing scripts' keys share a slot.
+	// that the routing scripts' keys share a slot, and so do the nodes'
+	// channels, which are shard channels there.
 	Prefix string
 
 	// NodeTTL is how long the node counts as alive without renewing its
@@ -159,6 +160,13 @@ type Node struct {
 
 	publisher  *redisbus.Publisher
 	subscriber *redisbus.Subscriber
+	// publishCommand is what route.lua publishes with: "SPUBLISH" on a
+	// cluster, where the node channels are shard channels, else "PUBLISH".
+	publishCommand string
+	// subscriptionClient is a client of the cluster's masters the node
+	// made for its subscriptions, closed with it; nil when it subscribes
+	// through Config.Client.
+	subscriptionClient *redis.ClusterClient
 
 	mu      sync.Mutex
 	closed  bool
@@ -234,36 +242,77 @@ func NewNode(config Config, logger watermill.LoggerAdapter) (*Node, error) {
 		closing:     make(chan struct{}),
 		closeDone:   make(chan struct{}),
 	}
+	// On a cluster, a PUBLISH counts the subscribers of the node that runs
+	// it only, so route.lua could not tell a deaf node from one listening
+	// elsewhere. Shard channels in the registry's slot are counted on its
+	// owner, whichever it is, and follow the slot when it moves.
+	cluster, sharded := config.Client.(*redis.ClusterClient)
+	n.publishCommand = "PUBLISH"
+	subscriptions := config.Client
+	if sharded {
+		n.publishCommand = "SPUBLISH"
+		if n.subscriptionClient = mastersOf(cluster); n.subscriptionClient != nil {
+			subscriptions = n.subscriptionClient
+		}
+	}
 	var err error
-	if n.publisher, err = redisbus.NewPublisher(redisbus.PublisherConfig{Client: config.Client, CloseTimeout: config.CloseTimeout}, n.logger); err != nil {
+	if n.publisher, err = redisbus.NewPublisher(redisbus.PublisherConfig{Client: config.Client, Sharded: sharded, CloseTimeout: config.CloseTimeout}, n.logger); err != nil {
+		n.closeSubscriptionClient()
 		return nil, err
 	}
 	n.subscriber, err = redisbus.NewSubscriber(redisbus.SubscriberConfig{
-		Client: config.Client,
+		Client:  subscriptions,
+		Sharded: sharded,
 		// While the node was not listening, senders found its channel
 		// deaf and removed its entries as unreachable: write them again.
 		OnReconnect: func(redisbus.LossWindow) { signalRestore(n.restoreNow) },
 	}, n.logger)
 	if err != nil {
+		_ = n.publisher.Close()
+		n.closeSubscriptionClient()
+		return nil, err
+	}
+	fail := func(err error) (*Node, error) {
+		_ = n.subscriber.Close()
+		n.closeSubscriptionClient()
+		_ = n.publisher.Close()
 		return nil, err
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := n.renewLiveness(ctx); err != nil {
-		_ = n.subscriber.Close()
-		return nil, fmt.Errorf("wsroute: mark node alive: %w", err)
+		return fail(fmt.Errorf("wsroute: mark node alive: %w", err))
 	}
 	for _, channel := range []string{n.keys.nodeChannel(config.NodeID), n.keys.allChannel()} {
 		messages, err := n.subscriber.Subscribe(context.Background(), channel)
 		if err != nil {
-			_ = n.subscriber.Close()
-			return nil, fmt.Errorf("wsroute: subscribe %q: %w", channel, err)
+			return fail(fmt.Errorf("wsroute: subscribe %q: %w", channel, err))
 		}
 		n.wg.Go(func() { n.consume(messages) })
 	}
 	n.wg.Go(n.heartbeat)
 	return n, nil
+}
+
+// mastersOf returns a client like c that subscribes on masters only, or
+// nil when c does already. A shard channel's subscribers on a replica
+// (ReadOnly, RouteByLatency, RouteRandomly) receive what is published, but
+// are not counted by the SPUBLISH on the master: route.lua would find
+// every node deaf.
+func mastersOf(c *redis.ClusterClient) *redis.ClusterClient {
+	opt := *c.Options()
+	if !opt.ReadOnly && !opt.RouteByLatency && !opt.RouteRandomly {
+		return nil
+	}
+	opt.ReadOnly, opt.RouteByLatency, opt.RouteRandomly = false, false, false
+	return redis.NewClusterClient(&opt)
+}
+
+func (n *Node) closeSubscriptionClient() {
+	if n.subscriptionClient != nil {
+		_ = n.subscriptionClient.Close()
+	}
 }
 
 // ID returns the node's ID.
@@ -328,6 +377,7 @@ func (n *Node) Close() error {
 			n.logger.Error("Cannot remove the liveness key; clients show offline after NodeTTL", err, nil)
 		}
 		_ = n.subscriber.Close()
+		n.closeSubscriptionClient()
 		_ = n.publisher.Close()
 		n.wg.Wait()
 	}()

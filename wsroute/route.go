@@ -88,7 +88,7 @@ func (n *Node) route(ctx context.Context, kind, key string, data []byte, metadat
 		return Result{}, ErrClosed
 	}
 	args := make([]any, 0, 4+len(metadata))
-	args = append(args, n.keys.prefix, kind, watermill.NewUUID(), data)
+	args = append(args, n.keys.prefix, kind, n.publishCommand, watermill.NewUUID(), data)
 	for _, m := range metadata {
 		args = append(args, m)
 	}

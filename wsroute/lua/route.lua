@@ -6,9 +6,10 @@
 --          or a room's hash (node -> incarnation)
 -- ARGV[1]  key prefix
 -- ARGV[2]  "client" or "room"
--- ARGV[3]  message UUID
--- ARGV[4]  payload
--- ARGV[5…] metadata: key, value, key, value…
+-- ARGV[3]  "PUBLISH", or "SPUBLISH" on Redis Cluster (see Node.publish)
+-- ARGV[4]  message UUID
+-- ARGV[5]  payload
+-- ARGV[6…] metadata: key, value, key, value…
 --
 -- The envelope is redisbus' wire format (see marshaler.go); for a client,
 -- each node's copy carries "wsroute_targets": the connections it should
@@ -16,9 +17,11 @@
 --
 -- An entry whose node's liveness key is gone or holds another incarnation
 -- is stale and is removed; so is one whose node's channel reached nobody
--- (the node is alive but not listening). Returns {nodes reached, stale
+-- (the node is alive but not listening). On a cluster only SPUBLISH, to a
+-- shard channel in the registry's slot, counts every subscriber: PUBLISH
+-- counts those of the node running the script. Returns {nodes reached, stale
 -- entries removed, live entries found}.
-local key, prefix, kind = KEYS[1], ARGV[1], ARGV[2]
+local key, prefix, kind, publish = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 
 local function u32(n)
   return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
@@ -26,13 +29,13 @@ end
 
 local function envelope(extra)
   local parts = {}
-  for i = 5, #ARGV, 2 do
+  for i = 6, #ARGV, 2 do
     parts[#parts + 1] = u32(#ARGV[i]) .. ARGV[i] .. u32(#ARGV[i + 1]) .. ARGV[i + 1]
   end
   for k, v in next, extra do
     parts[#parts + 1] = u32(#k) .. k .. u32(#v) .. v
   end
-  return '\193RB\1' .. u32(#ARGV[3]) .. ARGV[3] .. u32(#parts) .. table.concat(parts) .. ARGV[4]
+  return '\193RB\1' .. u32(#ARGV[4]) .. ARGV[4] .. u32(#parts) .. table.concat(parts) .. ARGV[5]
 end
 
 -- Group the live entries by node.
@@ -72,7 +75,7 @@ for _, node in ipairs(order) do
   if kind == 'client' then
     extra['wsroute_targets'] = table.concat(targets[node], ',')
   end
-  if redis.call('PUBLISH', prefix .. 'to:' .. node, envelope(extra)) > 0 then
+  if redis.call(publish, prefix .. 'to:' .. node, envelope(extra)) > 0 then
     reached = reached + 1
   else
     for _, field in ipairs(fields[node]) do
