@@ -64,6 +64,7 @@ Exit codes: 0 done, 1 failed, 2 bad command line, 3 Redis unreachable,
 		newPendingCommand(c),
 		newClaimCommand(c),
 		newTailCommand(c),
+		newUICommand(c),
 	)
 	return root
 }

@@ -21,7 +21,7 @@ func TestDocumentedCommandsParse(t *testing.T) {
 		for _, line := range strings.Split(block[1], "\n") {
 			line, _, _ = strings.Cut(line, " #")
 			line, _, _ = strings.Cut(line, " | ")
-			args := shellWords(strings.TrimSpace(line))
+			args := singleDash(shellWords(strings.TrimSpace(line)))
 			if len(args) == 0 || args[0] != "redisbus" {
 				continue
 			}

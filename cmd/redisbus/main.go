@@ -2,7 +2,7 @@
 // Streams topics with their consumer groups, backlogs and dead letters,
 // replays or purges dead letters, shows and claims stuck pending entries,
 // and tails a stream or a Pub/Sub channel, decoding messages as redisbus
-// writes them.
+// writes them. redisbus ui serves the same views as a web page.
 //
 //	go install github.com/redisbus/watermill-redisbus/cmd/redisbus@latest
 //	export REDIS_URL=redis://127.0.0.1:6379/0
@@ -45,7 +45,7 @@ func main() {
 // run executes one command line and returns the exit code.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cmd := newRootCommand(&console{stdin: stdin, stdout: stdout, stderr: stderr})
-	cmd.SetArgs(singleDashRedis(args))
+	cmd.SetArgs(singleDash(args))
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	err := cmd.ExecuteContext(ctx)
@@ -64,14 +64,19 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return exit.code
 }
 
-// singleDashRedis accepts -redis as well as --redis: the flag parser
-// knows only the double-dash form of long flags, and -redis is how Go
-// programs usually spell it.
-func singleDashRedis(args []string) []string {
+// singleDashFlags are the long flags also accepted with a single dash:
+// the flag parser knows only the double-dash form of long flags, and
+// -redis or -addr is how Go programs usually spell them.
+var singleDashFlags = []string{"redis", "addr", "metrics"}
+
+// singleDash turns -redis (or another of singleDashFlags) into --redis.
+func singleDash(args []string) []string {
 	out := make([]string, len(args))
 	for i, arg := range args {
-		if arg == "-redis" || strings.HasPrefix(arg, "-redis=") {
-			arg = "-" + arg
+		for _, name := range singleDashFlags {
+			if arg == "-"+name || strings.HasPrefix(arg, "-"+name+"=") {
+				arg = "-" + arg
+			}
 		}
 		out[i] = arg
 	}

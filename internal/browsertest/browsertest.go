@@ -1,8 +1,8 @@
 //go:build unix
 
 // Package browsertest drives headless Chromium (Debian's chromium) over
-// the DevTools protocol, for the tests that open the demo's and the chat
-// example's pages in a real browser.
+// the DevTools protocol, for the tests that open the demo's, the chat
+// example's and the console's (redisbus ui) pages in a real browser.
 package browsertest
 
 import (
@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -29,6 +30,7 @@ type Chromium struct {
 	nextID  atomic.Int64
 	mu      sync.Mutex
 	pending map[int64]chan cdpResponse
+	tabs    map[string]*Tab // by session, for their events
 }
 
 type cdpResponse struct {
@@ -45,7 +47,7 @@ func StartChromium(t *testing.T, ctx context.Context) *Chromium {
 	cmd := exec.CommandContext(ctx, bin,
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
 		"--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-		"--remote-debugging-port=0", "--user-data-dir="+t.TempDir(), "about:blank")
+		"--window-size=1280,900", "--remote-debugging-port=0", "--user-data-dir="+t.TempDir(), "about:blank")
 	// Chromium runs renderer and helper processes that write to the profile
 	// directory: a process group of its own lets the cleanup stop them all
 	// before the directory is removed.
@@ -70,7 +72,7 @@ func StartChromium(t *testing.T, ctx context.Context) *Chromium {
 	ws, _, err := websocket.Dial(ctx, endpoint, nil)
 	require.NoError(t, err)
 	ws.SetReadLimit(64 << 20)
-	b := &Chromium{ws: ws, pending: map[int64]chan cdpResponse{}}
+	b := &Chromium{ws: ws, pending: map[int64]chan cdpResponse{}, tabs: map[string]*Tab{}}
 	go b.readLoop()
 	t.Cleanup(func() { _ = ws.CloseNow() })
 	return b
@@ -83,11 +85,23 @@ func (b *Chromium) readLoop() {
 			return
 		}
 		var msg struct {
-			ID int64 `json:"id"`
+			ID        int64           `json:"id"`
+			Method    string          `json:"method"`
+			SessionID string          `json:"sessionId"`
+			Params    json.RawMessage `json:"params"`
 			cdpResponse
 		}
-		if json.Unmarshal(data, &msg) != nil || msg.ID == 0 {
-			continue // an event
+		if json.Unmarshal(data, &msg) != nil {
+			continue
+		}
+		if msg.ID == 0 { // an event
+			b.mu.Lock()
+			tab := b.tabs[msg.SessionID]
+			b.mu.Unlock()
+			if tab != nil {
+				tab.event(msg.Method, msg.Params)
+			}
+			continue
 		}
 		b.mu.Lock()
 		c := b.pending[msg.ID]
@@ -132,10 +146,14 @@ func (b *Chromium) call(ctx context.Context, sessionID, method string, params an
 type Tab struct {
 	b         *Chromium
 	sessionID string
+
+	mu     sync.Mutex
+	errors []string // see Errors
 }
 
 // Open opens url in a new tab and returns once it has loaded and shows an
-// element with the id ready.
+// element with the id ready. From the start, the tab records what the
+// page logs as errors (see Errors).
 func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *Tab {
 	result, err := b.call(ctx, "", "Target.createTarget", map[string]any{"url": "about:blank"})
 	require.NoError(t, err)
@@ -146,6 +164,13 @@ func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *T
 	var session struct{ SessionID string }
 	require.NoError(t, json.Unmarshal(result, &session))
 	p := &Tab{b: b, sessionID: session.SessionID}
+	b.mu.Lock()
+	b.tabs[p.sessionID] = p
+	b.mu.Unlock()
+	for _, domain := range []string{"Runtime.enable", "Log.enable"} { // for their error events
+		_, err = b.call(ctx, p.sessionID, domain, map[string]any{})
+		require.NoError(t, err)
+	}
 	_, err = b.call(ctx, p.sessionID, "Page.navigate", map[string]any{"url": url})
 	require.NoError(t, err)
 	quoted, _ := json.Marshal(ready)
@@ -154,6 +179,96 @@ func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *T
 		window.addEventListener('load', () => resolve(true));
 	})`, quoted))
 	return p
+}
+
+// event records the page's errors: console.error and console.assert
+// calls, uncaught exceptions (and unhandled rejections) and the browser's
+// own error log entries, such as a resource that failed to load.
+func (p *Tab) event(method string, params json.RawMessage) {
+	var e struct {
+		Type string // consoleAPICalled
+		Args []struct {
+			Value       any
+			Description string
+		}
+		ExceptionDetails struct { // exceptionThrown
+			Text      string
+			Exception struct{ Description string }
+		}
+		Entry struct { // entryAdded
+			Level, Text, URL string
+		}
+	}
+	if json.Unmarshal(params, &e) != nil {
+		return
+	}
+	var text string
+	switch {
+	case method == "Runtime.consoleAPICalled" && (e.Type == "error" || e.Type == "assert"):
+		parts := make([]string, len(e.Args))
+		for i, a := range e.Args {
+			parts[i] = a.Description
+			if a.Value != nil {
+				parts[i] = fmt.Sprint(a.Value)
+			}
+		}
+		text = "console." + e.Type + ": " + strings.Join(parts, " ")
+	case method == "Runtime.exceptionThrown":
+		text = "exception: " + e.ExceptionDetails.Text + " " + e.ExceptionDetails.Exception.Description
+	case method == "Log.entryAdded" && e.Entry.Level == "error":
+		text = "log: " + e.Entry.Text + " " + e.Entry.URL
+	default:
+		return
+	}
+	p.mu.Lock()
+	p.errors = append(p.errors, text)
+	p.mu.Unlock()
+}
+
+// Errors returns what the page logged as errors so far: console.error,
+// uncaught exceptions, resources that failed to load.
+func (p *Tab) Errors() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.errors...)
+}
+
+// Click clicks the element that the CSS selector finds, failing the test
+// when there is none.
+func (p *Tab) Click(t *testing.T, ctx context.Context, selector string) {
+	t.Helper()
+	quoted, _ := json.Marshal(selector)
+	p.Eval(t, ctx, fmt.Sprintf(`(() => {
+		const e = document.querySelector(%s);
+		if (!e) throw new Error('nothing to click: ' + %s);
+		e.click();
+	})()`, quoted, quoted))
+}
+
+// WaitFor waits, inside the page, until the JavaScript expression
+// condition is true; after 15 s it fails, saying what.
+func (p *Tab) WaitFor(t *testing.T, ctx context.Context, condition, what string) {
+	t.Helper()
+	quoted, _ := json.Marshal(what)
+	p.Eval(t, ctx, fmt.Sprintf(`new Promise((resolve, reject) => {
+		const deadline = Date.now() + 15000;
+		const check = () => {
+			if (%s) return resolve(true);
+			if (Date.now() > deadline) return reject(new Error('not after 15s: ' + %s));
+			setTimeout(check, 20);
+		};
+		check();
+	})`, condition, quoted))
+}
+
+// Screenshot saves the tab as a PNG file.
+func (p *Tab) Screenshot(t *testing.T, ctx context.Context, path string) {
+	t.Helper()
+	result, err := p.b.call(ctx, p.sessionID, "Page.captureScreenshot", map[string]any{"format": "png", "captureBeyondViewport": true})
+	require.NoError(t, err)
+	var shot struct{ Data []byte } // base64 in JSON, decoded by encoding/json
+	require.NoError(t, json.Unmarshal(result, &shot))
+	require.NoError(t, os.WriteFile(path, shot.Data, 0o644))
 }
 
 // Eval runs JavaScript in the page, awaiting a returned promise.
