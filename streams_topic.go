@@ -664,7 +664,11 @@ func (t *streamsTopic) nacked(e *inboxEntry) (time.Duration, bool) {
 		failures-- // the count may include a delivery that never happened
 	}
 	if cfg.MaxDeliveries > 0 && failures >= cfg.MaxDeliveries {
-		t.deadLetter(e, fmt.Sprintf("nacked %d times (MaxDeliveries %d)", failures, cfg.MaxDeliveries))
+		times := "times"
+		if failures == 1 {
+			times = "time"
+		}
+		t.deadLetter(e, fmt.Sprintf("nacked %d %s (MaxDeliveries %d)", failures, times, cfg.MaxDeliveries))
 		return 0, false
 	}
 	e.deliveries++

@@ -27,7 +27,7 @@ func TestDeadListsReasonOriginDeliveriesAndTheMessage(t *testing.T) {
 		require.True(t, ok, "dead letter %s decodes to a published message: %+v", d.ID, d.Message)
 		assert.Equal(t, want.payload, *d.Message.Payload)
 		assert.Equal(t, want.metadata, d.Message.Metadata, "without the dead-letter fields")
-		assert.Equal(t, "nacked 1 times (MaxDeliveries 1)", d.Reason)
+		assert.Equal(t, "nacked 1 time (MaxDeliveries 1)", d.Reason)
 		assert.Equal(t, "orders", d.OriginStream)
 		assert.Equal(t, "workers", d.Group)
 		assert.Equal(t, "worker-1", d.Consumer)
@@ -45,7 +45,7 @@ func TestDeadListsReasonOriginDeliveriesAndTheMessage(t *testing.T) {
 
 	out := e.ok("dead", "orders")
 	assert.Contains(t, out, "REASON")
-	assert.Contains(t, out, "nacked 1 times (MaxDeliveries 1)")
+	assert.Contains(t, out, "nacked 1 time (MaxDeliveries 1)")
 	assert.Contains(t, out, "orders "+letters0(t, e).OriginID)
 
 	r := e.run("", "dead", "nothing")

@@ -156,7 +156,7 @@ func TestUIListsAndReplaysDeadLetters(t *testing.T) {
 	require.Len(t, dead.Letters, 3)
 	first := dead.Letters[0]
 	assert.Equal(t, "orders", first.OriginStream)
-	assert.Equal(t, "nacked 1 times (MaxDeliveries 1)", first.Reason)
+	assert.Equal(t, "nacked 1 time (MaxDeliveries 1)", first.Reason)
 
 	// What a page of another site can send: a POST without the header.
 	code, answer := postReplay(t, url, `{"topic":"orders","all":true}`, false)
