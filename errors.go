@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -42,14 +43,18 @@ func configError(field, problem string) error {
 }
 
 // permanent reports whether err is one that reconnecting cannot cure: Redis
-// refused the credentials or the command, or the server's certificate is
-// not trusted. Retrying those only delays the error the user must see.
+// refused the credentials, the command or the database number, or the
+// server's certificate is not trusted. Retrying those only delays the error
+// the user must see.
 func permanent(err error) bool {
 	var certErr *tls.CertificateVerificationError
 	var unknownAuthority x509.UnknownAuthorityError
 	var hostname x509.HostnameError
 	var invalid x509.CertificateInvalidError
 	return redis.IsAuthError(err) || redis.IsPermissionError(err) ||
+		// SELECT of a database the server does not have (a REDIS_URL
+		// ending in /99, say): Redis has no error code of its own for it.
+		strings.Contains(err.Error(), "DB index is out of range") ||
 		errors.As(err, &certErr) || errors.As(err, &unknownAuthority) ||
 		errors.As(err, &hostname) || errors.As(err, &invalid)
 }

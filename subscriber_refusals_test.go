@@ -133,6 +133,18 @@ func TestSubscribeWithAWrongPasswordSaysSo(t *testing.T) {
 	require.ErrorContains(t, err, "WRONGPASS")
 }
 
+// A database the server does not have is what Subscribe says, at once.
+func TestSubscribeToAMissingDatabaseSaysSo(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	missing := redis.NewClient(&redis.Options{Addr: server.Addr, DB: 99})
+	t.Cleanup(func() { _ = missing.Close() })
+	sub := newSubscriber(t, redisbus.SubscriberConfig{Client: missing, SubscribeTimeout: patientSubscribe}, nil)
+	start := time.Now()
+	_, err := sub.Subscribe(t.Context(), "news")
+	require.ErrorContains(t, err, "DB index is out of range")
+	assert.Less(t, time.Since(start), patientSubscribe/2, "it failed at once, not after SubscribeTimeout")
+}
+
 // A server certificate the client does not trust is what Subscribe says,
 // at once.
 func TestSubscribeToAnUntrustedServerSaysSo(t *testing.T) {

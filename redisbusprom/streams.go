@@ -24,7 +24,8 @@ var (
 	groupPending = prometheus.NewDesc("redisbus_stream_group_pending_entries",
 		"Entries read by the group's consumers and not acked yet.", []string{"stream", "group"}, nil)
 	groupConsumers = prometheus.NewDesc("redisbus_stream_group_consumers",
-		"Consumers in the group.", []string{"stream", "group"}, nil)
+		"Consumers Redis lists in the group: those that have read from it, live or not, until removed (ConsumerIdleTimeout).",
+		[]string{"stream", "group"}, nil)
 	groupOldestPending = prometheus.NewDesc("redisbus_stream_group_oldest_pending_age_seconds",
 		"Age of the group's oldest pending entry, from its ID's timestamp (0 when nothing is pending).",
 		[]string{"stream", "group"}, nil)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -51,10 +52,16 @@ func StartNode(ctx context.Context, name string, opt *redis.Options, onEvict fun
 		return nil, err
 	}
 	n.router.AddConsumerHandler("evict", invalidationTopic, n.subscriber, n.evict)
-	go func() { _ = n.router.Run(context.WithoutCancel(ctx)) }()
+	// Run fails when a subscription does (Redis unreachable, refused):
+	// wait for that too, not only for Running, which then never comes.
+	runErr := make(chan error, 1)
+	go func() { runErr <- n.router.Run(context.WithoutCancel(ctx)) }()
 	select {
 	case <-n.router.Running():
 		return n, nil
+	case err := <-runErr:
+		n.Close()
+		return nil, fmt.Errorf("cannot start: %w", err)
 	case <-ctx.Done():
 		n.Close()
 		return nil, ctx.Err()

@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -78,9 +79,14 @@ func NewServer(ctx context.Context, client redis.UniversalClient, nodeID string)
 		return nil, err
 	}
 	s.router.AddConsumerHandler("chat", framesTopic, s.frames, s.handleFrame)
-	go func() { _ = s.router.Run(context.WithoutCancel(ctx)) }()
+	// Run fails when a subscription does: wait for that too, not only
+	// for Running, which then never comes.
+	runErr := make(chan error, 1)
+	go func() { runErr <- s.router.Run(context.WithoutCancel(ctx)) }()
 	select {
 	case <-s.router.Running():
+	case err := <-runErr:
+		return nil, fmt.Errorf("cannot start: %w", err)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

@@ -177,11 +177,16 @@ func run(ctx context.Context, out io.Writer, redisURL string) error {
 	if err != nil {
 		return err
 	}
-	go func() { _ = router.Run(context.WithoutCancel(ctx)) }()
+	// Run fails when a subscription does (Redis unreachable, refused):
+	// wait for that too, not only for Running, which then never comes.
+	runErr := make(chan error, 1)
+	go func() { runErr <- router.Run(context.WithoutCancel(ctx)) }()
 	select {
 	case <-router.Running():
+	case err := <-runErr:
+		return fmt.Errorf("the event processor cannot start: %w", err)
 	case <-ctx.Done():
-		return ctx.Err()
+		return fmt.Errorf("the event processor did not start in time (is Redis reachable?): %w", ctx.Err())
 	}
 
 	for i, customer := range []string{"ada", "grace", "linus"}[:events] {

@@ -199,8 +199,19 @@ func startWorkers(ctx context.Context, client *redis.Client, topic string, out i
 		router.AddConsumerHandler("process-orders", topic, sub, func(msg *message.Message) error {
 			return w.process(name, msg)
 		})
-		go func() { _ = router.Run(context.WithoutCancel(ctx)) }()
-		<-router.Running()
+		// Run fails when a subscription does (Redis unreachable, refused):
+		// wait for that too, not only for Running, which then never comes.
+		runErr := make(chan error, 1)
+		go func() { runErr <- router.Run(context.WithoutCancel(ctx)) }()
+		select {
+		case <-router.Running():
+		case err := <-runErr:
+			w.close()
+			return nil, fmt.Errorf("%s cannot start: %w", name, err)
+		case <-ctx.Done():
+			w.close()
+			return nil, ctx.Err()
+		}
 	}
 	return w, nil
 }
