@@ -32,7 +32,10 @@ type coalescer struct {
 	// clusterPublishRoute.
 	route    func(ctx context.Context) (*redis.Client, error)
 	maxBatch int
-	calls    chan *coalescedCall
+	// wait, when set, ends every pipeline with a WAIT for replicas; see
+	// StreamsPublisherConfig.WaitReplicas. Set before the first call.
+	wait  *replicaWait
+	calls chan *coalescedCall
 	// closing refuses new calls; stop ends the flushers once their
 	// pipeline returns; abandon releases the callers still waiting when
 	// a pipeline does not return in time (see close).
@@ -266,6 +269,7 @@ func (c *coalescer) flush() {
 // retry settings, only when every command of it failed in a way that
 // proves it did not run (no connection, Redis loading, a replica).
 func (c *coalescer) send(target redis.Cmdable, batch []*coalescedCall) {
+	var wait *redis.IntCmd
 	_ = c.policy.Retry(c.ctx, func() error {
 		cmds, err := target.Pipelined(c.ctx, func(pipe redis.Pipeliner) error {
 			for _, call := range batch {
@@ -275,11 +279,20 @@ func (c *coalescer) send(target redis.Cmdable, batch []*coalescedCall) {
 					call.sent = true
 				}
 			}
+			if c.wait != nil {
+				// In a pipeline the client's ReadTimeout bounds the reply,
+				// hence WaitTimeout below it (see Validate).
+				wait = redis.NewIntCmd(c.ctx, "wait", c.wait.replicas, c.wait.timeout.Milliseconds())
+				_ = pipe.Process(c.ctx, wait)
+			}
 			return nil
 		})
 		stampPipelineError(cmds, err)
 		return noneExecuted(cmds)
 	})
+	if wait != nil {
+		c.wait.check(wait, batch)
+	}
 }
 
 // stampPipelineError gives err to every command of cmds that has no
@@ -339,4 +352,31 @@ func (c *coalescer) gather(batch *[]*coalescedCall, size int) int {
 		}
 	}
 	return size
+}
+
+// replicaWait makes a pipeline's calls succeed only once enough replicas
+// have their writes: WAIT, sent after them on the same connection, returns
+// how many replicas acknowledged everything the connection wrote.
+type replicaWait struct {
+	replicas int
+	timeout  time.Duration
+}
+
+// check fails the sent calls of batch when WAIT did not confirm enough
+// replicas. Their commands did run: the entries are stored on the primary,
+// which a failover before the replicas caught up would lose.
+func (w *replicaWait) check(wait *redis.IntCmd, batch []*coalescedCall) {
+	confirmed, err := wait.Result()
+	if err == nil && confirmed >= int64(w.replicas) {
+		return
+	}
+	failure := fmt.Errorf("%w: %d of %d confirmed within %s", ErrNotReplicated, confirmed, w.replicas, w.timeout)
+	if err != nil {
+		failure = fmt.Errorf("%w: WAIT for %d failed: %w", ErrNotReplicated, w.replicas, err)
+	}
+	for _, call := range batch {
+		if call.sent && call.err == nil {
+			call.err = failure
+		}
+	}
 }

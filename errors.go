@@ -38,6 +38,13 @@ func (e *ConfigError) Error() string {
 	return "redisbus: invalid " + e.Field + ": " + e.Problem
 }
 
+// ErrNotReplicated is what a StreamsPublisher's Publish returns, wrapped
+// with the count, when StreamsPublisherConfig.WaitReplicas replicas did not
+// confirm its entries in time. The entries are stored on the primary: a
+// failover before the replicas catch up could lose them, and publishing
+// them again could store them twice.
+var ErrNotReplicated = errors.New("redisbus: stored, but not confirmed by enough replicas (WaitReplicas)")
+
 func configError(field, problem string) error {
 	return &ConfigError{Field: field, Problem: problem}
 }

@@ -67,6 +67,20 @@ type StreamsPublisherConfig struct {
 	// not answered yet; those still unanswered then fail with an error
 	// saying their entries may or may not be stored. Zero means 5 seconds.
 	CloseTimeout time.Duration
+
+	// WaitReplicas makes Publish return only once this many replicas have
+	// every entry of the call: Redis replicates asynchronously, so an
+	// entry the primary acknowledged is lost if it fails over before a
+	// replica got it. Each pipeline of coalesced publishes ends with one
+	// WAIT (not one per message). When fewer replicas confirm within
+	// WaitTimeout, Publish fails with ErrNotReplicated: the entries are
+	// stored on the primary, and publishing them again may store them
+	// twice. Zero means no waiting. Not with Redis Cluster, where WAIT
+	// would confirm only one master's writes.
+	WaitReplicas int
+	// WaitTimeout bounds each WAIT. Zero means 1 second; it must stay
+	// below the client's ReadTimeout.
+	WaitTimeout time.Duration
 }
 
 func (c *StreamsPublisherConfig) setDefaults() {
@@ -79,6 +93,9 @@ func (c *StreamsPublisherConfig) setDefaults() {
 	if c.CloseTimeout == 0 {
 		c.CloseTimeout = 5 * time.Second
 	}
+	if c.WaitReplicas > 0 && c.WaitTimeout == 0 {
+		c.WaitTimeout = time.Second
+	}
 }
 
 // Validate reports the first invalid field, if any.
@@ -90,6 +107,21 @@ func (c StreamsPublisherConfig) Validate() error {
 		return configError("StreamsPublisherConfig.MaxBatchSize", "must not be negative")
 	case c.CloseTimeout < 0:
 		return configError("StreamsPublisherConfig.CloseTimeout", "must not be negative")
+	case c.WaitReplicas < 0:
+		return configError("StreamsPublisherConfig.WaitReplicas", "must not be negative")
+	case c.WaitTimeout < 0:
+		return configError("StreamsPublisherConfig.WaitTimeout", "must not be negative")
+	}
+	if c.WaitReplicas > 0 {
+		switch client := c.Client.(type) {
+		case *redis.ClusterClient, *redis.Ring:
+			return configError("StreamsPublisherConfig.WaitReplicas", "is not supported with Redis Cluster or a Ring: WAIT confirms the writes of one node only")
+		case *redis.Client:
+			if read := client.Options().ReadTimeout; read > 0 && c.WaitTimeout >= read {
+				return configError("StreamsPublisherConfig.WaitTimeout",
+					fmt.Sprintf("must be below the client's ReadTimeout (%s), or the client gives up on WAIT first", read))
+			}
+		}
 	}
 	for topic, trim := range c.TopicTrim {
 		if err := trim.validate(fmt.Sprintf("StreamsPublisherConfig.TopicTrim[%q]", topic)); err != nil {
@@ -172,6 +204,10 @@ func NewStreamsPublisher(config StreamsPublisherConfig, logger watermill.LoggerA
 		trims:     map[string]*topicTrim{},
 		closed:    make(chan struct{}),
 	}
+	if config.WaitReplicas > 0 {
+		// Before the first call: the flushers read it only after receiving one.
+		p.coalescer.wait = &replicaWait{replicas: config.WaitReplicas, timeout: config.WaitTimeout}
+	}
 	return p, nil
 }
 
@@ -225,6 +261,13 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 	call.trim = p.trimDue(topic, len(msgs))
 
 	if err := p.coalescer.do(ctx, len(msgs), call); err != nil {
+		if errors.Is(err, ErrNotReplicated) {
+			for _, cmd := range call.cmds {
+				if cmd.Err() != nil { // not stored at all: that is the news
+					return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, cmd.Err())
+				}
+			}
+		}
 		// The entries may still be written: at-least-once.
 		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
 	}
