@@ -45,6 +45,10 @@ type ServerOptions struct {
 	// TLS, when set, makes the server speak TLS only, with this
 	// certificate and key (PEM files); clients are not asked for one.
 	TLS *TLSFiles
+
+	// sentinelOf, when set, makes the process a Sentinel watching this
+	// primary (see StartSentinels).
+	sentinelOf string
 }
 
 // TLSFiles are a server's certificate and private key, as PEM files.
@@ -227,6 +231,9 @@ func freePort() (int, error) {
 }
 
 func (s *Server) args() []string {
+	if s.opts.sentinelOf != "" {
+		return s.sentinelArgs()
+	}
 	appendonly, fsync := "no", "always"
 	if s.opts.AOF {
 		appendonly = "yes"
@@ -290,7 +297,7 @@ func (s *Server) start() error {
 		signalled := false
 		for scanner.Scan() {
 			tail.add(scanner.Text())
-			if !signalled && strings.Contains(scanner.Text(), "Ready to accept connections") {
+			if !signalled && strings.Contains(scanner.Text(), s.readyLine()) {
 				signalled = true
 				close(ready)
 			}
