@@ -148,7 +148,9 @@ func Middleware(config Config) message.HandlerMiddleware {
 					attribute.String("messaging.operation.type", "process"),
 					attribute.String("messaging.destination.name", topic),
 					attribute.String("messaging.message.id", msg.UUID),
-					attribute.String("messaging.consumer.group.name", message.HandlerNameFromCtx(msg.Context())),
+					// The Router handler, not a consumer group: the middleware
+					// cannot see the subscriber's group.
+					attribute.String("watermill.handler.name", message.HandlerNameFromCtx(msg.Context())),
 				))
 			defer span.End()
 			msg.SetContext(ctx)

@@ -103,6 +103,7 @@ type Collector struct {
 
 	mu                 sync.Mutex
 	names              map[string]bool
+	added              map[any]string // component → its name: each is added once
 	publishers         map[string]*redisbus.Publisher
 	subscribers        map[string]*redisbus.Subscriber
 	streamsPublishers  map[string]*redisbus.StreamsPublisher
@@ -121,6 +122,7 @@ func NewCollector(config Config) (*Collector, error) {
 	c := &Collector{
 		config:             config,
 		names:              map[string]bool{},
+		added:              map[any]string{},
 		publishers:         map[string]*redisbus.Publisher{},
 		subscribers:        map[string]*redisbus.Subscriber{},
 		streamsPublishers:  map[string]*redisbus.StreamsPublisher{},
@@ -135,52 +137,60 @@ func NewCollector(config Config) (*Collector, error) {
 // added component has: their series would be indistinguishable.
 var ErrNameTaken = errors.New("redisbusprom: name taken")
 
-// add registers component under name in m.
-func add[T any](c *Collector, m map[string]T, name string, component T) error {
+// ErrAlreadyAdded is returned when a component is added a second time:
+// its counters would be counted twice.
+var ErrAlreadyAdded = errors.New("redisbusprom: component already added")
+
+// add registers component under name (fallback() when empty) in m.
+func add[T comparable](c *Collector, m map[string]T, name string, component T, fallback func() string) error {
+	var zero T
+	if component == zero {
+		return errors.New("redisbusprom: nil component")
+	}
+	if name == "" {
+		name = fallback()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if other, ok := c.added[component]; ok {
+		return fmt.Errorf("%w (as %q)", ErrAlreadyAdded, other)
+	}
 	if c.names[name] {
 		return fmt.Errorf("%w: %q (give each component a name of its own)", ErrNameTaken, name)
 	}
 	c.names[name] = true
+	c.added[component] = name
 	m[name] = component
 	return nil
 }
 
-// or returns name, or fallback when name is empty.
-func or(name, fallback string) string {
-	if name == "" {
-		return fallback
-	}
-	return name
-}
-
 // AddPublisher reports p's counters under the label name="name" (p's
-// String when name is empty). Each name may be used once.
+// String when name is empty). Each name, and each component, may be
+// added once.
 func (c *Collector) AddPublisher(name string, p *redisbus.Publisher) error {
-	return add(c, c.publishers, or(name, p.String()), p)
+	return add(c, c.publishers, name, p, func() string { return p.String() })
 }
 
 // AddSubscriber reports s's counters, as AddPublisher.
 func (c *Collector) AddSubscriber(name string, s *redisbus.Subscriber) error {
-	return add(c, c.subscribers, or(name, s.String()), s)
+	return add(c, c.subscribers, name, s, func() string { return s.String() })
 }
 
 // AddStreamsPublisher reports p's counters, as AddPublisher.
 func (c *Collector) AddStreamsPublisher(name string, p *redisbus.StreamsPublisher) error {
-	return add(c, c.streamsPublishers, or(name, p.String()), p)
+	return add(c, c.streamsPublishers, name, p, func() string { return p.String() })
 }
 
 // AddStreamsSubscriber reports s's counters, as AddPublisher, and watches
 // the streams it reads (with Config.Client).
 func (c *Collector) AddStreamsSubscriber(name string, s *redisbus.StreamsSubscriber) error {
-	return add(c, c.streamsSubscribers, or(name, s.String()), s)
+	return add(c, c.streamsSubscribers, name, s, func() string { return s.String() })
 }
 
 // AddNode reports a wsroute node's counters, as AddPublisher (the node's ID
 // when name is empty).
 func (c *Collector) AddNode(name string, n *wsroute.Node) error {
-	return add(c, c.nodes, or(name, n.ID()), n)
+	return add(c, c.nodes, name, n, func() string { return n.ID() })
 }
 
 // Remove stops reporting the component added under name (closed
@@ -188,6 +198,11 @@ func (c *Collector) AddNode(name string, n *wsroute.Node) error {
 func (c *Collector) Remove(name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	for component, n := range c.added {
+		if n == name {
+			delete(c.added, component)
+		}
+	}
 	delete(c.names, name)
 	delete(c.publishers, name)
 	delete(c.subscribers, name)

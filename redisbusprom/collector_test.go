@@ -241,7 +241,13 @@ func TestCollectorReportsPubSubAndNodes(t *testing.T) {
 	require.NoError(t, collector.AddPublisher("", pub))
 	require.NoError(t, collector.AddSubscriber("", sub))
 	require.NoError(t, collector.AddNode("chat", node))
-	assert.ErrorIs(t, collector.AddSubscriber("", sub), redisbusprom.ErrNameTaken)
+	assert.ErrorIs(t, collector.AddSubscriber("", sub), redisbusprom.ErrAlreadyAdded, "counted twice otherwise")
+	other, err := redisbus.NewSubscriber(redisbus.SubscriberConfig{Client: client}, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = other.Close() })
+	assert.ErrorIs(t, collector.AddSubscriber("", other), redisbusprom.ErrNameTaken, "two subscribers, one name")
+	require.NoError(t, collector.AddSubscriber("other", other))
+	assert.Error(t, collector.AddPublisher("nil", nil))
 
 	messages, err := sub.Subscribe(t.Context(), topic)
 	require.NoError(t, err)
@@ -266,4 +272,36 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 	var configErr *redisbus.ConfigError
 	require.ErrorAs(t, err, &configErr)
 	assert.Equal(t, "redisbusprom.Config.MaxStreams", configErr.Field)
+}
+
+// A stream that does not exist has no length (0 would read as empty); one
+// whose key holds something else is left out and logged; the scrape says
+// it carries stream views.
+func TestMissingAndWrongTypeStreams(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	client := server.Client(t)
+	require.NoError(t, client.Set(t.Context(), "config", "x", 0).Err())
+	require.NoError(t, client.XAdd(t.Context(), &redis.XAddArgs{Stream: "empty", Values: []string{"payload", "x"}}).Err())
+	require.NoError(t, client.XTrimMaxLen(t.Context(), "empty", 0).Err())
+	logger := pubsubtest.NewRecordingLogger()
+	_, registry := newCollector(t, redisbusprom.Config{Client: client, Streams: []string{"missing", "config", "empty"}, Logger: logger, CacheFor: -1})
+
+	scrape(t, registry)
+	got := scrape(t, registry)
+	assert.Equal(t, map[string]float64{"stream=empty": 0}, got["redisbus_stream_length_entries"])
+	assert.Equal(t, 1.0, got["redisbus_scrape_success"][""])
+	assert.Len(t, logger.Find(watermill.ErrorLogLevel, "is not a stream"), 1, "the key of another type is logged once")
+}
+
+// Two collectors (two Redis deployments, say) share a registry when each
+// is wrapped with a label of its own.
+func TestTwoCollectorsInOneRegistry(t *testing.T) {
+	registry := prometheus.NewRegistry()
+	for _, deployment := range []string{"orders", "chat"} {
+		collector, err := redisbusprom.NewCollector(redisbusprom.Config{Client: pubsubtest.NewClient(t), Streams: []string{deployment}})
+		require.NoError(t, err)
+		require.NoError(t, prometheus.WrapRegistererWith(prometheus.Labels{"redis": deployment}, registry).Register(collector))
+	}
+	got := scrape(t, registry)
+	assert.Len(t, got["redisbus_scrape_success"], 2)
 }

@@ -32,7 +32,9 @@ var (
 	consumerPending = prometheus.NewDesc("redisbus_stream_consumer_pending_entries",
 		"Entries pending with each consumer of the group.", []string{"stream", "group", "consumer"}, nil)
 	scrapeErrors = prometheus.NewDesc("redisbus_scrape_errors_total",
-		"Scrapes without stream views: the refresh failed (Redis unreachable) or took longer than ScrapeTimeout.", nil, nil)
+		"Refreshes of the stream views that failed (Redis unreachable), and scrapes that stopped waiting for one after ScrapeTimeout.", nil, nil)
+	scrapeSuccess = prometheus.NewDesc("redisbus_scrape_success",
+		"1 when this scrape carries stream views (fresh, or cached from a good refresh), 0 when it has none.", nil, nil)
 	scrapeDuration = prometheus.NewDesc("redisbus_scrape_duration_seconds",
 		"How long the last refresh of the stream views took.", nil, nil)
 	omittedStreams = prometheus.NewDesc("redisbus_scrape_omitted_streams",
@@ -41,7 +43,7 @@ var (
 
 func viewDescs() []*prometheus.Desc {
 	return []*prometheus.Desc{streamLength, deadLetterLength, groupLag, groupPending, groupConsumers,
-		groupOldestPending, consumerPending, scrapeErrors, scrapeDuration, omittedStreams}
+		groupOldestPending, consumerPending, scrapeErrors, scrapeSuccess, scrapeDuration, omittedStreams}
 }
 
 // watchedStream is a stream and its dead-letter stream.
@@ -62,11 +64,14 @@ type streamViews struct {
 	running     chan struct{} // closed when the refresh under way ends; nil when none is
 	timedOut    chan struct{} // the running refresh already counted as an error by a scrape
 	cached      []prometheus.Metric
+	cachedOK    bool // cached comes from a refresh that succeeded
 	refreshedAt time.Time
 	errors      uint64
 	took        time.Duration
 	omitted     int
 	loggedCap   bool
+	// loggedKeys are watched streams whose key is not a stream, logged once.
+	loggedKeys map[string]bool
 }
 
 func newStreamViews(config *Config, streams func() []watchedStream) *streamViews {
@@ -99,6 +104,7 @@ func (v *streamViews) collect(ch chan<- prometheus.Metric) {
 
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	success := 0.0
 	if timedOut {
 		v.errors++
 		v.timedOut = running
@@ -106,7 +112,11 @@ func (v *streamViews) collect(ch chan<- prometheus.Metric) {
 		for _, m := range v.cached {
 			ch <- m
 		}
+		if v.cachedOK {
+			success = 1
+		}
 	}
+	ch <- prometheus.MustNewConstMetric(scrapeSuccess, prometheus.GaugeValue, success)
 	ch <- prometheus.MustNewConstMetric(scrapeErrors, prometheus.CounterValue, float64(v.errors))
 	ch <- prometheus.MustNewConstMetric(scrapeDuration, prometheus.GaugeValue, v.took.Seconds())
 	ch <- prometheus.MustNewConstMetric(omittedStreams, prometheus.GaugeValue, float64(v.omitted))
@@ -120,7 +130,7 @@ func (v *streamViews) refreshInBackground(done chan struct{}) {
 	v.took, v.refreshedAt = time.Since(start), time.Now()
 	// A failure is cached too: a Redis that is down is not asked again at
 	// every scrape.
-	v.cached = metrics
+	v.cached, v.cachedOK = metrics, err == nil
 	if err != nil {
 		if v.timedOut != done { // not counted by a scrape that gave up on it
 			v.errors++
@@ -179,19 +189,20 @@ func (v *streamViews) refresh() ([]prometheus.Metric, error) {
 	pipe = v.config.Client.Pipeline()
 	for i, s := range streams {
 		r := reads[i]
-		if r.length.Err() != nil { // a key of another type: nothing to show
+		if err := r.length.Err(); err != nil { // a key of another type
+			v.logNotAStream(s.name, err)
 			continue
 		}
-		metrics = append(metrics,
-			prometheus.MustNewConstMetric(streamLength, prometheus.GaugeValue, float64(r.length.Val()), s.name))
 		if r.deadLetter.Err() == nil {
 			metrics = append(metrics, prometheus.MustNewConstMetric(deadLetterLength, prometheus.GaugeValue,
 				float64(r.deadLetter.Val()), s.name, s.deadLetter))
 		}
 		groups, err := r.groups.Result()
-		if err != nil { // no such stream yet
+		if err != nil { // no such stream (yet): no length either, which would read as an empty stream
 			continue
 		}
+		metrics = append(metrics,
+			prometheus.MustNewConstMetric(streamLength, prometheus.GaugeValue, float64(r.length.Val()), s.name))
 		for _, g := range groups {
 			metrics = append(metrics,
 				prometheus.MustNewConstMetric(groupPending, prometheus.GaugeValue, float64(g.Pending), s.name, g.Name),
@@ -225,6 +236,20 @@ func (v *streamViews) refresh() ([]prometheus.Metric, error) {
 		}
 	}
 	return metrics, nil
+}
+
+// logNotAStream logs, once per key, a watched stream whose key holds
+// something else.
+func (v *streamViews) logNotAStream(key string, err error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.loggedKeys == nil {
+		v.loggedKeys = map[string]bool{}
+	}
+	if !v.loggedKeys[key] {
+		v.loggedKeys[key] = true
+		v.config.Logger.Error("redisbusprom: a watched stream's key is not a stream; left out", err, watermill.LogFields{"key": key})
+	}
 }
 
 // isReplyError reports whether a pipeline's error is Redis' reply to one
