@@ -190,7 +190,8 @@ Each dead letter is re-added with its own fields (without the redisbus_*
 fields the subscriber added when it gave up) and deleted from the
 dead-letter stream in one Lua script: whenever the console stops, even
 killed, each entry is in exactly one of the two streams. The re-added
-entry gets a new ID and keeps its message UUID.
+entry gets a new ID and keeps its message UUID. Every consumer group of
+the stream gets it again, not only the one that dead-lettered it.
 
 Say which: entry IDs, --all, --reason REGEX and/or --since DURATION.`,
 		Args: cobra.MinimumNArgs(1),
