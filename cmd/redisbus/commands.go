@@ -42,8 +42,9 @@ func newStreamsCommand(c *console) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&match, "match", "*", "only streams whose names match this SCAN pattern")
 	cmd.Flags().StringVar(&suffix, "dead-suffix", ":dead", "streams named TOPIC+this are TOPIC's dead letters")
-	cmd.Flags().IntVar(&limit, "limit", 1000, "list at most this many topics")
-	cmd.RunE = c.command(nil, func(ctx context.Context, _ []string) error {
+	cmd.Flags().IntVar(&limit, "limit", 1000, "list at most this many topics (an arbitrary subset, in SCAN order, when there are more)")
+	validate := func([]string) error { return atLeastOne("--limit", int64(limit)) }
+	cmd.RunE = c.command(validate, func(ctx context.Context, _ []string) error {
 		topics, truncated, err := StreamsView(ctx, c.client, match, suffix, limit)
 		if err != nil {
 			return err
@@ -93,7 +94,8 @@ func newStreamCommand(c *console) *cobra.Command {
 	}
 	deadFlag(cmd, &dead)
 	cmd.Flags().Int64Var(&last, "last", 5, "show this many of the newest entries")
-	cmd.RunE = c.command(nil, func(ctx context.Context, args []string) error {
+	validate := func([]string) error { return atLeastOne("--last", last) }
+	cmd.RunE = c.command(validate, func(ctx context.Context, args []string) error {
 		topic := args[0]
 		if err := c.requireStream(ctx, topic, noStream(topic)); err != nil {
 			return err
@@ -144,10 +146,15 @@ func newDeadCommand(c *console) *cobra.Command {
 	deadFlag(cmd, &dead)
 	sel.flags(cmd, false)
 	cmd.Flags().IntVar(&limit, "limit", 100, "list at most this many, oldest first")
-	validate := func(args []string) error { return sel.parse(args[1:], false) }
+	validate := func(args []string) error {
+		if err := atLeastOne("--limit", int64(limit)); err != nil {
+			return err
+		}
+		return sel.parse(args[1:], false)
+	}
 	cmd.RunE = c.command(validate, func(ctx context.Context, args []string) error {
 		stream := deadStream(args[0], dead)
-		if err := c.requireStream(ctx, stream, nil); err != nil {
+		if err := c.requireDeadLetters(ctx, args[0], stream); err != nil {
 			return err
 		}
 		letters, more, err := DeadView(ctx, c.client, stream, sel, limit)
@@ -183,7 +190,8 @@ Each dead letter is re-added with its own fields (without the redisbus_*
 fields the subscriber added when it gave up) and deleted from the
 dead-letter stream in one Lua script: whenever the console stops, even
 killed, each entry is in exactly one of the two streams. The re-added
-entry gets a new ID and keeps its message UUID.
+entry gets a new ID and keeps its message UUID. Every consumer group of
+the stream gets it again, not only the one that dead-lettered it.
 
 Say which: entry IDs, --all, --reason REGEX and/or --since DURATION.`,
 		Args: cobra.MinimumNArgs(1),
@@ -202,7 +210,7 @@ Say which: entry IDs, --all, --reason REGEX and/or --since DURATION.`,
 	}
 	cmd.RunE = c.command(validate, func(ctx context.Context, args []string) error {
 		stream := deadStream(args[0], dead)
-		if err := c.requireStream(ctx, stream, nil); err != nil {
+		if err := c.requireDeadLetters(ctx, args[0], stream); err != nil {
 			return err
 		}
 		if to != "" {
@@ -222,10 +230,7 @@ Say which: entry IDs, --all, --reason REGEX and/or --since DURATION.`,
 		if len(r.NoOrigin) > 0 {
 			return failf(exitFailure, "%d dead letters do not say which stream they came from: replay them with --to STREAM", len(r.NoOrigin))
 		}
-		if len(r.Missing) > 0 {
-			return failf(exitFailure, "%d of the IDs given are not dead letters in %s (replayed or purged already?)", len(r.Missing), stream)
-		}
-		return nil
+		return missingError(r.Missing, stream)
 	})
 	return cmd
 }
@@ -253,6 +258,9 @@ func (c *console) progressBar(ctx context.Context, dead string, ids int, hidden 
 }
 
 func (c *console) printReplay(r ReplayResult) error {
+	for _, w := range r.Warnings {
+		c.notef("redisbus: warning: %s", w)
+	}
 	if c.json {
 		return c.printJSON(r)
 	}
@@ -264,10 +272,10 @@ func (c *console) printReplay(r ReplayResult) error {
 		if len(rows) > 0 {
 			table(c.stdout, []string{"ID", "REASON", "ORIGIN", "UUID", "PAYLOAD"}, rows)
 		}
-		if r.Replayed > len(r.Entries) {
-			fmt.Fprintf(c.stdout, "… and %d more\n", r.Replayed-len(r.Entries))
+		if r.WouldReplay > len(r.Entries) {
+			fmt.Fprintf(c.stdout, "… and %d more\n", r.WouldReplay-len(r.Entries))
 		}
-		fmt.Fprintf(c.stdout, "Dry run: would replay %d dead letters from %s%s. Nothing changed.\n", r.Replayed, r.DeadLetterStream, streamsText(r.Streams))
+		fmt.Fprintf(c.stdout, "Dry run: would replay %d dead letters from %s%s. Nothing changed.\n", r.WouldReplay, r.DeadLetterStream, streamsText(r.Streams))
 	} else {
 		fmt.Fprintf(c.stdout, "Replayed %d dead letters from %s%s.\n", r.Replayed, r.DeadLetterStream, streamsText(r.Streams))
 	}
@@ -317,22 +325,28 @@ exactly the entries it counted (dead letters added meanwhile stay).`,
 	validate := func(args []string) error { return sel.parse(args[1:], true) }
 	cmd.RunE = c.command(validate, func(ctx context.Context, args []string) error {
 		stream := deadStream(args[0], dead)
-		if err := c.requireStream(ctx, stream, nil); err != nil {
+		if err := c.requireDeadLetters(ctx, args[0], stream); err != nil {
 			return err
 		}
 		var ids []string
+		found := map[string]bool{}
 		err := sel.each(ctx, c.client, stream, "+", func(page []redis.XMessage, _ int) error {
 			for _, e := range page {
 				ids = append(ids, e.ID)
+				found[e.ID] = true
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
+		missing := notFound(sel.ids, found)
 		if len(ids) == 0 {
 			c.notef("no dead letters in %s match", stream)
-			return c.printPurge(stream, 0)
+			if err := c.printPurge(stream, 0, missing); err != nil {
+				return err
+			}
+			return missingError(missing, stream)
 		}
 		if !yes && !c.confirm(fmt.Sprintf("Delete %d dead letters from %s? [y/N] ", len(ids), stream)) {
 			return failf(exitFailure, "not confirmed: nothing deleted (use --yes in scripts)")
@@ -342,21 +356,44 @@ exactly the entries it counted (dead letters added meanwhile stay).`,
 			n, err := c.client.XDel(ctx, stream, ids[i:min(i+eachPage, len(ids))]...).Result()
 			deleted += int(n)
 			if err != nil {
-				_ = c.printPurge(stream, deleted)
+				_ = c.printPurge(stream, deleted, missing)
 				return err
 			}
 		}
-		return c.printPurge(stream, deleted)
+		if err := c.printPurge(stream, deleted, missing); err != nil {
+			return err
+		}
+		return missingError(missing, stream)
 	})
 	return cmd
 }
 
-func (c *console) printPurge(stream string, deleted int) error {
+// missingError is the failure (exit 1) of a command given IDs that are
+// not dead letters in stream, nil when there are none.
+func missingError(missing []string, stream string) error {
+	if len(missing) == 0 {
+		return nil
+	}
+	return failf(exitFailure, "%d of the IDs given are not dead letters in %s (replayed or purged already?)", len(missing), stream)
+}
+
+func (c *console) printPurge(stream string, deleted int, missing []string) error {
 	if c.json {
-		return c.printJSON(map[string]any{"dead_letter_stream": stream, "deleted": deleted})
+		return c.printJSON(map[string]any{"dead_letter_stream": stream, "deleted": deleted, "missing": nonNil(missing)})
 	}
 	fmt.Fprintf(c.stdout, "Deleted %d dead letters from %s.\n", deleted, stream)
+	for _, id := range missing {
+		fmt.Fprintf(c.stdout, "Not a dead letter (any more): %s\n", id)
+	}
 	return nil
+}
+
+// nonNil is ids, or an empty list for JSON's [] instead of null.
+func nonNil(ids []string) []string {
+	if ids == nil {
+		return []string{}
+	}
+	return ids
 }
 
 // confirm asks question on stderr and reads the answer from stdin.
@@ -387,7 +424,8 @@ func newPendingCommand(c *console) *cobra.Command {
 	cmd.Flags().StringVar(&consumer, "consumer", "", "only this consumer's entries")
 	cmd.Flags().DurationVar(&minIdle, "min-idle", 0, "only entries idle this long or longer (e.g. 5m)")
 	cmd.Flags().Int64Var(&limit, "limit", 100, "list at most this many, oldest first")
-	cmd.RunE = c.command(nil, func(ctx context.Context, args []string) error {
+	validate := func([]string) error { return atLeastOne("--limit", limit) }
+	cmd.RunE = c.command(validate, func(ctx context.Context, args []string) error {
 		topic, group := args[0], args[1]
 		if err := c.requireStream(ctx, topic, noStream(topic)); err != nil {
 			return err
@@ -430,7 +468,7 @@ that became active again. Delivery counts stay as they were.`,
 		case len(args) > 2 && from != "":
 			return usagef("--from goes with --min-idle, not with IDs")
 		}
-		return nil
+		return checkIDs(args[2:])
 	}
 	cmd.RunE = c.command(validate, func(ctx context.Context, args []string) error {
 		topic, group := args[0], args[1]
@@ -441,12 +479,26 @@ that became active again. Delivery counts stay as they were.`,
 		if err != nil {
 			return c.groupError(err, topic, group)
 		}
-		if c.json {
-			return c.printJSON(map[string]any{"consumer": to, "claimed": claimed})
-		}
-		fmt.Fprintf(c.stdout, "Claimed %d entries for consumer %s.\n", len(claimed), to)
+		given := map[string]bool{}
 		for _, id := range claimed {
-			fmt.Fprintln(c.stdout, id)
+			given[id] = true
+		}
+		notClaimed := notFound(args[2:], given)
+		if c.json {
+			if err := c.printJSON(map[string]any{"consumer": to, "claimed": claimed, "not_claimed": nonNil(notClaimed)}); err != nil {
+				return err
+			}
+		} else {
+			fmt.Fprintf(c.stdout, "Claimed %d entries for consumer %s.\n", len(claimed), to)
+			for _, id := range claimed {
+				fmt.Fprintln(c.stdout, id)
+			}
+			for _, id := range notClaimed {
+				fmt.Fprintf(c.stdout, "Not claimed: %s\n", id)
+			}
+		}
+		if len(notClaimed) > 0 {
+			return failf(exitFailure, "%d of the IDs given were not claimed: not pending in group %s (or, with --min-idle, not idle that long)", len(notClaimed), group)
 		}
 		return nil
 	})

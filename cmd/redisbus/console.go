@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -29,6 +30,9 @@ type console struct {
 
 	redisURL string
 	json     bool
+	// announceDefault is set for the commands of announcing: they say on
+	// stderr when they use the default Redis, which nobody chose.
+	announceDefault bool
 
 	client redis.UniversalClient // a *redis.ClusterClient on Redis Cluster
 	addr   string                // host:port, for error messages (the URL may hold a password)
@@ -72,16 +76,19 @@ Exit codes: 0 done, 1 failed, 2 bad command line, 3 Redis unreachable,
 // connect opens the connection and checks that Redis answers, so that an
 // outage is reported as such (exit 3) before any command starts.
 func (c *console) connect(ctx context.Context) error {
-	raw := c.redisURL
+	raw, source := c.redisURL, "--redis"
 	if raw == "" {
-		raw = os.Getenv("REDIS_URL")
+		raw, source = os.Getenv("REDIS_URL"), "REDIS_URL"
 	}
 	if raw == "" {
-		raw = defaultRedisURL
+		raw, source = defaultRedisURL, ""
 	}
-	opts, err := redisurl.Parse(raw)
+	opts, err := redisurl.ParseFrom(source, raw)
 	if err != nil {
 		return usagef("%v", err)
+	}
+	if source == "" && c.announceDefault {
+		c.notef("redisbus: using Redis at %s (default; set REDIS_URL or --redis)", opts.Addr)
 	}
 	opts.DialTimeout = 3 * time.Second
 	opts.MaxRetries = -1 // an operator wants the error now, not after retries
@@ -91,7 +98,7 @@ func (c *console) connect(ctx context.Context) error {
 	client := redis.NewClient(opts)
 	c.client = client
 	if err := client.Ping(ctx).Err(); err != nil {
-		return c.redisError(err)
+		return c.connectError(err)
 	}
 	if !clusterEnabled(ctx, client) {
 		return nil
@@ -107,9 +114,21 @@ func (c *console) connect(ctx context.Context) error {
 		DialerRetries: opts.DialerRetries,
 	})
 	if err := c.client.Ping(ctx).Err(); err != nil {
-		return c.redisError(err)
+		return c.connectError(err)
 	}
 	return nil
+}
+
+// connectError is redisError for the first command: whatever fails there
+// (a service that is not Redis on the port, a database the server does
+// not have) means that this Redis cannot be used, exit 3.
+func (c *console) connectError(err error) error {
+	err = c.redisError(err)
+	var exit *exitError
+	if errors.As(err, &exit) && exit.code == exitFailure {
+		return failf(exitUnreachable, "cannot use Redis at %s: %v", c.addr, exit.err)
+	}
+	return err
 }
 
 // clusterEnabled tells whether the server is a Redis Cluster node, whose
@@ -163,6 +182,19 @@ func (c *console) requireStream(ctx context.Context, key string, ifMissing error
 	return failf(exitNotFound, "%q is a %s, not a stream", key, kind)
 }
 
+// requireDeadLetters checks, as requireStream does, that dead is a
+// stream. A dead-letter stream that does not exist is fine (no dead
+// letters yet) when the topic's stream does: when neither exists, the
+// topic is most likely misspelt.
+func (c *console) requireDeadLetters(ctx context.Context, topic, dead string) error {
+	errNone := errors.New("no dead-letter stream")
+	err := c.requireStream(ctx, dead, errNone)
+	if !errors.Is(err, errNone) {
+		return err
+	}
+	return c.requireStream(ctx, topic, failf(exitNotFound, "no such stream: neither %q nor its dead-letter stream %q exists", topic, dead))
+}
+
 // noStream is the error of a command that needs stream to exist.
 func noStream(stream string) error {
 	return failf(exitNotFound, "no stream named %q", stream)
@@ -189,6 +221,33 @@ func (c *console) notef(format string, args ...any) {
 	fmt.Fprintf(c.stderr, format+"\n", args...)
 }
 
+// announcing are the commands that change data, and ui, which offers to:
+// run against a Redis nobody named, they say which one it is.
+var announcing = map[string]bool{"replay": true, "purge": true, "claim": true, "ui": true}
+
+// entryID matches a stream entry ID as commands take it: ms-seq or ms.
+var entryID = regexp.MustCompile(`^[0-9]+(-[0-9]+)?$`)
+
+// checkIDs refuses, as a usage error, arguments that are not entry IDs,
+// which Redis would otherwise report in its own words (or take for an
+// option of XCLAIM).
+func checkIDs(ids []string) error {
+	for _, id := range ids {
+		if !entryID.MatchString(id) {
+			return usagef("%q is not a stream entry ID (MILLISECONDS-SEQUENCE, such as 1718000000000-0)", id)
+		}
+	}
+	return nil
+}
+
+// atLeastOne refuses a count flag below 1.
+func atLeastOne(flag string, value int64) error {
+	if value < 1 {
+		return usagef("%s must be at least 1", flag)
+	}
+	return nil
+}
+
 // command wraps a command's work: check the command line (validate may
 // be nil), connect, and turn whatever error fn returns into an exit code.
 func (c *console) command(validate func(args []string) error, fn func(ctx context.Context, args []string) error) func(*cobra.Command, []string) error {
@@ -199,6 +258,7 @@ func (c *console) command(validate func(args []string) error, fn func(ctx contex
 			}
 		}
 		ctx := cmd.Context()
+		c.announceDefault = announcing[cmd.Name()]
 		if err := c.connect(ctx); err != nil {
 			return err
 		}

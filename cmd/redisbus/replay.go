@@ -5,11 +5,14 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	redisbus "github.com/redisbus/watermill-redisbus"
 )
 
 //go:embed replay.lua
@@ -21,10 +24,16 @@ var replayScript = redis.NewScript(replayLua)
 type ReplayResult struct {
 	DeadLetterStream string `json:"dead_letter_stream"`
 	DryRun           bool   `json:"dry_run"`
-	// Replayed counts the dead letters moved back (or that would be).
+	// Replayed counts the dead letters moved back: 0 in a dry run.
 	Replayed int `json:"replayed"`
-	// Streams counts them per stream they went to.
+	// WouldReplay counts, in a dry run, the dead letters a replay would
+	// move back: 0 in a real one.
+	WouldReplay int `json:"would_replay"`
+	// Streams counts them per stream they went (or would go) to.
 	Streams map[string]int `json:"streams"`
+	// Warnings say what will likely surprise: a stream replayed to that
+	// no consumer group reads.
+	Warnings []string `json:"warnings,omitempty"`
 	// Missing lists the IDs asked for that were not dead letters, or were
 	// replayed or purged by someone else meanwhile.
 	Missing []string `json:"missing,omitempty"`
@@ -58,6 +67,9 @@ func replay(ctx context.Context, client redis.UniversalClient, dead, to string, 
 		r.Missing = sel.ids
 		return r, nil
 	}
+	if err := r.checkTargets(ctx, client, dead, to, sel, end); err != nil {
+		return r, err
+	}
 	if !dryRun {
 		if err := replayScript.Load(ctx, client).Err(); err != nil {
 			return r, err
@@ -87,6 +99,50 @@ func replay(ctx context.Context, client redis.UniversalClient, dead, to string, 
 	return r, err
 }
 
+// checkTargets looks at the streams the selected dead letters would go
+// to before any moves: a key of another type would fail the replay
+// midway (exit 4, nothing moved), and a stream that no consumer group
+// reads is worth a warning.
+func (r *ReplayResult) checkTargets(ctx context.Context, client redis.UniversalClient, dead, to string, sel selection, end string) error {
+	targets := map[string]bool{}
+	if to != "" {
+		targets[to] = true
+	} else {
+		err := sel.each(ctx, client, dead, end, func(page []redis.XMessage, _ int) error {
+			for _, e := range page {
+				if origin, _ := e.Values[redisbus.DeadLetterFieldStream].(string); origin != "" {
+					targets[origin] = true
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for _, target := range slices.Sorted(maps.Keys(targets)) {
+		kind, err := client.Type(ctx, target).Result()
+		if err != nil {
+			return err
+		}
+		switch kind {
+		case "none":
+			r.Warnings = append(r.Warnings, fmt.Sprintf("%s does not exist: the replay creates it, and no consumer group reads it", target))
+		case "stream":
+			groups, err := client.XInfoGroups(ctx, target).Result()
+			if err != nil {
+				return err
+			}
+			if len(groups) == 0 {
+				r.Warnings = append(r.Warnings, fmt.Sprintf("%s has no consumer group: nothing will consume the replayed entries", target))
+			}
+		default:
+			return &exitError{code: exitNotFound, err: fmt.Errorf("dead letters of %s go to %q, which is a %s, not a stream: nothing was replayed", dead, target, kind)}
+		}
+	}
+	return nil
+}
+
 // move replays one batch of dead letters: in one round trip of scripts,
 // and for the streams in another hash slot in three (moveInTwoSteps).
 func (r *ReplayResult) move(ctx context.Context, client redis.UniversalClient, dead, to string, entries []redis.XMessage, dryRun bool, now time.Time) error {
@@ -104,7 +160,8 @@ func (r *ReplayResult) move(ctx context.Context, client redis.UniversalClient, d
 		case target == "":
 			r.NoOrigin = append(r.NoOrigin, e.ID)
 		case dryRun:
-			r.count(target)
+			r.WouldReplay++
+			r.Streams[target]++
 			if len(r.Entries) < dryRunListed {
 				r.Entries = append(r.Entries, d)
 			}

@@ -48,9 +48,10 @@ func TestDeadListsReasonOriginDeliveriesAndTheMessage(t *testing.T) {
 	assert.Contains(t, out, "nacked 1 time (MaxDeliveries 1)")
 	assert.Contains(t, out, "orders "+letters0(t, e).OriginID)
 
-	r := e.run("", "dead", "nothing")
+	e.xadd("quiet", "payload", "x")
+	r := e.run("", "dead", "quiet")
 	assert.Equal(t, 0, r.code, "a topic without dead letters has none: %s", r.stderr)
-	assert.Contains(t, r.stderr, "no dead letters in nothing:dead")
+	assert.Contains(t, r.stderr, "no dead letters in quiet:dead")
 }
 
 func letters0(t *testing.T, e *env) DeadLetter {
@@ -71,7 +72,9 @@ func TestReplayReAddsTheOriginalFieldsAndDeletesTheDeadLetter(t *testing.T) {
 
 	var r ReplayResult
 	e.okJSON(&r, "replay", "orders", "--all", "--dry-run")
-	assert.Equal(t, 4, r.Replayed)
+	assert.True(t, r.DryRun)
+	assert.Equal(t, 0, r.Replayed, "nothing was replayed")
+	assert.Equal(t, 4, r.WouldReplay)
 	assert.Len(t, r.Entries, 4)
 	assert.EqualValues(t, 4, e.client.XLen(ctx, "orders:dead").Val(), "a dry run changes nothing")
 	out := e.ok("replay", "orders", "--all", "--dry-run")
@@ -95,7 +98,7 @@ func TestReplayReAddsTheOriginalFieldsAndDeletesTheDeadLetter(t *testing.T) {
 	e.okJSON(&r, "replay", "orders", "--reason", "^timeout")
 	assert.Equal(t, 0, r.Replayed)
 	e.okJSON(&r, "replay", "orders", "--since", "1h", "--reason", regexp.QuoteMeta(first.Reason), "--dry-run")
-	assert.Equal(t, 3, r.Replayed)
+	assert.Equal(t, 3, r.WouldReplay)
 
 	// The rest to another stream.
 	r = ReplayResult{}

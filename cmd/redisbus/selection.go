@@ -36,6 +36,9 @@ func (s *selection) flags(cmd *cobra.Command, withAll bool) {
 // needs to be told what to act on: IDs, --all or a filter.
 func (s *selection) parse(ids []string, required bool) error {
 	s.ids = ids
+	if err := checkIDs(ids); err != nil {
+		return err
+	}
 	if s.reasonText != "" {
 		re, err := regexp.Compile(s.reasonText)
 		if err != nil {

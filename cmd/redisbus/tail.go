@@ -110,17 +110,33 @@ func (c *console) tailPubSub(ctx context.Context, channel string, sharded bool, 
 	}
 	c.notef("Tailing Pub/Sub channel %s (Ctrl-C to stop)", channel)
 	printed := 0
-	messages := sub.Channel() // a blocked ReceiveMessage would not see ctx end
+	// A blocked ReceiveMessage would not see ctx end. The subscriptions'
+	// confirmations tell when the client subscribed again after losing
+	// its connection: Pub/Sub keeps nothing for the time in between.
+	received := sub.ChannelWithSubscriptions()
+	lastHeard := time.Now()
 	for {
-		var msg *redis.Message
+		var next any
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case msg = <-messages:
+		case next = <-received:
 		}
-		if msg == nil {
+		if next == nil {
 			return errors.New("the subscription ended")
 		}
+		if _, ok := next.(*redis.Subscription); ok {
+			now := time.Now()
+			c.notef("redisbus: reconnected to Redis; messages published between %s and %s, if any, were missed (Pub/Sub keeps none)",
+				lastHeard.Format("15:04:05.000"), now.Format("15:04:05.000"))
+			lastHeard = now
+			continue
+		}
+		msg, ok := next.(*redis.Message)
+		if !ok {
+			continue
+		}
+		lastHeard = time.Now()
 		if err := c.printTail(TailMessage{Channel: channel, Message: decodePubSub([]byte(msg.Payload))}); err != nil {
 			return err
 		}

@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -14,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/pubsubtest"
 )
 
 // startTail runs `redisbus tail` with args and returns once it says it is
@@ -113,4 +116,28 @@ func TestTailPubSubDecodesEnvelopesAndRawPayloads(t *testing.T) {
 	require.Len(t, lines, 2)
 	assert.Regexp(t, `^\d\d:\d\d:\d\d\.\d{3}  uuid=`+msg.UUID+`  lang="en"  hello$`, lines[0])
 	assert.Regexp(t, `^\d\d:\d\d:\d\d\.\d{3}  uuid=[0-9a-f-]{36}  plain text$`, lines[1], "raw, with a fresh UUID, as a Subscriber gets it")
+}
+
+func TestTailPubSubSaysWhenItReconnectedAndMayHaveMissedMessages(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	e := &env{t: t, url: server.URL, client: server.Client(t)}
+	cmd := exec.Command(binary, "--redis", e.url, "tail", "news", "--pubsub", "--count", "1")
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "Tailing") }, 10*time.Second, 10*time.Millisecond)
+
+	server.Restart(t)
+	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "reconnected to Redis") }, 15*time.Second, 10*time.Millisecond,
+		"stderr: %s", stderr.String())
+	assert.Regexp(t, `redisbus: reconnected to Redis; messages published between \d\d:\d\d:\d\d\.\d{3} and \d\d:\d\d:\d\d\.\d{3}, if any, were missed`, stderr.String())
+
+	require.NoError(t, e.client.Publish(t.Context(), "news", "after").Err())
+	out, err := io.ReadAll(stdout)
+	require.NoError(t, err)
+	require.NoError(t, cmd.Wait(), stderr.String())
+	assert.Contains(t, string(out), "after", "it tails on")
 }

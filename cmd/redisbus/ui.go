@@ -133,7 +133,8 @@ type seriesKey struct{ metric, name string }
 
 // uiState is what GET /api/state returns: the last sample.
 type uiState struct {
-	SampledAt time.Time     `json:"sampled_at"`
+	SampledAt time.Time     `json:"sampled_at"` // of the last attempt, good or failed
+	ViewedAt  time.Time     `json:"viewed_at"`  // of the last good view, which Topics are
 	Samples   int           `json:"samples"`
 	Error     string        `json:"error,omitempty"` // of the last sample
 	Truncated bool          `json:"truncated"`       // more topics than --max-streams
@@ -241,7 +242,19 @@ func newUI(client redis.UniversalClient, opts uiOptions) *ui {
 	return u
 }
 
-func (u *ui) ServeHTTP(w http.ResponseWriter, r *http.Request) { u.mux.ServeHTTP(w, r) }
+// ServeHTTP forbids framing (no other site may overlay the page to trick
+// a click on Replay all) and, on loopback, serves only requests addressed
+// to a loopback name: a DNS rebinding page, whose Host is its own name,
+// can then read nothing (state, dead letters) nor replay.
+func (u *ui) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Security-Policy", "frame-ancestors 'none'")
+	w.Header().Set("X-Frame-Options", "DENY")
+	if u.opts.localOnly && !isLoopback(r.Host) {
+		http.Error(w, "the UI listens on loopback: open it as localhost or 127.0.0.1, not "+r.Host, http.StatusForbidden)
+		return
+	}
+	u.mux.ServeHTTP(w, r)
+}
 
 // run samples the streams and the metrics every opts.every, and when a
 // replay asks, until ctx ends.
@@ -281,6 +294,7 @@ func (u *ui) sample(ctx context.Context) {
 	if err != nil {
 		u.state.Error = err.Error() // the page keeps showing the last good view
 	} else {
+		u.state.ViewedAt = now
 		u.state.Truncated = truncated
 		u.state.Topics = u.recordLag(topics, now)
 	}
@@ -483,12 +497,10 @@ func (u *ui) handleReplay(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "missing the "+uiHeader+" header (cross-site requests are refused)", http.StatusForbidden)
 		return
 	}
-	if u.opts.localOnly && !isLoopback(r.Host) {
-		http.Error(w, "the UI listens on loopback: open it as localhost or 127.0.0.1, not "+r.Host, http.StatusForbidden)
-		return
-	}
 	var req replayRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+	decoder := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	decoder.DisallowUnknownFields() // a misspelt or unsupported field ("to") must not replay elsewhere than meant
+	if err := decoder.Decode(&req); err != nil {
 		http.Error(w, "bad request body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
@@ -496,7 +508,17 @@ func (u *ui) handleReplay(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, `say which dead letters: {"topic": T, "ids": [...]} or {"topic": T, "all": true}`, http.StatusBadRequest)
 		return
 	}
-	result, err := replay(r.Context(), u.client, req.Topic+u.opts.deadSuffix, "", selection{ids: req.IDs, all: req.All}, false, 100, func(int) {})
+	dead := req.Topic + u.opts.deadSuffix
+	exists, err := u.client.Exists(r.Context(), dead).Result()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	if exists == 0 {
+		http.Error(w, "topic "+req.Topic+" has no dead letters: there is no stream "+dead, http.StatusNotFound)
+		return
+	}
+	result, err := replay(r.Context(), u.client, dead, "", selection{ids: req.IDs, all: req.All}, false, 100, func(int) {})
 	select {
 	case u.wake <- struct{}{}: // show the streams as the replay left them
 	default:

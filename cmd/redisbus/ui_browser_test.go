@@ -58,6 +58,16 @@ func TestBrowserUIReplaysADeadLetter(t *testing.T) {
 	tab.WaitFor(t, ctx, `document.querySelector('#streams td.lag[data-group="audit"]')?.textContent === '4'`,
 		"audit's lag counting the replayed entry")
 
+	// Replay all asks first: Cancel moves nothing, OK moves the rest.
+	tab.Click(t, ctx, "#replay-all")
+	assert.Equal(t, []string{"Replay every dead letter of orders to the stream it came from?"}, tab.Dialogs())
+	assert.EqualValues(t, 2, e.client.XLen(ctx, "orders:dead").Val(), "cancelled: nothing replayed")
+	tab.AnswerDialogs(true)
+	tab.Click(t, ctx, "#replay-all")
+	tab.WaitForText(t, ctx, "result", "Replayed 2 dead letters from orders:dead to orders (2).")
+	assert.Len(t, tab.Dialogs(), 2)
+	assert.Zero(t, e.client.XLen(ctx, "orders:dead").Val())
+
 	if path := os.Getenv("UI_SCREENSHOT"); path != "" {
 		tab.Screenshot(t, ctx, path)
 	}

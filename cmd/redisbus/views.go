@@ -22,6 +22,8 @@ import (
 
 // Message is a message decoded as a redisbus subscriber would see it.
 type Message struct {
+	// UUID is empty when the entry has none (it was not written by a
+	// redisbus publisher), rather than one made up on every read.
 	UUID     string            `json:"uuid"`
 	Metadata map[string]string `json:"metadata"`
 	// Payload is the payload when it is UTF-8 text, else PayloadBase64
@@ -58,7 +60,11 @@ func decodeEntry(values map[string]any) Message {
 		}
 		return Message{Metadata: map[string]string{}, DecodeError: err.Error(), Fields: fields}
 	}
-	return messageOf(msg)
+	m := messageOf(msg)
+	if _, ok := values[redisbus.StreamsFieldUUID]; !ok {
+		m.UUID = "" // the marshaler made one up, differently on every read
+	}
+	return m
 }
 
 // decodePubSub decodes a Pub/Sub payload with EnvelopeMarshaler: what is
@@ -165,6 +171,7 @@ func StreamsView(ctx context.Context, client redis.UniversalClient, pattern, dea
 	if err != nil {
 		return nil, false, err
 	}
+	topics = []StreamSummary{} // JSON [] when nothing matches
 	sorted := make([]string, 0, len(names))
 	for name := range names {
 		sorted = append(sorted, name)

@@ -147,8 +147,10 @@ type Tab struct {
 	b         *Chromium
 	sessionID string
 
-	mu     sync.Mutex
-	errors []string // see Errors
+	mu      sync.Mutex
+	errors  []string // see Errors
+	dialogs []string // see Dialogs
+	accept  bool     // see AnswerDialogs
 }
 
 // Open opens url in a new tab and returns once it has loaded and shows an
@@ -167,7 +169,7 @@ func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *T
 	b.mu.Lock()
 	b.tabs[p.sessionID] = p
 	b.mu.Unlock()
-	for _, domain := range []string{"Runtime.enable", "Log.enable"} { // for their error events
+	for _, domain := range []string{"Runtime.enable", "Log.enable", "Page.enable"} { // for their error and dialog events
 		_, err = b.call(ctx, p.sessionID, domain, map[string]any{})
 		require.NoError(t, err)
 	}
@@ -202,6 +204,10 @@ func (p *Tab) event(method string, params json.RawMessage) {
 	if json.Unmarshal(params, &e) != nil {
 		return
 	}
+	if method == "Page.javascriptDialogOpening" {
+		p.dialog(params)
+		return
+	}
 	var text string
 	switch {
 	case method == "Runtime.consoleAPICalled" && (e.Type == "error" || e.Type == "assert"):
@@ -223,6 +229,39 @@ func (p *Tab) event(method string, params json.RawMessage) {
 	p.mu.Lock()
 	p.errors = append(p.errors, text)
 	p.mu.Unlock()
+}
+
+// dialog records an alert, confirm or prompt and answers it as
+// AnswerDialogs said. The answer goes from another goroutine: this one
+// reads the browser's replies.
+func (p *Tab) dialog(params json.RawMessage) {
+	var d struct{ Message string }
+	_ = json.Unmarshal(params, &d)
+	p.mu.Lock()
+	p.dialogs = append(p.dialogs, d.Message)
+	accept := p.accept
+	p.mu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _ = p.b.call(ctx, p.sessionID, "Page.handleJavaScriptDialog", map[string]any{"accept": accept})
+	}()
+}
+
+// AnswerDialogs sets how the tab answers the page's dialogs (confirm()
+// and the like) from now on: OK when accept, else Cancel. By default it
+// cancels them.
+func (p *Tab) AnswerDialogs(accept bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.accept = accept
+}
+
+// Dialogs returns the messages of the dialogs the page opened so far.
+func (p *Tab) Dialogs() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.dialogs...)
 }
 
 // Errors returns what the page logged as errors so far: console.error,

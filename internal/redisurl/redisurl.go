@@ -16,6 +16,12 @@ import (
 // or password. url.Parse quotes the whole URL in its errors, so a typo in
 // a port would otherwise print the password.
 func Parse(raw string) (*redis.Options, error) {
+	return ParseFrom("REDIS_URL", raw)
+}
+
+// ParseFrom is Parse for a URL that came from source (a flag, say), which
+// its error names so that the user knows which setting to fix.
+func ParseFrom(source, raw string) (*redis.Options, error) {
 	opt, err := redis.ParseURL(raw)
 	if err == nil {
 		return opt, nil
@@ -30,7 +36,7 @@ func Parse(raw string) (*redis.Options, error) {
 			msg = strings.ReplaceAll(msg, secret, "xxxxx")
 		}
 	}
-	return nil, fmt.Errorf("REDIS_URL %s is not a valid Redis URL: %s", Redact(raw), msg)
+	return nil, fmt.Errorf("%s %s is not a valid Redis URL: %s", source, Redact(raw), msg)
 }
 
 // Redact returns raw with the user name and password replaced by xxxxx,
