@@ -1,8 +1,11 @@
 package main
 
 import (
+	"encoding/xml"
+	"errors"
 	"fmt"
 	"html"
+	"io"
 	"slices"
 	"strings"
 )
@@ -204,4 +207,18 @@ func panelScale(highs []float64, latency bool) float64 {
 		return 1
 	}
 	return top
+}
+
+// wellFormed reports whether svg parses as XML, as a browser needs it to.
+func wellFormed(svg string) error {
+	d := xml.NewDecoder(strings.NewReader(svg))
+	for {
+		_, err := d.Token()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }

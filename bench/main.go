@@ -200,8 +200,14 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
+	// The chart is drawn on every run, -quick too, so that CI's smoke test
+	// catches a chart that would not render.
+	chart := r.chart()
+	if err := wellFormed(chart); err != nil {
+		return fmt.Errorf("chart: %w", err)
+	}
 	if o.chart != "" {
-		if err := os.WriteFile(o.chart, []byte(r.chart()), 0o644); err != nil {
+		if err := os.WriteFile(o.chart, []byte(chart), 0o644); err != nil {
 			return err
 		}
 	}
