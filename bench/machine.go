@@ -26,10 +26,28 @@ type machineInfo struct {
 	// persistence is what CONFIG GET says of RDB snapshots and the AOF, or
 	// why it could not be read.
 	persistence string
+
+	// loadStart and loadEnd are the load averages (1, 5 and 15 minutes)
+	// when the run started and ended: how busy the machine was besides.
+	loadStart, loadEnd string
 }
 
-func readMachine(ctx context.Context, e *env) machineInfo {
-	m := machineInfo{cpu: "unknown CPU", cores: runtime.NumCPU(), redisVersion: "?", redisAddr: e.opt.Addr, redisPrivate: e.private}
+// loadAverage is /proc/loadavg's first three fields, or "".
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) < 3 {
+		return ""
+	}
+	return strings.Join(fields[:3], " ")
+}
+
+func readMachine(ctx context.Context, e *env, loadStart string) machineInfo {
+	m := machineInfo{cpu: "unknown CPU", cores: runtime.NumCPU(), redisVersion: "?", redisAddr: e.opt.Addr, redisPrivate: e.private,
+		loadStart: loadStart, loadEnd: loadAverage()}
 	var hypervisor bool
 	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, line := range strings.Split(string(data), "\n") {
@@ -92,6 +110,9 @@ func (m machineInfo) markdown() string {
 		virtual = "no virtualisation detected"
 	}
 	fmt.Fprintf(&b, "- **Machine**: %s, %d cores, %s of memory; %s; Linux %s.\n", m.cpu, m.cores, m.memory, virtual, m.kernel)
+	if m.loadStart != "" && m.loadEnd != "" {
+		fmt.Fprintf(&b, "- **Load average** (1, 5, 15 minutes): %s when the run started, %s when it ended; with %d cores, more than %d means other work was waiting for them too.\n", m.loadStart, m.loadEnd, m.cores, m.cores)
+	}
 	fmt.Fprintf(&b, "- **Go**: %s, %s/%s, GOMAXPROCS %d.\n", runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0))
 	where := fmt.Sprintf("Redis %s at %s (`REDIS_URL`): %s", m.redisVersion, m.redisAddr, m.persistence)
 	if m.redisPrivate {

@@ -123,7 +123,7 @@ func run(ctx context.Context, o options) error {
 			all = append(all, c)
 		}
 	}
-	started := time.Now()
+	started, loadStart := time.Now(), loadAverage()
 	var samples []sample
 	record := func(s sample, err error) {
 		if err != nil {
@@ -193,7 +193,7 @@ func run(ctx context.Context, o options) error {
 			}
 		}
 	}
-	r := newReport(o, samples, readMachine(ctx, e), time.Since(started), external)
+	r := newReport(o, samples, readMachine(ctx, e, loadStart), time.Since(started), external)
 	fmt.Println(r.markdown(o.chart))
 	if o.report != "" {
 		if err := os.WriteFile(o.report, []byte(r.markdown(o.chart)), 0o644); err != nil {

@@ -149,7 +149,8 @@ const (
 	unmetLatency = "The Router path has hand-offs the raw loop, which reads and records in one goroutine, does not: " +
 		"the subscriber's delivery goroutine, and a goroutine the Router starts per message. Every Watermill subscriber pays them (see watermill-redisstream's p50 in workload 4)."
 	unmetP99 = "The p99 floor is an absolute time, so it measures the machine as much as the library: the Measured column shows the p99 of raw go-redis PUBLISH→SUBSCRIBE, no library at all, in the same run. " +
-		"When that is itself near or above 2 ms, the virtual machine's scheduling jitter (steal time from other tenants) sets the tail, not redisbus; the p50 ratio to raw is the comparison that carries over."
+		"A tail is where a busy or virtualised machine shows: every hand-off between goroutines is a chance to wait for a core (see the load average above), and the Router path has more hand-offs than the raw loop; " +
+		"steal time from other tenants of the virtual machine adds to it. The p50 ratio to raw is the comparison that carries over from one machine to another."
 	unmetTrips       = "Round trips at load count both sides: the publishers' shared pipelines (some 25 messages each with 64 publishers and two pipelines in flight) and the subscriber's reads and acks. Fewer publishers waiting at once make smaller pipelines."
 	unmetPeerConsume = "watermill-redisstream makes three round trips per message (`XADD`, `XREADGROUP COUNT 1`, `XACK`), one at a time per consumer, where redisbus makes a small fraction of one (round trips/msg in workload 1). " +
 		"On loopback a round trip costs little, so how far ahead redisbus is depends on the machine: the gap widens with any network between the application and Redis, where every round trip also costs a network latency."
