@@ -107,14 +107,13 @@ func run(ctx context.Context, o options) error {
 	}
 
 	// The section on Watermill's own benchmark tool is written by hand
-	// (its runs are not this program's), so a run keeps it as it is.
-	external := "(not included: no -external file given)"
-	if o.external != "" {
-		data, err := os.ReadFile(o.external)
-		if err != nil && o.report != "" {
-			return fmt.Errorf("-external: %w", err) // before the run, not after it
+	// (its runs are not this program's), so a run keeps it as it is. It is
+	// read when the report is written, and checked for now so that a long
+	// run does not end in a missing file.
+	if o.external != "" && o.report != "" {
+		if _, err := os.Stat(o.external); err != nil {
+			return fmt.Errorf("-external: %w", err)
 		}
-		external = string(data)
 	}
 
 	var all []*contender
@@ -192,6 +191,14 @@ func run(ctx context.Context, o options) error {
 				failures++
 			}
 		}
+	}
+	external := "(not included: no -external file given)"
+	if o.external != "" {
+		data, err := os.ReadFile(o.external)
+		if err != nil && o.report != "" {
+			return fmt.Errorf("-external: %w", err)
+		}
+		external = string(data)
 	}
 	r := newReport(o, samples, readMachine(ctx, e, loadStart), time.Since(started), external)
 	fmt.Println(r.markdown(o.chart))
