@@ -320,10 +320,11 @@ func (r *report) markdown(chart string) string {
 
 	w("\n## How to read this\n\n")
 	w("- Rates are messages per second: higher is better. Latencies: lower is better.\n")
+	w("- Pub/Sub and Streams do different jobs. Pub/Sub is best-effort: a message reaches the subscribers listening at that moment, and nothing is stored. Streams stores every message and delivers it at least once to each consumer group, with acks. Compare like with like: redisbus Streams with watermill-redisstream and raw `XADD`; redisbus Pub/Sub with raw `PUBLISH` and GoChannel.\n")
 	w("- Compare ratios within one run, not absolute numbers across runs: on a shared virtual machine the same contender varies 2–4× between runs, and all contenders of a run see the same machine.\n")
 	w("- *Publish* is the time 64 goroutines take to publish every message, one per call, each call waiting until the publisher reports it sent; *consume* is the time a `message.Router` takes to hand all of them to a handler that only acks.\n")
 	w("- The raw go-redis rows are not libraries: they are the ceiling of this Redis on this machine, what a library's overhead is measured from.\n")
-	w("- *Redis cmds/msg*, *Redis CPU µs/msg* and *round trips/msg* are what each message costs the server and the network; on loopback a round trip is cheap, across a network it is the cost that counts.\n")
+	w("- *Redis cmds/msg*, *Redis CPU µs/msg* and *round trips/msg* are what each message costs the server and the network (workload 5 is these columns of workloads 1 to 3); on loopback a round trip is cheap, across a network it is the cost that counts.\n")
 
 	w("\n## Why redisbus Pub/Sub can consume faster than GoChannel\n\n")
 	w("Both feed the same Router and handler, so the difference is how each hands a message over. ")
