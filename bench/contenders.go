@@ -78,13 +78,13 @@ func contenders() []*contender {
 	return []*contender{
 		{
 			name: cPubSub, family: "pubsub",
-			setup: "`NewPublisher` and `NewSubscriber` on one go-redis client with default options; every setting its default except `InboxSize`: messages + 1024.",
-			why:   "Defaults, as a user gets them. The inbox must hold a whole run in workload 1, where everything is published before the Router starts (the default, 10,000, would drop the oldest).",
+			setup: "`NewPublisher` and `NewSubscriber` on one go-redis client with default options; every setting its default except the inbox's bounds: `InboxSize` messages + 1024, `InboxBytes` none.",
+			why:   "Defaults, as a user gets them, but for the inbox, which must hold a whole run in workload 1, where everything is published before the Router starts: its defaults (10,000 messages, 64 MiB) would drop the oldest.",
 			watermill: func(e *env, n int) (message.Publisher, message.Subscriber, func()) {
 				client := e.client(false)
 				pub, err := redisbus.NewPublisher(redisbus.PublisherConfig{Client: client}, nil)
 				must(err)
-				sub, err := redisbus.NewSubscriber(redisbus.SubscriberConfig{Client: client, InboxSize: n + 1024}, nil)
+				sub, err := redisbus.NewSubscriber(redisbus.SubscriberConfig{Client: client, InboxSize: n + 1024, InboxBytes: -1}, nil)
 				must(err)
 				return pub, sub, closer(pub, sub, client)
 			},
@@ -97,7 +97,7 @@ func contenders() []*contender {
 				client := e.client(false)
 				pub, err := redisbus.NewPublisher(redisbus.PublisherConfig{Client: client, Async: true}, nil)
 				must(err)
-				sub, err := redisbus.NewSubscriber(redisbus.SubscriberConfig{Client: client, InboxSize: n + 1024}, nil)
+				sub, err := redisbus.NewSubscriber(redisbus.SubscriberConfig{Client: client, InboxSize: n + 1024, InboxBytes: -1}, nil)
 				must(err)
 				return pub, sub, closer(pub, sub, client)
 			},
