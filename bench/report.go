@@ -141,7 +141,7 @@ const (
 		"A waiting call parks its goroutine until Redis answers and wakes it after, two scheduler hand-offs per message, " +
 		"and on cores shared with Redis that hand-off is the limit: the simplest code that coalesces such calls (the ceiling below) reaches well under the raw rate too, " +
 		"and redisbus adds envelopes, metadata, trimming and context handling on top. " +
-		"What closes the gap: several messages per call (workload 3: `Publish(topic, msgs...)` runs near the raw rate), more cores for the client, " +
+		"What closes the gap: several messages per call (workload 3: `Publish(topic, msgs...)`, compared with raw there), more cores for the client, " +
 		"or, for Pub/Sub only, `PublisherConfig.Async`, which gives up the error `Publish` would return. Streams has no such mode: `Publish` returning means stored, which is the point of Streams."
 	unmetStreamsEntry = " For Streams, Redis also works harder per entry (Redis CPU µs/msg): a Watermill entry has three fields (UUID, metadata, payload: the layout watermill-redisstream reads) where the raw contender writes one."
 	unmetPeerPublish  = "Both libraries wait for Redis on every call. watermill-redisstream sends one `XADD` per call; redisbus coalesces concurrent calls into pipelines, " +
