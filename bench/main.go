@@ -28,6 +28,7 @@ type options struct {
 	quick    bool
 	report   string
 	chart    string
+	external string
 	profile  string
 	sharedN  int
 }
@@ -44,6 +45,7 @@ func main() {
 	flag.BoolVar(&o.quick, "quick", false, "a small run that checks correctness only (as CI runs it)")
 	flag.StringVar(&o.report, "report", "BENCHMARKS.md", "where to write the report (empty: stdout only)")
 	flag.StringVar(&o.chart, "chart", "bench/chart.svg", "where to write the chart (empty: none)")
+	flag.StringVar(&o.external, "external", "bench/watermill-benchmark.md", "the committed section on Watermill's own benchmark tool, placed into the report")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.IntVar(&o.sharedN, "shared-n", 1200, "messages of the shared-backlog workload (5 ms each, 3 consumers)")
 	flag.Parse()
@@ -85,7 +87,8 @@ func ints(list string) []int {
 
 func run(ctx context.Context, o options) error {
 	url := os.Getenv("REDIS_URL")
-	if url == "" {
+	private := url == ""
+	if private {
 		// A private redis-server, as the tests start one.
 		var err error
 		if url, err = pubsubtest.SharedURL(); err != nil {
@@ -97,10 +100,20 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	e := &env{opt: opt, admin: redis.NewClient(opt), trips: &roundTrips{}}
+	e := &env{opt: opt, admin: redis.NewClient(opt), trips: &roundTrips{}, private: private}
 	defer e.admin.Close()
 	if err := e.admin.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("redis at %s: %w", opt.Addr, err)
+	}
+
+	// The section on Watermill's own benchmark tool is written by hand
+	// (its runs are not this program's), so a run keeps it as it is. It is
+	// read when the report is written, and checked for now so that a long
+	// run does not end in a missing file.
+	if o.external != "" && o.report != "" {
+		if _, err := os.Stat(o.external); err != nil {
+			return fmt.Errorf("-external: %w", err)
+		}
 	}
 
 	var all []*contender
@@ -109,7 +122,7 @@ func run(ctx context.Context, o options) error {
 			all = append(all, c)
 		}
 	}
-	started := time.Now()
+	started, loadStart := time.Now(), loadAverage()
 	var samples []sample
 	record := func(s sample, err error) {
 		if err != nil {
@@ -179,15 +192,29 @@ func run(ctx context.Context, o options) error {
 			}
 		}
 	}
-	r := newReport(o, samples, machine(ctx, e), time.Since(started))
+	external := "(not included: no -external file given)"
+	if o.external != "" {
+		data, err := os.ReadFile(o.external)
+		if err != nil && o.report != "" {
+			return fmt.Errorf("-external: %w", err)
+		}
+		external = string(data)
+	}
+	r := newReport(o, samples, readMachine(ctx, e, loadStart), time.Since(started), external)
 	fmt.Println(r.markdown(o.chart))
 	if o.report != "" {
 		if err := os.WriteFile(o.report, []byte(r.markdown(o.chart)), 0o644); err != nil {
 			return err
 		}
 	}
+	// The chart is drawn on every run, -quick too, so that CI's smoke test
+	// catches a chart that would not render.
+	chart := r.chart()
+	if err := wellFormed(chart); err != nil {
+		return fmt.Errorf("chart: %w", err)
+	}
 	if o.chart != "" {
-		if err := os.WriteFile(o.chart, []byte(r.chart()), 0o644); err != nil {
+		if err := os.WriteFile(o.chart, []byte(chart), 0o644); err != nil {
 			return err
 		}
 	}
