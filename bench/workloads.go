@@ -267,6 +267,7 @@ func publishThenConsume(ctx context.Context, e *env, c *contender, n, size int) 
 			return err
 		})
 		s.pending = pendingIf(ctx, e, c, topic)
+		cleanup(ctx, e, topic)
 		return s, err
 	}
 
@@ -307,6 +308,7 @@ func concurrent(ctx context.Context, e *env, c *contender, n, size int) (sample,
 			return err
 		})
 		s.pending = pendingIf(ctx, e, c, topic)
+		cleanup(ctx, e, topic)
 		return s, err
 	}
 
