@@ -47,34 +47,40 @@ func TestACLRulesAreDocumented(t *testing.T) {
 // a client logged in as it.
 func aclClient(t *testing.T, server *pubsubtest.Server, admin *redis.Client, user string, rules []string) *redis.Client {
 	t.Helper()
-	args := []any{"ACL", "SETUSER", user, "reset", "on", ">pw"}
-	for _, r := range rules {
-		args = append(args, r)
-	}
-	require.NoError(t, admin.Do(t.Context(), args...).Err())
+	pubsubtest.SetACLUser(t, admin, user, "pw", rules)
 	client := redis.NewClient(&redis.Options{Addr: server.Addr, Username: user, Password: "pw"})
 	t.Cleanup(func() { _ = client.Close() })
 	return client
 }
 
 // assertNoACLDenial fails when Redis refused any command for want of a
-// permission (ACL LOG lists each refusal).
+// permission.
 func assertNoACLDenial(t *testing.T, admin *redis.Client) {
 	t.Helper()
-	log, err := admin.Do(t.Context(), "ACL", "LOG").Slice()
-	require.NoError(t, err)
-	assert.Empty(t, log, "Redis refused commands: the documented ACL rules are not enough")
+	assert.Empty(t, pubsubtest.ACLRefusals(t, admin), "Redis refused commands: the documented ACL rules are not enough")
 }
 
 // Each Pub/Sub component runs as an ACL user with exactly the permissions
 // docs/operating-redis.md lists for it.
 func TestPubSubWithTheDocumentedACL(t *testing.T) {
+	pubSubWithACL(t, false, aclPubSubPublisher, aclPubSubSubscriber)
+}
+
+// Sharded Pub/Sub runs with the sharded commands alone.
+func TestShardedPubSubWithTheDocumentedACL(t *testing.T) {
+	pubSubWithACL(t, true, aclShardedPublisher, aclShardedSubscriber)
+}
+
+// pubSubWithACL publishes (with and without counting), subscribes, lets a
+// topic be unsubscribed for want of use and a quiet connection be pinged,
+// as users with exactly the given rules.
+func pubSubWithACL(t *testing.T, sharded bool, publisherRules, subscriberRules []string) {
 	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
 	admin := server.Client(t)
-	pub := newPublisher(t, redisbus.PublisherConfig{Client: aclClient(t, server, admin, "publisher", aclPubSubPublisher)})
+	pub := newPublisher(t, redisbus.PublisherConfig{Client: aclClient(t, server, admin, "publisher", publisherRules), Sharded: sharded})
 	sub := newSubscriber(t, redisbus.SubscriberConfig{
-		Client:           aclClient(t, server, admin, "subscriber", aclPubSubSubscriber),
-		UnsubscribeAfter: time.Millisecond, HealthCheckInterval: 50 * time.Millisecond,
+		Client:  aclClient(t, server, admin, "subscriber", subscriberRules),
+		Sharded: sharded, UnsubscribeAfter: time.Millisecond, HealthCheckInterval: 50 * time.Millisecond,
 	}, nil)
 
 	messages, err := sub.Subscribe(t.Context(), "app:news")
@@ -86,29 +92,6 @@ func TestPubSubWithTheDocumentedACL(t *testing.T) {
 	assert.Equal(t, []string{"count"}, receive(t, messages, 1))
 
 	// A topic left alone is unsubscribed; a quiet connection is pinged.
-	require.NoError(t, sub.SubscribeInitialize("app:other"))
-	require.Eventually(t, func() bool { return sub.Stats().Unsubscribed == 1 }, waitTimeout, time.Millisecond)
-	assertNoACLDenial(t, admin)
-}
-
-// Sharded Pub/Sub runs with the sharded commands alone.
-func TestShardedPubSubWithTheDocumentedACL(t *testing.T) {
-	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
-	admin := server.Client(t)
-	pub := newPublisher(t, redisbus.PublisherConfig{Client: aclClient(t, server, admin, "publisher", aclShardedPublisher), Sharded: true})
-	sub := newSubscriber(t, redisbus.SubscriberConfig{
-		Client:  aclClient(t, server, admin, "subscriber", aclShardedSubscriber),
-		Sharded: true, UnsubscribeAfter: time.Millisecond, HealthCheckInterval: 50 * time.Millisecond,
-	}, nil)
-
-	messages, err := sub.Subscribe(t.Context(), "app:news")
-	require.NoError(t, err)
-	publish(t, pub, "app:news", "hi")
-	assert.Equal(t, []string{"hi"}, receive(t, messages, 1))
-	_, err = pub.PublishCount(t.Context(), "app:news", message.NewMessage(watermill.NewUUID(), []byte("count")))
-	require.NoError(t, err)
-	assert.Equal(t, []string{"count"}, receive(t, messages, 1))
-
 	require.NoError(t, sub.SubscribeInitialize("app:other"))
 	require.Eventually(t, func() bool { return sub.Stats().Unsubscribed == 1 }, waitTimeout, time.Millisecond)
 	assertNoACLDenial(t, admin)

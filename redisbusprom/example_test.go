@@ -21,15 +21,11 @@ import (
 // newRedisClient connects the example to the tests' Redis. In your code:
 // redis.NewClient(&redis.Options{Addr: "localhost:6379"}).
 func newRedisClient() *redis.Client {
-	url, err := pubsubtest.SharedURL()
+	client, err := pubsubtest.SharedClient()
 	if err != nil {
 		panic(err)
 	}
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		panic(err)
-	}
-	return redis.NewClient(opt)
+	return client
 }
 
 // A worker exports its consumer group's state and its own counters on

@@ -38,22 +38,16 @@ func TestACLRulesAreDocumented(t *testing.T) {
 	assert.Contains(t, string(page), "`"+escaped+"`")
 }
 
-func setUser(t *testing.T, admin *redis.Client, rules []string) {
+func setUser(t *testing.T, admin redis.UniversalClient, rules []string) {
 	t.Helper()
-	args := []any{"ACL", "SETUSER", "wsroute", "reset", "on", ">pw"}
-	for _, rule := range rules {
-		args = append(args, rule)
-	}
-	require.NoError(t, admin.Do(t.Context(), args...).Err())
+	pubsubtest.SetACLUser(t, admin, "wsroute", "pw", rules)
 }
 
-// assertNoRefusal checks Redis' ACL LOG, which lists every command it
-// refused: empty, it proves the rules were enough.
-func assertNoRefusal(t *testing.T, admin *redis.Client) {
+// assertNoRefusal checks that Redis refused no command for want of a
+// permission: the rules were enough.
+func assertNoRefusal(t *testing.T, admin redis.UniversalClient) {
 	t.Helper()
-	log, err := admin.Do(t.Context(), "ACL", "LOG").Slice()
-	require.NoError(t, err)
-	assert.Empty(t, log, "Redis refused commands: the documented ACL rules are not enough")
+	assert.Empty(t, pubsubtest.ACLRefusals(t, admin), "Redis refused commands: the documented ACL rules are not enough")
 }
 
 // Nodes run as an ACL user with exactly the documented permissions.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
@@ -25,24 +24,6 @@ func TestMain(m *testing.M) {
 		return
 	}
 	pubsubtest.Main(m)
-}
-
-// syncBuffer is a bytes.Buffer the nodes may write to concurrently.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // addresses matches what changes between runs: ports and embedded Redis
@@ -70,7 +51,7 @@ start-up check passed: both nodes hear each other through Redis
 	} {
 		t.Run(name, func(t *testing.T) {
 			for nth := 1; nth <= 3; nth++ {
-				var out syncBuffer
+				var out pubsubtest.SyncBuffer
 				require.NoError(t, run(t.Context(), &out, options{redisURL: redisURL, addrA: "127.0.0.1:0", addrB: "127.0.0.1:0", check: true}))
 				text := addresses.ReplaceAllString(out.String(), "127.0.0.1:PORT")
 				if name == "embedded Redis" {
@@ -146,24 +127,24 @@ func TestStartupFailsWhenRedisDoesNotAnswer(t *testing.T) {
 	require.NoError(t, err)
 	addr := l.Addr().String()
 	require.NoError(t, l.Close()) // nothing listens there now
-	var out syncBuffer
+	var out pubsubtest.SyncBuffer
 	err = run(t.Context(), &out, options{redisURL: "redis://" + addr, node: "a", addr: "127.0.0.1:0"})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "no answer from Redis at "+addr)
 	assert.Empty(t, out.String())
 }
 
-// lineWaiter is a syncBuffer that closes seen once a line starting with
+// lineWaiter is a SyncBuffer that closes seen once a line starting with
 // line was written.
 type lineWaiter struct {
-	syncBuffer
+	pubsubtest.SyncBuffer
 	line string
 	seen chan struct{}
 	once sync.Once
 }
 
 func (w *lineWaiter) Write(p []byte) (int, error) {
-	n, err := w.syncBuffer.Write(p)
+	n, err := w.SyncBuffer.Write(p)
 	for l := range strings.Lines(w.String()) {
 		if strings.HasPrefix(l, w.line) {
 			w.once.Do(func() { close(w.seen) })
@@ -173,14 +154,14 @@ func (w *lineWaiter) Write(p []byte) (int, error) {
 }
 
 func TestNodeModeNeedsRedisURL(t *testing.T) {
-	err := run(t.Context(), &syncBuffer{}, options{node: "a"})
+	err := run(t.Context(), &pubsubtest.SyncBuffer{}, options{node: "a"})
 	assert.ErrorContains(t, err, "REDIS_URL")
 }
 
 // A REDIS_URL that does not parse is reported without its password: the
 // error goes to a terminal, a CI log or a crash reporter.
 func TestBadRedisURLDoesNotPrintThePassword(t *testing.T) {
-	var out syncBuffer
+	var out pubsubtest.SyncBuffer
 	err := run(t.Context(), &out, options{redisURL: "redis://admin:hunter2-secret@127.0.0.1:63x9/0", check: true})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "REDIS_URL")

@@ -122,7 +122,7 @@ func TestTailPubSubSaysWhenItReconnectedAndMayHaveMissedMessages(t *testing.T) {
 	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
 	e := &env{t: t, url: server.URL, client: server.Client(t)}
 	cmd := exec.Command(binary, "--redis", e.url, "tail", "news", "--pubsub", "--count", "1")
-	var stderr lockedBuffer
+	var stderr pubsubtest.SyncBuffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/pubsubtest"
 	"github.com/redisbus/watermill-redisbus/redisbusprom"
 )
 
@@ -285,7 +284,7 @@ func (e *env) runUI(args ...string) string {
 	e.t.Helper()
 	cmd := exec.Command(binary, append([]string{"-redis", e.url, "ui", "-addr", "127.0.0.1:0"}, args...)...)
 	cmd.Env = append(os.Environ(), "REDIS_URL=")
-	var stderr lockedBuffer
+	var stderr pubsubtest.SyncBuffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(e.t, err)
@@ -302,24 +301,6 @@ func (e *env) runUI(args ...string) string {
 	require.True(e.t, ok, "first line: %q", line)
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
 	return strings.TrimSuffix(url, "/")
-}
-
-// lockedBuffer is a bytes.Buffer that a process writes while a test reads.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestUICommandServesThePageUntilInterrupted(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,33 +15,15 @@ import (
 
 func TestMain(m *testing.M) { pubsubtest.Main(m) }
 
-// syncBuffer is a bytes.Buffer two goroutines may use.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // Two subscribers, as two terminals would run them, receive what a third
 // run publishes; Ctrl-C ends them cleanly.
 func TestTwoSubscribersReceiveWhatAPublisherSends(t *testing.T) {
 	url := pubsubtest.Redis(t).URL
 	ctx, cancel := context.WithCancel(t.Context())
-	var outs [2]*syncBuffer
+	var outs [2]*pubsubtest.SyncBuffer
 	done := make(chan error, 2)
 	for i := range outs {
-		outs[i] = &syncBuffer{}
+		outs[i] = &pubsubtest.SyncBuffer{}
 		subscribed := make(chan struct{})
 		go func() { done <- run(ctx, outs[i], url, nil, subscribed) }()
 		select {
@@ -66,7 +47,7 @@ func TestTwoSubscribersReceiveWhatAPublisherSends(t *testing.T) {
 // A Redis that cannot be reached ends the subscriber with the reason,
 // instead of leaving it waiting for a subscription that never comes.
 func TestUnreachableRedisIsReported(t *testing.T) {
-	err := run(t.Context(), &syncBuffer{}, "redis://127.0.0.1:1/0", nil, nil)
+	err := run(t.Context(), &pubsubtest.SyncBuffer{}, "redis://127.0.0.1:1/0", nil, nil)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "connection refused")
 }
