@@ -11,6 +11,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/redisbus/watermill-redisbus/internal/sendonce"
+
+	"github.com/redisbus/watermill-redisbus/internal/slotmap"
 )
 
 // coalescerPipelines is how many pipelines a coalescer for waiting callers
@@ -288,6 +290,12 @@ func (c *coalescer) send(target redis.Cmdable, batch []*coalescedCall) {
 			return nil
 		})
 		stampPipelineError(cmds, err)
+		for _, cmd := range cmds {
+			if slotmap.Stale(cmd.Err()) {
+				slotmap.Refresh(cmd.Err(), c.client)
+				break
+			}
+		}
 		return noneExecuted(cmds)
 	})
 	if wait != nil {

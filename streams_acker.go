@@ -11,6 +11,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/redisbus/watermill-redisbus/internal/sendonce"
+
+	"github.com/redisbus/watermill-redisbus/internal/slotmap"
 )
 
 // Fields added to an entry moved to a dead-letter stream, next to the
@@ -394,6 +396,7 @@ func (a *streamsAcker) deadLetterFailed(op ackOp, err error) ackOp {
 
 // ackFailed logs failing acks at most once a second.
 func (a *streamsAcker) ackFailed(err error, n int) {
+	slotmap.Refresh(err, a.s.config.Client)
 	if time.Since(a.lastAckError) < time.Second {
 		return
 	}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+
+	"github.com/redisbus/watermill-redisbus/internal/slotmap"
 )
 
 // heldEntries are the entries a topic holds: read and not yet acked,
@@ -105,6 +107,7 @@ func (t *streamsTopic) renew() {
 		}
 		lost, err := touchScript.Run(context.Background(), t.s.config.Client, []string{t.name, id.key}, args...).StringSlice()
 		if err != nil {
+			slotmap.Refresh(err, t.s.config.Client)
 			if holder, taken := leaseLost(err); taken {
 				t.nameLost(id, holder)
 				return

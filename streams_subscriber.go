@@ -320,10 +320,12 @@ type StreamsSubscriber struct {
 	explicitName bool
 
 	// blocking runs the commands that move entries to this consumer:
-	// blocking reads, claims and takes. Owned (and closed) by the subscriber
-	// unless it is config.Client itself.
-	blocking    redis.UniversalClient
-	ownBlocking bool
+	// blocking reads, claims and takes (see reader). Owned (and closed) by
+	// the subscriber unless it is config.ReadClient or config.Client itself.
+	blockingMu     sync.Mutex
+	blocking       redis.UniversalClient
+	ownBlocking    bool
+	blockingClosed bool
 	// rtt estimates a round trip to Redis, in nanoseconds (see
 	// observeRoundTrip).
 	rtt   atomic.Int64
@@ -366,6 +368,9 @@ func NewStreamsSubscriber(config StreamsSubscriberConfig, logger watermill.Logge
 	if s.blocking == nil {
 		s.blocking, s.ownBlocking = blockingClient(config.Client)
 	}
+	if w := newPrimaryWatch(config.Client); w != nil && s.ownBlocking {
+		s.wg.Go(func() { w.run(s.closing, primaryCheckInterval, s.primaryMoved) })
+	}
 	s.acker = newStreamsAcker(s)
 	return s, nil
 }
@@ -400,6 +405,34 @@ func blockingClient(c redis.UniversalClient) (redis.UniversalClient, bool) {
 		return derived, true
 	}
 	return c, false
+}
+
+// primaryCheckInterval is how often a StreamsSubscriber on a Sentinel
+// failover client checks where the primary is (see primaryWatch).
+const primaryCheckInterval = time.Second
+
+// reader returns the client for blocking reads, claims and takes.
+func (s *StreamsSubscriber) reader() redis.UniversalClient {
+	s.blockingMu.Lock()
+	defer s.blockingMu.Unlock()
+	return s.blocking
+}
+
+// primaryMoved replaces the client of blocking reads after Sentinel
+// replaced the primary: its connections may be on the old one, where no
+// new entries arrive (see primaryWatch). Closing it ends the reads in
+// progress there; the readers resume on the new client.
+func (s *StreamsSubscriber) primaryMoved(time.Time) {
+	s.blockingMu.Lock()
+	if s.blockingClosed {
+		s.blockingMu.Unlock()
+		return
+	}
+	old := s.blocking
+	s.blocking, _ = blockingClient(s.config.Client)
+	s.blockingMu.Unlock()
+	s.logger.Info("Sentinel replaced the primary; reading from the new one", nil)
+	_ = old.Close()
 }
 
 // Subscribe returns a channel of the topic's messages. The consumer group is
@@ -560,7 +593,10 @@ func (s *StreamsSubscriber) Close() error {
 	go func() {
 		defer close(finished)
 		if s.ownBlocking {
+			s.blockingMu.Lock()
+			s.blockingClosed = true
 			_ = s.blocking.Close() // interrupts blocking reads
+			s.blockingMu.Unlock()
 		}
 		s.wg.Wait()
 		if s.config.CloseTimeout > 0 {

@@ -11,6 +11,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisbus/watermill-redisbus/internal/slotmap"
 )
 
 // streamsTopic is one stream a StreamsSubscriber consumes: a reader that
@@ -220,6 +222,7 @@ func (t *streamsTopic) read() {
 			return
 		}
 		if err != nil {
+			slotmap.Refresh(err, t.s.reader(), t.s.config.Client)
 			if !errors.Is(err, errNameLost) {
 				t.readFailed(err)
 			}
@@ -251,7 +254,7 @@ func (t *streamsTopic) readNew(n int) error {
 	// Wake up for the next claim check even when nothing new arrives.
 	block := max(min(t.s.config.BlockTime, time.Until(t.nextClaim)), time.Millisecond)
 	start := time.Now()
-	streams, err := t.s.blocking.XReadGroup(context.Background(), &redis.XReadGroupArgs{
+	streams, err := t.s.reader().XReadGroup(context.Background(), &redis.XReadGroupArgs{
 		Group:    t.s.config.ConsumerGroup,
 		Consumer: id.name,
 		Streams:  []string{t.name, ">"},
@@ -274,7 +277,7 @@ func (t *streamsTopic) readNew(n int) error {
 }
 
 func (t *streamsTopic) readFanOut(n int) error {
-	streams, err := t.s.blocking.XRead(context.Background(), &redis.XReadArgs{
+	streams, err := t.s.reader().XRead(context.Background(), &redis.XReadArgs{
 		Streams: []string{t.name, t.lastID},
 		Count:   int64(n),
 		Block:   t.s.config.BlockTime,
@@ -350,7 +353,7 @@ func (t *streamsTopic) listOwnPending(count int) error {
 // entries, the reader takes them before new ones.
 func (t *streamsTopic) claim(n int) error {
 	id := t.identity.Load()
-	reply, err := t.s.blocking.Do(context.Background(), "XAUTOCLAIM", t.name, t.s.config.ConsumerGroup, id.name,
+	reply, err := t.s.reader().Do(context.Background(), "XAUTOCLAIM", t.name, t.s.config.ConsumerGroup, id.name,
 		t.s.config.ClaimMinIdle.Milliseconds(), t.claimCursor, "COUNT", n, "JUSTID").Slice()
 	if err != nil {
 		t.claiming = false
@@ -422,7 +425,7 @@ func (t *streamsTopic) take(ids []string) (queued, done int, err error) {
 		args = append(args, entryID)
 	}
 	start := time.Now()
-	reply, err := takeScript.Run(context.Background(), t.s.blocking, []string{t.name, id.key}, args...).Slice()
+	reply, err := takeScript.Run(context.Background(), t.s.reader(), []string{t.name, id.key}, args...).Slice()
 	t.s.observeRoundTrip(time.Since(start), err)
 	if err != nil {
 		if holder, lost := leaseLost(err); lost {

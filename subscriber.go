@@ -10,6 +10,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisbus/watermill-redisbus/internal/slotmap"
 )
 
 // SubscriberConfig configures a Subscriber. The zero value of every field
@@ -208,7 +210,25 @@ func NewSubscriber(config SubscriberConfig, logger watermill.LoggerAdapter) (*Su
 		closing: make(chan struct{}),
 	}
 	s.routes.Store(&map[string]*pubsubTopic{})
+	if w := newPrimaryWatch(config.Client); w != nil {
+		s.wg.Go(func() { w.run(s.closing, config.HealthCheckInterval, s.primaryMoved) })
+	}
 	return s, nil
+}
+
+// primaryMoved has every subscription connection made before since
+// reconnect: Sentinel replaced the primary, and a connection to the old
+// one hears nothing published on the new (see primaryWatch).
+func (s *Subscriber) primaryMoved(since time.Time) {
+	s.mu.Lock()
+	conns := make([]*subscriptionConn, 0, len(s.conns))
+	for _, conn := range s.conns {
+		conns = append(conns, conn)
+	}
+	s.mu.Unlock()
+	for _, conn := range conns {
+		conn.primaryMoved(since)
+	}
 }
 
 // Subscribe returns a channel of the topic's messages. It returns once
@@ -483,15 +503,14 @@ func (s *Subscriber) reconnected(w LossWindow) {
 }
 
 // reloadSlots has a cluster client read the slot map again, in the
-// background, so that the next connection for a shard channel goes to the
-// node that owns its slot now. go-redis reads it again by itself only
-// when one of its commands is redirected, or after
-// ClusterStateReloadInterval (a minute by default): a subscription
-// connection's redirections do not reach it.
-func (s *Subscriber) reloadSlots() {
-	if cluster, ok := s.config.Client.(interface{ ReloadState(context.Context) }); ok {
-		cluster.ReloadState(context.Background())
-	}
+// background, when err says it may be out of date (see slotmap), so that
+// the next connection for a channel goes to the node that serves its slot
+// now: after a redirection, a slot moved away, or a connection lost to a
+// node that failed over. go-redis reads it again by itself only when one
+// of its own commands is redirected, or after ClusterStateReloadInterval
+// (a minute by default).
+func (s *Subscriber) reloadSlots(err error) {
+	slotmap.Refresh(err, s.config.Client)
 }
 
 // Stats returns the Subscriber's counters.

@@ -44,6 +44,9 @@ type subscriptionConn struct {
 	// pass for a refusal of a command.
 	ready bool
 	kick  chan struct{} // capacity 1: ps became ready
+	// movedSince is when the primary was last seen where ps may still be,
+	// once Sentinel replaced it (see primaryMoved); zero otherwise.
+	movedSince time.Time
 }
 
 // subscribeCmd is a SUBSCRIBE sent. Redis answers it with a confirmation
@@ -221,6 +224,28 @@ func (c *subscriptionConn) refused(err error) (all bool) {
 	return all
 }
 
+// primaryMoved closes ps, which may be on a primary Sentinel replaced
+// after since, so that the read loop reports the loss from since on and
+// connects again, to the new primary.
+func (c *subscriptionConn) primaryMoved(since time.Time) {
+	c.mu.Lock()
+	if c.movedSince.IsZero() {
+		c.movedSince = since
+	}
+	ps := c.ps
+	c.mu.Unlock()
+	_ = ps.Close()
+}
+
+// takeMovedSince returns and clears movedSince.
+func (c *subscriptionConn) takeMovedSince() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	since := c.movedSince
+	c.movedSince = time.Time{}
+	return since
+}
+
 func (c *subscriptionConn) close() {
 	c.cancel()
 	_ = c.pubSub().Close()
@@ -259,7 +284,9 @@ func (c *subscriptionConn) run() {
 				return
 			}
 			backoff = min(2*backoff, maxReconnectBackoff)
-			if err := c.replace(); err != nil && permanent(err) && err.Error() != reported {
+			err := c.replace()
+			c.s.reloadSlots(err)
+			if err != nil && permanent(err) && err.Error() != reported {
 				reported = err.Error()
 				c.s.logger.Error("Redis refuses the subscription connection; retrying", err, watermill.LogFields{"topics": c.topics()})
 			}
@@ -287,7 +314,7 @@ func (c *subscriptionConn) run() {
 				lastAlive, pinged = time.Now(), false
 				c.s.logger.Debug("Shard channel's slot is on another node; following the redirection",
 					watermill.LogFields{"topics": c.topics(), "err": err.Error()})
-				c.s.reloadSlots()
+				c.s.reloadSlots(err)
 				c.breaks(err)
 				continue
 			}
@@ -312,12 +339,28 @@ func (c *subscriptionConn) run() {
 			if isTimeout(err) {
 				err = errors.New("no answer to a health-check PING within " + interval.String())
 			}
+			if since := c.takeMovedSince(); !since.IsZero() {
+				// The connection worked, but on the old primary: what
+				// was published on the new one since is lost too.
+				err = errPrimaryMoved
+				from := lastAlive
+				if since.Before(from) {
+					from = since
+				}
+				if lost == nil || from.Before(lost.From) {
+					lost = &LossWindow{From: from}
+				}
+				lost.Err = err
+				c.s.logger.Error("Sentinel replaced the primary; subscribing again on the new one; messages published on it until then are not received", err,
+					watermill.LogFields{"topics": c.topics()})
+			}
 			if lost == nil {
 				lost = &LossWindow{From: lastAlive, Err: err}
 				c.s.logger.Error("Redis subscription connection lost; messages published until it is back are not received", err,
 					watermill.LogFields{"topics": c.topics()})
 			}
 			pinged = false
+			c.s.reloadSlots(err) // the node may have failed over
 			c.breaks(err)
 			continue
 		}
@@ -343,7 +386,7 @@ func (c *subscriptionConn) run() {
 					c.s.logger.Error("Redis unsubscribed the shard channel; subscribing again on its slot's owner; messages published until then are not received",
 						errSlotMoved, watermill.LogFields{"topics": c.topics()})
 				}
-				c.s.reloadSlots()
+				c.s.reloadSlots(errSlotMoved)
 				c.breaks(errSlotMoved)
 				continue
 			}
@@ -362,6 +405,8 @@ func (c *subscriptionConn) run() {
 }
 
 // errSlotMoved is why a shard channel's subscription was dropped by Redis.
+var errPrimaryMoved = errors.New("the primary this subscription connection was made to was replaced by Sentinel")
+
 var errSlotMoved = errors.New("the shard channel was unsubscribed by Redis: its hash slot moved to another node")
 
 // carries reports whether channel is one this connection must keep

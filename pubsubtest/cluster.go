@@ -19,6 +19,11 @@ type Cluster struct {
 	Replicas []string
 
 	nodes []*redis.Client // one per address, in the same order
+
+	// The processes behind Addrs and Replicas, in the same order: Failover
+	// and KillMaster swap a master and its replica.
+	masterServers, replicaServers []*Server
+	replicaNodes                  []*redis.Client
 }
 
 // StartCluster starts a Redis Cluster of n masters for t, each owning an
@@ -36,6 +41,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		}
 		t.Cleanup(s.stop)
 		c.Addrs = append(c.Addrs, s.Addr)
+		c.masterServers = append(c.masterServers, s)
 		client := redis.NewClient(&redis.Options{Addr: s.Addr})
 		t.Cleanup(func() { _ = client.Close() })
 		clients = append(clients, client)
@@ -118,9 +124,11 @@ func (c *Cluster) AddReplicas(t testing.TB) {
 		s, err := startServer(ServerOptions{Cluster: true}, t.TempDir()) // a directory of its own for the synced RDB
 		must("start", err)
 		t.Cleanup(s.stop)
-		replicas[i] = redis.NewClient(&redis.Options{Addr: s.Addr})
-		t.Cleanup(func() { _ = replicas[i].Close() })
+		replica := redis.NewClient(&redis.Options{Addr: s.Addr})
+		t.Cleanup(func() { _ = replica.Close() })
+		replicas[i] = replica
 		c.Replicas = append(c.Replicas, s.Addr)
+		c.replicaServers = append(c.replicaServers, s)
 		host, port, _ := strings.Cut(c.Addrs[i], ":")
 		must("cluster meet", replicas[i].ClusterMeet(ctx, host, port).Err())
 	}
@@ -131,6 +139,7 @@ func (c *Cluster) AddReplicas(t testing.TB) {
 		})
 		must("cluster replicate", replica.Do(ctx, "CLUSTER", "REPLICATE", masterIDs[i]).Err())
 	}
+	c.replicaNodes = replicas
 	for _, replica := range replicas {
 		await("in sync", func() bool {
 			info, err := replica.Info(ctx, "replication").Result()

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/redisbus/watermill-redisbus/internal/sendonce"
+	"github.com/redisbus/watermill-redisbus/internal/slotmap"
 )
 
 // The registry lives in Redis:
@@ -130,6 +131,7 @@ func (n *Node) heartbeat() {
 			lapsed, err := n.renewLiveness(ctx)
 			cancel()
 			if err != nil {
+				slotmap.Refresh(err, n.config.Client) // the master may have failed over
 				n.stats.livenessFailed.Add(1)
 			} else {
 				n.stats.livenessRenewed.Add(1)
@@ -165,6 +167,7 @@ func (n *Node) restore() {
 	defer cancel()
 	for _, c := range n.localConns() {
 		if _, err := n.register(ctx, c, c.gen); err != nil {
+			slotmap.Refresh(err, n.config.Client)
 			n.logger.Error("Cannot restore a registration", err, watermill.LogFields{"client": c.clientID})
 			continue
 		}
@@ -199,6 +202,7 @@ func (n *Node) refresh() {
 		return nil
 	})
 	if err != nil {
+		slotmap.Refresh(err, n.config.Client)
 		n.logger.Error("Cannot refresh registrations", err, nil)
 	}
 }

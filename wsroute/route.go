@@ -7,6 +7,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redisbus/watermill-redisbus/internal/slotmap"
 )
 
 // Status is what became of a routed message.
@@ -94,6 +95,7 @@ func (n *Node) route(ctx context.Context, kind, key string, data []byte, metadat
 	}
 	out, err := routeScript.Run(ctx, n.retries, n.config.Client, []string{key}, args...).Int64Slice()
 	if err != nil {
+		slotmap.Refresh(err, n.config.Client)
 		return Result{}, fmt.Errorf("wsroute: route to %s: %w", key, err)
 	}
 	reached, stale, live := int(out[0]), int(out[1]), int(out[2])

@@ -40,7 +40,7 @@ func TestNodesCarryOnThroughSentinelFailovers(t *testing.T) {
 		require.Eventually(t, func() bool {
 			result, err := a.SendToClient(context.Background(), "bob", []byte(text))
 			return err == nil && result.Status == wsroute.Delivered
-		}, 30*time.Second, 20*time.Millisecond, "routing after %s", failover.what)
+		}, recoveryBound, 20*time.Millisecond, "routing after %s", failover.what)
 		t.Logf("%s: routing delivered again %s after it began", failover.what, time.Since(start).Round(time.Millisecond))
 		// What an earlier attempt delivered may come first; the last one is this text.
 		for {
