@@ -177,7 +177,11 @@ func (r *report) waitReplicasSection(b *strings.Builder) {
 	w("\n## WaitReplicas: what waiting for a replica costs\n\n")
 	w("`StreamsPublisherConfig.WaitReplicas` makes `Publish` return only once `WAIT` confirms that many replicas have every entry of the call, so that what a publisher was told is stored survives a failover; one `WAIT` ends each pipeline of coalesced publishes. ")
 	w("Both replica rows run on the same primary and replica (see Where the numbers come from), in the same rounds as every other contender; the ratio between them is the cost of waiting, the ratio to redisbus Streams (ordered) on the bench's Redis, which has no replica, adds the cost of replicating. ")
-	w("Medians; payloads of %d B in workload 1, 64 B elsewhere; latency (publish to handler, so not the wait itself: a consumer may read an entry before `WAIT` returns) at %d msg/s.\n\n", size, r.latencyRate())
+	payloads := "64-byte payloads"
+	if size != 64 {
+		payloads = fmt.Sprintf("payloads of %d B in workload 1, 64 B elsewhere", size)
+	}
+	w("Medians; %s; latency (publish to handler, so not the wait itself: a consumer may read an entry before `WAIT` returns) at %d msg/s.\n\n", payloads, r.latencyRate())
 	lat := fmt.Sprintf("latency at %d msg/s", r.latencyRate())
 	w("| Contender | W1 publish msg/s | W2 end to end msg/s | W3 publish (100 per call) msg/s | p50 | p99 | W1 Redis cmds/msg | W1 round trips/msg |\n|---|---|---|---|---|---|---|---|\n")
 	for _, c := range []string{cOrdered, cReplicaNoWait, cWaitReplicas} {
