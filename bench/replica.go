@@ -52,7 +52,7 @@ func replicatedEnv(ctx context.Context, e *env) (r *env, stop func(), where stri
 	}
 	opt := &redis.Options{Addr: primary.Addr}
 	return &env{opt: opt, admin: admin, trips: e.trips, private: true}, stop,
-		fmt.Sprintf("a private primary (%s) with one replica (%s), both `redis-server` processes the bench started on loopback as it starts the main one", primary.Addr, replica.Addr), nil
+		fmt.Sprintf("a private primary (%s) with one replica (%s), `redis-server` processes the bench started on loopback with persistence off, used by nothing else", primary.Addr, replica.Addr), nil
 }
 
 // connectedReplicas is INFO replication's connected_slaves.
