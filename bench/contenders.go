@@ -24,6 +24,17 @@ type env struct {
 	trips *roundTrips
 	// private is true when the bench started its own redis-server.
 	private bool
+	// replicated is the env of the contenders that need a primary with a
+	// replica (WaitReplicas); nil when none could be had.
+	replicated *env
+}
+
+// of returns the env contender c runs in.
+func (e *env) of(c *contender) *env {
+	if c.replicated && e.replicated != nil {
+		return e.replicated
+	}
+	return e
 }
 
 // client returns a new client whose round trips are counted.
@@ -67,6 +78,8 @@ type contender struct {
 	reference bool
 	// shares runs workload 6: consumers of one group sharing a backlog.
 	shares bool
+	// replicated runs on a primary with a replica (env.replicated).
+	replicated bool
 	// setup is the contender's exact configuration and why is the reason
 	// for it, as the report states them.
 	setup, why string
@@ -106,13 +119,25 @@ func contenders() []*contender {
 			name: cOrdered, family: "streams", stream: true, shares: true,
 			setup:     "`NewStreamsPublisher` and `NewStreamsSubscriber` with a consumer group, on one go-redis client with default options; defaults (`MaxInFlight` 1: in order) except `BlockTime` 100 ms, and a `ReadClient` of the bench's with retries off, as its documentation advises.",
 			why:       "Defaults, as a user gets them. The bench passes its own `ReadClient` so that it counts that connection's round trips too; with a caller's `ReadClient`, `Close` waits for a read to end, which `BlockTime` 100 ms (watermill-redisstream's default) keeps short.",
-			watermill: redisbusStreams(1),
+			watermill: redisbusStreams(1, 0),
 		},
 		{
 			name: cConcurrent, family: "streams", stream: true,
 			setup:     "As redisbus Streams (ordered), with `MaxInFlight` 64: up to 64 unacked messages per subscription, which the Router handles concurrently.",
 			why:       "The setting for throughput when order does not matter.",
-			watermill: redisbusStreams(64),
+			watermill: redisbusStreams(64, 0),
+		},
+		{
+			name: cReplicaNoWait, family: "streams", stream: true, replicated: true,
+			setup:     "As redisbus Streams (ordered), on a Redis primary with one replica in sync (see Where the numbers come from); `WaitReplicas` 0, the default. Redis CPU and commands are the primary's.",
+			why:       "The baseline of the WaitReplicas contender: the same primary, replica and settings without waiting, so that the ratio between the two is the cost of waiting alone, not of replication, which both pay.",
+			watermill: redisbusStreams(1, 0),
+		},
+		{
+			name: cWaitReplicas, family: "streams", stream: true, replicated: true,
+			setup:     "As redisbus Streams, WaitReplicas: 0 (replica), with `StreamsPublisherConfig.WaitReplicas` 1 (`WaitTimeout` its default, 1 s): `Publish` returns once `WAIT 1` confirms the replica has every entry of the call; one `WAIT` ends each coalesced pipeline.",
+			why:       "What acknowledged messages surviving a failover costs: Redis replicates asynchronously, and without it a primary that fails before its replica got an entry loses what it acknowledged.",
+			watermill: redisbusStreams(1, 1),
 		},
 		{
 			name: cPeer, family: "streams", stream: true, peer: true, shares: true,
@@ -193,10 +218,12 @@ func contenders() []*contender {
 	}
 }
 
-func redisbusStreams(maxInFlight int) func(e *env, n int) (message.Publisher, message.Subscriber, func()) {
+// redisbusStreams is redisbus Streams with MaxInFlight and WaitReplicas
+// as given, every other setting as the contenders' setup says.
+func redisbusStreams(maxInFlight, waitReplicas int) func(e *env, n int) (message.Publisher, message.Subscriber, func()) {
 	return func(e *env, n int) (message.Publisher, message.Subscriber, func()) {
 		client, reads := e.client(false), e.client(true)
-		pub, err := redisbus.NewStreamsPublisher(redisbus.StreamsPublisherConfig{Client: client}, nil)
+		pub, err := redisbus.NewStreamsPublisher(redisbus.StreamsPublisherConfig{Client: client, WaitReplicas: waitReplicas}, nil)
 		must(err)
 		sub, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{
 			Client: client, ReadClient: reads, ConsumerGroup: benchGroup, MaxInFlight: maxInFlight,

@@ -26,6 +26,9 @@ type machineInfo struct {
 	// persistence is what CONFIG GET says of RDB snapshots and the AOF, or
 	// why it could not be read.
 	persistence string
+	// replicated says where the contenders that need a primary with a
+	// replica ran, or is empty when none did.
+	replicated string
 
 	// loadStart and loadEnd are the load averages (1, 5 and 15 minutes)
 	// when the run started and ended: how busy the machine was besides.
@@ -119,5 +122,8 @@ func (m machineInfo) markdown() string {
 		where = fmt.Sprintf("Redis %s, a private `redis-server` the bench started on loopback (%s) and nothing else used: %s, default settings otherwise", m.redisVersion, m.redisAddr, m.persistence)
 	}
 	fmt.Fprintf(&b, "- **Redis**: %s. It runs on the same cores as the clients, so every rate includes Redis' own CPU time; loopback hides network latency, which the round trips per message (in the tables) show instead.\n", where)
+	if m.replicated != "" {
+		fmt.Fprintf(&b, "- **Redis with a replica** (the `WaitReplicas` contenders): %s.\n", m.replicated)
+	}
 	return b.String()
 }

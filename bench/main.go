@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -31,11 +32,15 @@ type options struct {
 	external string
 	profile  string
 	sharedN  int
+	// cluster lists the master counts of the cluster section (none: it
+	// does not run); clusterTopics is how many topics it spreads over them.
+	cluster       []int
+	clusterTopics int
 }
 
 func main() {
 	var o options
-	var sizes, rates string
+	var sizes, rates, cluster string
 	flag.IntVar(&o.n, "n", 200_000, "messages per throughput run")
 	flag.StringVar(&sizes, "sizes", "16,64,256", "payload sizes in bytes for workload 1")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; contenders run interleaved within each")
@@ -48,8 +53,10 @@ func main() {
 	flag.StringVar(&o.external, "external", "bench/watermill-benchmark.md", "the committed section on Watermill's own benchmark tool, placed into the report")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.IntVar(&o.sharedN, "shared-n", 1200, "messages of the shared-backlog workload (5 ms each, 3 consumers)")
+	flag.StringVar(&cluster, "cluster", "1,3", "master counts of the Redis Cluster section (empty: skip it)")
+	flag.IntVar(&o.clusterTopics, "cluster-topics", 64, "topics the cluster section spreads over the masters")
 	flag.Parse()
-	o.sizes, o.rates = ints(sizes), ints(rates)
+	o.sizes, o.rates, o.cluster = ints(sizes), ints(rates), ints(cluster)
 	if o.quick {
 		o.n, o.sizes, o.rounds, o.rates, o.duration, o.sharedN = 5000, []int{64}, 1, []int{1000}, time.Second, 150
 		o.report, o.chart = "", ""
@@ -116,12 +123,6 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 
-	var all []*contender
-	for _, c := range contenders() {
-		if o.only == "" || strings.Contains(c.name, o.only) {
-			all = append(all, c)
-		}
-	}
 	started, loadStart := time.Now(), loadAverage()
 	var samples []sample
 	record := func(s sample, err error) {
@@ -133,10 +134,53 @@ func run(ctx context.Context, o options) error {
 		fmt.Println(line(s))
 	}
 
+	var notes []string
+	var all []*contender
+	replicated := false
+	for _, c := range contenders() {
+		if selected(c.name, o.only) {
+			all = append(all, c)
+			replicated = replicated || c.replicated
+		}
+	}
+	var replicatedAt string
+	if replicated {
+		r, stop, where, err := replicatedEnv(ctx, e)
+		if err != nil {
+			// Without a replica WaitReplicas has nothing to wait for: the
+			// contenders that need one do not run, and the report says why.
+			all = slices.DeleteFunc(all, func(c *contender) bool { return c.replicated })
+			notes = append(notes, fmt.Sprintf("%s and %s did not run: no primary with a replica (%v).", cReplicaNoWait, cWaitReplicas, err))
+		} else {
+			defer stop()
+			e.replicated, replicatedAt = r, where
+		}
+	}
+	clusters, clusterNote := startClusters(ctx, o)
+	defer func() {
+		for _, bc := range clusters {
+			bc.close()
+		}
+	}()
+	if clusterNote != "" {
+		notes = append(notes, clusterNote)
+	}
+
 	fmt.Println("warm-up")
 	for _, c := range all {
 		if _, err := publishThenConsume(ctx, e, c, min(o.n, 2000), 64); err != nil {
 			return fmt.Errorf("warm-up of %s: %w", c.name, err)
+		}
+	}
+	for _, bc := range clusters {
+		var warmErr error
+		clusterRun(ctx, bc, e.trips, o.only, min(o.n, 2000), o.clusterTopics, func(s sample, err error) {
+			if err != nil && warmErr == nil {
+				warmErr = fmt.Errorf("warm-up of %s on a %s: %w", s.contender, s.workload, err)
+			}
+		})
+		if warmErr != nil {
+			return warmErr
 		}
 	}
 	for round := range o.rounds {
@@ -174,9 +218,14 @@ func run(ctx context.Context, o options) error {
 				}
 				record(latency(ctx, e, c, perSecond, o.duration, 64))
 			}
-			if o.only == "" || strings.Contains(cWSRoute, o.only) {
+			if selected(cWSRoute, o.only) {
 				record(wsrouteLatency(ctx, e, perSecond, o.duration, 64))
 			}
+		}
+		// The clusters take turns first, as the contenders do.
+		for i := range clusters {
+			bc := clusters[(i+round)%len(clusters)]
+			clusterRun(ctx, bc, e.trips, o.only, o.n, o.clusterTopics, record)
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -200,7 +249,10 @@ func run(ctx context.Context, o options) error {
 		}
 		external = string(data)
 	}
-	r := newReport(o, samples, readMachine(ctx, e, loadStart), time.Since(started), external)
+	machine := readMachine(ctx, e, loadStart)
+	machine.replicated = replicatedAt
+	r := newReport(o, samples, machine, time.Since(started), external)
+	r.notes = notes
 	fmt.Println(r.markdown(o.chart))
 	if o.report != "" {
 		if err := os.WriteFile(o.report, []byte(r.markdown(o.chart)), 0o644); err != nil {
@@ -224,10 +276,33 @@ func run(ctx context.Context, o options) error {
 	return nil
 }
 
+// startClusters starts the private clusters of the cluster section, or
+// says why it does not run.
+func startClusters(ctx context.Context, o options) ([]*benchCluster, string) {
+	if len(o.cluster) == 0 || !slices.ContainsFunc(clusterContenders, func(name string) bool { return selected(name, o.only) }) {
+		return nil, ""
+	}
+	var clusters []*benchCluster
+	for _, masters := range o.cluster {
+		bc, err := startBenchCluster(ctx, masters)
+		if err != nil {
+			for _, bc := range clusters {
+				bc.close()
+			}
+			return nil, fmt.Sprintf("The Redis Cluster section did not run: %v.", err)
+		}
+		clusters = append(clusters, bc)
+	}
+	return clusters, ""
+}
+
 func line(s sample) string {
 	switch {
 	case s.p50 > 0:
 		return fmt.Sprintf("  %-36s %-28s p50 %v p99 %v p999 %v %s", s.contender, s.workload, s.p50, s.p99, s.p999, s.failed())
+	case len(s.masterTopics) > 0:
+		return fmt.Sprintf("  %-36s %-28s pub %8.0f/s sub %8.0f/s CPU µs/msg %.2f (per master %s) cmds/msg %.2f trips/msg %.3f topics %v %s",
+			s.contender, s.workload, s.pubRate, s.subRate, s.cpuPerMsg, floats(s.masterCPU), s.cmdsPerMsg, s.tripsPerMsg, s.masterTopics, s.failed())
 	case s.drain > 0:
 		return fmt.Sprintf("  %-36s %-28s drained in %v (ideal %v), per consumer %s %s", s.contender, s.workload,
 			s.drain.Round(time.Millisecond), idealDrain(int(sum(s.shares))).Round(time.Millisecond), sharesText(s.shares), s.failed())

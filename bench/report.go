@@ -18,6 +18,8 @@ type report struct {
 	// external is the committed section on Watermill's own benchmark
 	// tool (-external), placed into the report as it is.
 	external string
+	// notes say what did not run, and why.
+	notes []string
 }
 
 func newReport(o options, samples []sample, machine machineInfo, elapsed time.Duration, external string) *report {
@@ -84,11 +86,14 @@ const (
 	cPubSubAsync = "redisbus Pub/Sub (Async)"
 	cOrdered     = "redisbus Streams (ordered)"
 	cConcurrent  = "redisbus Streams (MaxInFlight 64)"
-	cPeer        = "watermill-redisstream v1.4.5"
-	cPeerTuned   = "watermill-redisstream v1.4.5, tuned"
-	cGoChannel   = "Watermill GoChannel"
-	cRawPublish  = "raw go-redis PUBLISH"
-	cRawStreams  = "raw go-redis XADD/XREADGROUP"
+	// On a primary with a replica: without waiting, and waiting for it.
+	cReplicaNoWait = "redisbus Streams, WaitReplicas: 0 (replica)"
+	cWaitReplicas  = "redisbus Streams, WaitReplicas: 1"
+	cPeer          = "watermill-redisstream v1.4.5"
+	cPeerTuned     = "watermill-redisstream v1.4.5, tuned"
+	cGoChannel     = "Watermill GoChannel"
+	cRawPublish    = "raw go-redis PUBLISH"
+	cRawStreams    = "raw go-redis XADD/XREADGROUP"
 	// The ceiling of the calling pattern workload 1 asks of the libraries.
 	cRawCoalescedPublish = "raw go-redis PUBLISH, one per call, coalesced"
 	cRawCoalescedXAdd    = "raw go-redis XADD, one per call, coalesced"
@@ -284,13 +289,13 @@ func (r *report) markdown(chart string) string {
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("# Benchmarks\n\n")
 	w("redisbus measured against watermill-redisstream (on its defaults, and tuned), Watermill's in-process GoChannel and raw go-redis with no library, ")
-	w("all in one run against one Redis; then [Watermill's own benchmark tool](#watermills-own-benchmark-tool), with redisbus added to it, beside the results it publishes.\n\n")
+	w("all in one run against one Redis; what waiting for a replica costs (`WaitReplicas`), and how the work spreads over the masters of a Redis Cluster; then [Watermill's own benchmark tool](#watermills-own-benchmark-tool), with redisbus added to it, beside the results it publishes.\n\n")
 	w("Written by `go run ./bench %s` on %s (%s).", r.flags(), r.when.UTC().Format("2006-01-02 15:04 UTC"), r.elapsed.Round(time.Second))
 	if r.o.n < 200_000 {
 		w(" **A shorter run than the default** (%d messages per throughput run): the numbers are noisier than a full run's.", r.o.n)
 	}
 	w("\n\n")
-	for _, line := range r.headlines() {
+	for _, line := range append(r.headlines(), r.scaleHeadlines()...) {
 		w("- %s\n", line)
 	}
 	if chart != "" {
@@ -306,6 +311,9 @@ func (r *report) markdown(chart string) string {
 	w("- **Checks**: every payload carries a sequence number, and every run counts messages lost, duplicated or left pending in the consumer group (see [Correctness](#correctness)); the bench fails on redisbus' failures, never on speed.\n")
 	w("- **The floors** below are this project's own performance targets: ratios to the alternatives measured in the same run, and a few absolute bounds.\n")
 	w("- **A second opinion**: [Watermill's own benchmark tool](#watermills-own-benchmark-tool), which nobody here wrote, run on the same machine.\n")
+	for _, note := range r.notes {
+		w("- **Not run**: %s\n", note)
+	}
 
 	w("\n## Contenders\n\n| Contender | Configuration | Why |\n|---|---|---|\n")
 	for _, c := range contenders() {
@@ -422,6 +430,9 @@ func (r *report) markdown(chart string) string {
 		r.sharedBacklogTable(&b)
 	}
 
+	r.waitReplicasSection(&b)
+	r.clusterSection(&b)
+
 	w("\n## Watermill's own benchmark tool\n\n")
 	w("%s", strings.TrimSpace(r.external))
 	w("\n\n## How to run\n\n")
@@ -439,6 +450,8 @@ func (r *report) markdown(chart string) string {
 	w("| `-external` | bench/watermill-benchmark.md | the committed section on Watermill's own benchmark tool, placed into the report as it is |\n")
 	w("| `-cpuprofile` | | write a CPU profile of the whole run to this file (`go tool pprof`) |\n")
 	w("| `-shared-n` | 1200 | messages of workload 6 (5 ms each, 3 consumers) |\n")
+	w("| `-cluster` | 1,3 | master counts of the Redis Cluster section, each a private cluster (empty: skip the section) |\n")
+	w("| `-cluster-topics` | 64 | topics the cluster section spreads over the masters |\n")
 	w("| `-quick` | | 5000 messages (150 in workload 6), one round, 1000 msg/s for 1 s, no files: checks correctness (lost, duplicated, pending) and fails on it, never on speed; `.ci/run` runs it |\n")
 
 	w("\n## Correctness\n\n")
@@ -475,7 +488,11 @@ func (r *report) flags() string {
 	if r.o.quick {
 		return "-quick"
 	}
-	return fmt.Sprintf("-n %d -rounds %d", r.o.n, r.o.rounds)
+	flags := fmt.Sprintf("-n %d -rounds %d", r.o.n, r.o.rounds)
+	if cluster := joinInts(r.o.cluster, ","); cluster != "1,3" {
+		flags += fmt.Sprintf(" -cluster %q", cluster)
+	}
+	return flags
 }
 
 // throughputTable writes rates and costs; cost columns show workload 5:

@@ -98,3 +98,97 @@ func TestChartShowsEveryWorkloadWithRanges(t *testing.T) {
 		t.Errorf("%d bars and %d whiskers: every bar should show its range", bars, whiskers)
 	}
 }
+
+// clusterSamples are three rounds of the cluster section on 1 and 3
+// masters: on 3, each master does about a third of what the one did, and
+// all of them together a little more.
+func clusterSamples() []sample {
+	var samples []sample
+	for round := range 3 {
+		spread := 0.9 + 0.1*float64(round) // the median is the value given
+		for _, c := range clusterContenders {
+			samples = append(samples,
+				sample{contender: c, workload: clusterWorkload(1), size: 64, pubRate: 100_000 * spread, subRate: 80_000 * spread,
+					cpuPerMsg: 4 * spread, masterCPU: []float64{4 * spread}, masterCmds: []float64{1}, masterTopics: []int{64}, tripsPerMsg: 0.05},
+				sample{contender: c, workload: clusterWorkload(3), size: 64, pubRate: 90_000 * spread, subRate: 120_000 * spread,
+					cpuPerMsg: 5 * spread, masterCPU: []float64{2 * spread, 1.5 * spread, 1.5 * spread}, masterCmds: []float64{0.4, 0.3, 0.3},
+					masterTopics: []int{24, 20, 20}, tripsPerMsg: 0.1})
+		}
+	}
+	return samples
+}
+
+func TestReportClusterSection(t *testing.T) {
+	r := syntheticReport(nil)
+	r.o.cluster, r.o.clusterTopics = []int{1, 3}, 64
+	r.samples = append(r.samples, clusterSamples()...)
+	md := r.markdown("")
+
+	section := md[strings.Index(md, "## Redis Cluster: 1 and 3 masters"):strings.Index(md, "## Watermill's own benchmark tool")]
+	for _, row := range []string{
+		// 1 s over the busiest master's 4 µs is 250k msg/s.
+		"| redisbus Streams, cluster | 1 | 100.0k (90.0k–110.0k) | 80.0k (72.0k–88.0k) | 4.00 | 4.00 | 1.00 | 250.0k | 100% | 64 | 0.050 |",
+		// The busiest of three masters spends 2 µs, 40% of the 5 µs all spend.
+		"| redisbus Pub/Sub (Sharded), cluster | 3 | 90.0k (81.0k–99.0k) | 120.0k (108.0k–132.0k) | 5.00 | 2.00 | 0.40 | 500.0k | 40% / 30% / 30% | 24 / 20 / 20 | 0.100 |",
+	} {
+		if !strings.Contains(section, row) {
+			t.Errorf("the cluster table lacks %q", row)
+		}
+	}
+	if !strings.Contains(section, "- redisbus Streams, cluster, 3 masters against 1: the busiest master's CPU per message 0.50×, its commands per message 0.40×, the Redis-bound ceiling 2.00×; the CPU of all masters together 1.25×; on this machine publish 0.90× and consume 1.50×.") {
+		t.Errorf("the cluster section does not compare 3 masters with 1:\n%s", section)
+	}
+	if !strings.Contains(md, "- **Redis Cluster** (64 topics, 3 against 1 masters): Redis CPU per message on the busiest master, redisbus Streams 2.00 µs on 3 against 4.00 µs on 1;") {
+		t.Error("the headlines lack the cluster's")
+	}
+}
+
+func TestReportClusterSectionAbsentWhenNotRun(t *testing.T) {
+	r := syntheticReport(nil)
+	r.o.cluster = []int{1, 3}
+	r.notes = []string{"The Redis Cluster section did not run: redis-server is not on PATH."}
+	md := r.markdown("")
+	if strings.Contains(md, "## Redis Cluster") || strings.Contains(md, "**Redis Cluster**") {
+		t.Error("a cluster section without cluster samples")
+	}
+	if !strings.Contains(md, "- **Not run**: The Redis Cluster section did not run: redis-server is not on PATH.\n") {
+		t.Error("the report does not say what did not run")
+	}
+}
+
+func TestReportWaitReplicasSection(t *testing.T) {
+	r := syntheticReport(map[string]float64{cOrdered: 200_000, cReplicaNoWait: 160_000, cWaitReplicas: 120_000})
+	md := r.markdown("")
+	section := md[strings.Index(md, "## WaitReplicas: what waiting for a replica costs"):strings.Index(md, "## Watermill's own benchmark tool")]
+	for _, want := range []string{
+		"| redisbus Streams (ordered) | 200.0k | 200.0k | 200.0k |",
+		"| redisbus Streams, WaitReplicas: 1 | 120.0k | 120.0k | 120.0k |",
+		"redisbus Streams, WaitReplicas: 1 publishes at 0.75× the same primary without waiting (workload 1), 0.75× with 100 messages per `Publish` (workload 3), 0.75× end to end (workload 2); 0.60× redisbus Streams (ordered) on the bench's Redis (workload 1).",
+	} {
+		if !strings.Contains(section, want) {
+			t.Errorf("the WaitReplicas section lacks %q", want)
+		}
+	}
+	if !strings.Contains(md, "- **WaitReplicas: 1** (workload 1, 64 B): Streams publish at 0.75× the same primary and replica without waiting;") {
+		t.Error("the headlines lack WaitReplicas'")
+	}
+}
+
+func TestSharesFollowTheMastersOrder(t *testing.T) {
+	for _, c := range []struct {
+		cpu  []float64
+		want string
+	}{
+		{[]float64{1, 2, 1}, "25% / 50% / 25%"},
+		{[]float64{3}, "100%"},
+		{nil, "–"},
+		{[]float64{0, 0}, "–"},
+	} {
+		if got := shares(sample{masterCPU: c.cpu}); got != c.want {
+			t.Errorf("shares(%v) = %q, want %q", c.cpu, got, c.want)
+		}
+	}
+	if busiest(sample{}) != 0 || ceiling(sample{}) != 0 {
+		t.Error("a sample without per-master costs has a busiest master")
+	}
+}

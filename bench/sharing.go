@@ -24,6 +24,7 @@ const (
 
 // sharedBacklog runs workload 6 with n messages.
 func sharedBacklog(ctx context.Context, e *env, c *contender, n int) (sample, error) {
+	e = e.of(c)
 	s := sample{contender: c.name, family: c.family, workload: w6, size: 64, peer: c.peer}
 	topic := "bench-" + watermill.NewShortUUID()
 	t := newTracker(n)

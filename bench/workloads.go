@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
 )
 
 // sample is one measurement of one contender in one workload.
@@ -31,6 +33,12 @@ type sample struct {
 
 	drain  time.Duration // workload 6: how long the backlog took
 	shares []int64       // workload 6: messages each consumer handled
+
+	// Per Redis server (a cluster's masters): CPU in microseconds and
+	// commands per message of the run, and how many of the run's topics
+	// each master owns (cluster section only).
+	masterCPU, masterCmds []float64
+	masterTopics          []int
 
 	lost, dups, pending int64
 	peer                bool // a compared library: its failures are reported, not fatal
@@ -187,12 +195,12 @@ func initTopic(c *contender, e *env, sub message.Subscriber, topic string) error
 	return err
 }
 
-// consume runs a Router whose handler only records (and so acks) each
-// message, until the tracker has all of them; it returns the time from
-// starting the Router.
-func consume(ctx context.Context, sub message.Subscriber, topic string, t *tracker, latencies *latencyLog) (time.Duration, error) {
+// consume runs a Router whose handlers (one per topic) only record (and so
+// ack) each message, until the tracker has all of them; it returns the
+// time from starting the Router.
+func consume(ctx context.Context, sub message.Subscriber, topics []string, t *tracker, latencies *latencyLog) (time.Duration, error) {
 	start := time.Now()
-	stop, err := startRouter(ctx, sub, topic, t, latencies)
+	stop, err := startRouter(ctx, sub, topics, t, latencies)
 	if err != nil {
 		return 0, err
 	}
@@ -203,22 +211,26 @@ func consume(ctx context.Context, sub message.Subscriber, topic string, t *track
 	return time.Since(start), nil
 }
 
-// startRouter starts a recording Router and returns once it runs.
-func startRouter(ctx context.Context, sub message.Subscriber, topic string, t *tracker, latencies *latencyLog) (func(), error) {
+// startRouter starts a Router recording the topics' messages and returns
+// once it runs.
+func startRouter(ctx context.Context, sub message.Subscriber, topics []string, t *tracker, latencies *latencyLog) (func(), error) {
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 5 * time.Second}, watermill.NopLogger{})
 	if err != nil {
 		return nil, err
 	}
-	router.AddConsumerHandler("bench", topic, sub, func(msg *message.Message) error {
-		if latencies != nil {
-			latencies.add(time.Since(sentAt(msg.Payload)))
-		}
-		// Ack before recording: when the last message is recorded the run
-		// ends and the Router closes, and every ack must have been given.
-		msg.Ack()
-		t.record(msg.Payload)
-		return nil
-	})
+	for i, topic := range topics {
+		router.AddConsumerHandler("bench-"+strconv.Itoa(i), topic, sub, func(msg *message.Message) error {
+			if latencies != nil {
+				latencies.add(time.Since(sentAt(msg.Payload)))
+			}
+			// Ack before recording: when the last message is recorded the
+			// run ends and the Router closes, and every ack must have been
+			// given.
+			msg.Ack()
+			t.record(msg.Payload)
+			return nil
+		})
+	}
 	go func() { _ = router.Run(context.Background()) }()
 	select {
 	case <-router.Running():
@@ -231,30 +243,56 @@ func startRouter(ctx context.Context, sub message.Subscriber, topic string, t *t
 
 // measure wraps a run with the Redis cost accounting.
 func measure(ctx context.Context, e *env, s *sample, n int, run func() error) error {
-	before, err := readCost(ctx, e.admin)
+	return measureOn(ctx, []*redis.Client{e.admin}, e.trips, s, n, run)
+}
+
+// measureOn is measure on several servers, a cluster's masters: their
+// costs are summed, and kept per server in masterCPU and masterCmds.
+func measureOn(ctx context.Context, servers []*redis.Client, trips *roundTrips, s *sample, n int, run func() error) error {
+	read := func() ([]redisCost, error) {
+		costs := make([]redisCost, len(servers))
+		for i, server := range servers {
+			var err error
+			if costs[i], err = readCost(ctx, server); err != nil {
+				return nil, err
+			}
+		}
+		return costs, nil
+	}
+	before, err := read()
 	if err != nil {
 		return err
 	}
-	trips := e.trips.n.Load()
+	startTrips := trips.n.Load()
 	if err := run(); err != nil {
 		return err
 	}
-	after, err := readCost(ctx, e.admin)
+	after, err := read()
 	if err != nil {
 		return err
 	}
-	cost := after.since(before)
-	// INFO itself is a command; the accounting should not count it.
-	s.cmdsPerMsg = float64(cost.total()-cost.calls["info"]) / float64(n)
-	s.cpuPerMsg = cost.cpu * 1e6 / float64(n)
-	s.tripsPerMsg = float64(e.trips.n.Load()-trips) / float64(n)
-	s.topCommands = cost.top(float64(n))
+	total := redisCost{calls: map[string]int64{}}
+	for i := range servers {
+		cost := after[i].since(before[i])
+		// INFO itself is a command; the accounting should not count it.
+		s.masterCPU = append(s.masterCPU, cost.cpu*1e6/float64(n))
+		s.masterCmds = append(s.masterCmds, float64(cost.total()-cost.calls["info"])/float64(n))
+		total.cpu += cost.cpu
+		for name, calls := range cost.calls {
+			total.calls[name] += calls
+		}
+	}
+	s.cmdsPerMsg = float64(total.total()-total.calls["info"]) / float64(n)
+	s.cpuPerMsg = total.cpu * 1e6 / float64(n)
+	s.tripsPerMsg = float64(trips.n.Load()-startTrips) / float64(n)
+	s.topCommands = total.top(float64(n))
 	return nil
 }
 
 // Workload 1, watermill-benchmark's procedure: publish n messages from 64
 // goroutines, one per Publish; then consume them through a Router.
 func publishThenConsume(ctx context.Context, e *env, c *contender, n, size int) (sample, error) {
+	e = e.of(c)
 	s := sample{contender: c.name, family: c.family, workload: "publish then consume", size: size, peer: c.peer}
 	topic := "bench-" + watermill.NewShortUUID()
 	if c.raw != nil {
@@ -282,7 +320,7 @@ func publishThenConsume(ctx context.Context, e *env, c *contender, n, size int) 
 		if err != nil {
 			return err
 		}
-		subDur, err := consume(ctx, sub, topic, t, nil)
+		subDur, err := consume(ctx, sub, []string{topic}, t, nil)
 		s.pubRate, s.subRate = rate(n, pubDur), rate(n, subDur)
 		return err
 	})
@@ -296,6 +334,7 @@ func publishThenConsume(ctx context.Context, e *env, c *contender, n, size int) 
 // Workload 2: publish and consume at the same time; the rate is n over the
 // time from the first publish to the last delivery.
 func concurrent(ctx context.Context, e *env, c *contender, n, size int) (sample, error) {
+	e = e.of(c)
 	s := sample{contender: c.name, family: c.family, workload: "publish and consume at once", size: size, peer: c.peer}
 	topic := "bench-" + watermill.NewShortUUID()
 	if c.raw != nil {
@@ -322,7 +361,7 @@ func concurrent(ctx context.Context, e *env, c *contender, n, size int) (sample,
 		start := time.Now()
 		consumed := make(chan error, 1)
 		go func() {
-			_, err := consume(ctx, sub, topic, t, nil)
+			_, err := consume(ctx, sub, []string{topic}, t, nil)
 			consumed <- err
 		}()
 		if _, err := publishAll(ctx, pub, n, 64, func(i int) error { return pub.Publish(topic, msgs[i]) }); err != nil {
@@ -341,6 +380,7 @@ func concurrent(ctx context.Context, e *env, c *contender, n, size int) (sample,
 
 // Workload 3: Publish(topic, 100 messages) from 16 goroutines.
 func batched(ctx context.Context, e *env, c *contender, n, size int) (sample, error) {
+	e = e.of(c)
 	const batch = 100
 	s := sample{contender: c.name, family: c.family, workload: "batched publish (100 per call)", size: size, peer: c.peer}
 	topic := "bench-" + watermill.NewShortUUID()
@@ -445,6 +485,7 @@ func openLoop(ctx context.Context, perSecond, n int, send func(i int) error) err
 
 // Workload 4: latency from Publish to the handler at a fixed rate.
 func latency(ctx context.Context, e *env, c *contender, perSecond int, duration time.Duration, size int) (sample, error) {
+	e = e.of(c)
 	s := sample{contender: c.name, family: c.family, workload: fmt.Sprintf("latency at %d msg/s", perSecond), size: size, peer: c.peer}
 	topic := "bench-" + watermill.NewShortUUID()
 	n := int(float64(perSecond) * duration.Seconds())
@@ -458,7 +499,7 @@ func latency(ctx context.Context, e *env, c *contender, perSecond int, duration 
 		err = initTopic(c, e, sub, topic)
 		var stop func()
 		if err == nil {
-			stop, err = startRouter(ctx, sub, topic, t, log)
+			stop, err = startRouter(ctx, sub, []string{topic}, t, log)
 		}
 		if err == nil {
 			err = openLoop(ctx, perSecond, n, func(i int) error {

@@ -3,6 +3,7 @@ package pubsubtest
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +19,9 @@ type Cluster struct {
 	// Replicas are the replicas' host:port.
 	Replicas []string
 
-	nodes []*redis.Client // one per address, in the same order
+	nodes   []*redis.Client // one per address, in the same order
+	servers []*Server       // the masters NewCluster started, stopped by Close
+	dir     string          // removed by Close: made by NewCluster
 
 	// The processes behind Addrs and Replicas, in the same order: Failover
 	// and KillMaster swap a master and its replica.
@@ -31,53 +34,94 @@ type Cluster struct {
 // cluster as ok. It is stopped when t ends.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
-	dir := t.TempDir()
+	c, err := newCluster(n, t.TempDir())
+	if err != nil {
+		t.Fatalf("pubsubtest: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// NewCluster is StartCluster for code without a testing.TB, such as the
+// benchmark: the caller stops the cluster with Close.
+func NewCluster(n int) (*Cluster, error) {
+	dir, err := os.MkdirTemp("", "redisbus-cluster-")
+	if err != nil {
+		return nil, err
+	}
+	c, err := newCluster(n, dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("pubsubtest: %w", err)
+	}
+	c.dir = dir
+	return c, nil
+}
+
+// Close stops the masters (not the replicas of AddReplicas, which stop
+// with their test) and removes the directory NewCluster made.
+func (c *Cluster) Close() {
+	for _, client := range c.nodes {
+		_ = client.Close()
+	}
+	for _, s := range c.servers {
+		s.stop()
+	}
+	if c.dir != "" {
+		_ = os.RemoveAll(c.dir)
+	}
+}
+
+// newCluster starts the n masters of a cluster in dir; on an error it
+// stops what it started.
+func newCluster(n int, dir string) (_ *Cluster, err error) {
 	c := &Cluster{}
-	var clients []*redis.Client
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
 	for range n {
 		s, err := startServer(ServerOptions{Cluster: true}, dir)
 		if err != nil {
-			t.Fatalf("pubsubtest: cluster node: %v", err)
+			return nil, fmt.Errorf("cluster node: %w", err)
 		}
-		t.Cleanup(s.stop)
-		c.Addrs = append(c.Addrs, s.Addr)
+		c.servers = append(c.servers, s)
 		c.masterServers = append(c.masterServers, s)
-		client := redis.NewClient(&redis.Options{Addr: s.Addr})
-		t.Cleanup(func() { _ = client.Close() })
-		clients = append(clients, client)
+		c.Addrs = append(c.Addrs, s.Addr)
+		c.nodes = append(c.nodes, redis.NewClient(&redis.Options{Addr: s.Addr}))
 	}
-	c.nodes = clients
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	const slots = 16384
-	for i, client := range clients {
+	for i, client := range c.nodes {
 		first, last := i*slots/n, (i+1)*slots/n-1
 		if err := client.ClusterAddSlotsRange(ctx, first, last).Err(); err != nil {
-			t.Fatalf("pubsubtest: cluster addslots: %v", err)
+			return nil, fmt.Errorf("cluster addslots: %w", err)
 		}
 	}
 	for _, addr := range c.Addrs[1:] {
 		host, port, _ := strings.Cut(addr, ":")
-		if err := clients[0].ClusterMeet(ctx, host, port).Err(); err != nil {
-			t.Fatalf("pubsubtest: cluster meet: %v", err)
+		if err := c.nodes[0].ClusterMeet(ctx, host, port).Err(); err != nil {
+			return nil, fmt.Errorf("cluster meet: %w", err)
 		}
 	}
 	// The nodes agree through the cluster bus, which has no notification a
 	// client can wait on: ask until all say ok.
-	for _, client := range clients {
+	for _, client := range c.nodes {
 		for {
 			info, err := client.ClusterInfo(ctx).Result()
 			if err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, fmt.Sprintf("cluster_known_nodes:%d", n)) {
 				break
 			}
 			if ctx.Err() != nil {
-				t.Fatalf("pubsubtest: the cluster did not form within 30s: %v\n%s", err, info)
+				return nil, fmt.Errorf("the cluster did not form within 30s: %v\n%s", err, info)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	return c
+	return c, nil
 }
 
 // Client returns a cluster client of c, closed when t ends.

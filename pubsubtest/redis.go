@@ -42,6 +42,10 @@ type ServerOptions struct {
 	AppendFsync string
 	// Cluster starts the server in cluster mode (see StartCluster).
 	Cluster bool
+	// ReplicaOf, a primary's host:port, starts the server as its replica.
+	// The replica syncs after it starts: wait for master_link_status:up
+	// (INFO replication), or for WAIT on the primary.
+	ReplicaOf string
 	// TLS, when set, makes the server speak TLS only, with this
 	// certificate and key (PEM files); clients are not asked for one.
 	TLS *TLSFiles
@@ -66,6 +70,7 @@ type Server struct {
 	opts     ServerOptions
 	external bool // from REDIS_URL: never stopped or restarted
 	dir      string
+	ownDir   bool // started by NewServer, in a directory of its own
 	port     int
 
 	mu      sync.Mutex
@@ -149,6 +154,33 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 	}
 	t.Cleanup(s.stop)
 	return s
+}
+
+// NewServer is StartServer for code without a testing.TB, such as the
+// benchmark: the caller stops the server with Close.
+func NewServer(opts ServerOptions) (*Server, error) {
+	dir, err := os.MkdirTemp("", "redisbus-server-")
+	if err != nil {
+		return nil, err
+	}
+	s, err := startServer(opts, dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("pubsubtest: %w", err)
+	}
+	s.ownDir = true
+	return s, nil
+}
+
+// Close stops a server NewServer started and removes its directory. It
+// does nothing to other servers: the shared one is StopShared's to stop,
+// and StartServer's stop with their test.
+func (s *Server) Close() {
+	if !s.ownDir {
+		return
+	}
+	s.stop()
+	_ = os.RemoveAll(s.dir)
 }
 
 // Main runs the tests and then stops the shared server. Call it from
@@ -259,6 +291,10 @@ func (s *Server) args() []string {
 			"--tls-cert-file", s.opts.TLS.CertFile,
 			"--tls-key-file", s.opts.TLS.KeyFile,
 			"--tls-auth-clients", "no")
+	}
+	if s.opts.ReplicaOf != "" {
+		host, port, _ := net.SplitHostPort(s.opts.ReplicaOf)
+		args = append(args, "--replicaof", host, port)
 	}
 	if s.opts.Cluster {
 		args = append(args,
