@@ -1,7 +1,9 @@
 package redisbus_test
 
 import (
+	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +31,10 @@ var (
 		"+xreadgroup", "+xack", "+xautoclaim", "+xclaim", "+xpending", "+xadd", "+xrange", "+xlen",
 		"+eval", "+evalsha", "+set", "+get", "+pexpire", "+del", "+ping", "resetkeys", "~app:*", "~{app:*"}
 	aclStreamsFanOut = []string{"-@all", "+xread", "+xinfo|stream", "resetkeys", "~app:*"}
+	// aclStreamsPublisherWaiting is aclStreamsPublisher and +wait, for
+	// WaitReplicas.
+	aclStreamsPublisherWaiting = []string{"-@all", "+xadd", "+eval", "+evalsha", "+xinfo|groups", "+xpending", "+xrange",
+		"+xtrim", "+xlen", "+wait", "resetkeys", "~app:*"}
 )
 
 // The page shows each rule set the tests use, word for word, so that what
@@ -37,10 +43,11 @@ func TestACLRulesAreDocumented(t *testing.T) {
 	page, err := os.ReadFile("docs/operating-redis.md")
 	require.NoError(t, err)
 	for _, rules := range [][]string{aclPubSubPublisher, aclPubSubSubscriber, aclShardedPublisher, aclShardedSubscriber,
-		aclStreamsPublisher, aclStreamsSubscriber, aclStreamsFanOut} {
+		aclStreamsPublisher, aclStreamsSubscriber, aclStreamsFanOut, aclStreamsPublisherWaiting} {
 		documented := strings.ReplaceAll(strings.Join(rules, " "), "|", `\|`) // escaped in a Markdown table
 		assert.Contains(t, string(page), "`"+documented, "docs/operating-redis.md should show these rules")
 	}
+	assert.Contains(t, string(page), "`+cluster|slots +command`", "docs/operating-redis.md should say what onCluster adds")
 }
 
 // aclClient creates an ACL user with exactly rules on server and returns
@@ -157,4 +164,90 @@ func TestStreamsWithTheDocumentedACL(t *testing.T) {
 	assert.Equal(t, uint64(1), second.Stats().Claimed)
 	require.NoError(t, second.Close())
 	assertNoACLDenial(t, admin)
+}
+
+// With WaitReplicas the Streams publisher also sends WAIT, so its
+// documented rules add +wait. Without it, Publish fails with Redis'
+// refusal, not with ErrNotReplicated: retrying would only store the
+// entries again.
+func TestStreamsPublisherWaitNeedsTheWaitPermission(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{}) // no replica: WAIT confirms none
+	admin := server.Client(t)
+	config := redisbus.StreamsPublisherConfig{WaitReplicas: 1, WaitTimeout: 10 * time.Millisecond}
+
+	config.Client = aclClient(t, server, admin, "publisher", aclStreamsPublisher)
+	err := newStreamsPublisher(t, config).Publish("app:orders", message.NewMessage(watermill.NewUUID(), []byte("refused")))
+	require.Error(t, err)
+	assert.NotErrorIs(t, err, redisbus.ErrNotReplicated)
+	assert.ErrorContains(t, err, "refused WAIT")
+	assert.ErrorContains(t, err, "NOPERM")
+
+	config.Client = aclClient(t, server, admin, "waiting", aclStreamsPublisherWaiting)
+	err = newStreamsPublisher(t, config).Publish("app:orders", message.NewMessage(watermill.NewUUID(), []byte("waited")))
+	require.ErrorIs(t, err, redisbus.ErrNotReplicated)
+	assert.ErrorContains(t, err, "0 of 1 confirmed")
+	refusals := pubsubtest.ACLRefusals(t, admin)
+	require.Len(t, refusals, 1, "only the user without +wait was refused")
+	assert.Contains(t, fmt.Sprint(refusals[0]), "wait")
+}
+
+// onCluster adds what go-redis' cluster client needs to rules: it reads
+// the slot map (CLUSTER SLOTS, again after a failover or a moved slot) and
+// the command table.
+func onCluster(rules []string) []string {
+	i := slices.IndexFunc(rules, func(r string) bool { return strings.HasPrefix(r, "reset") })
+	return slices.Concat(rules[:i], []string{"+cluster|slots", "+command"}, rules[i:])
+}
+
+// On Redis Cluster each component runs with its documented rules and
+// onCluster's, set on every master: a Streams publisher and a consumer
+// group's subscriber (publishing, reading, acking, dead-lettering) and
+// sharded Pub/Sub, with topics spread over the masters.
+func TestStreamsAndShardedPubSubOnAClusterWithTheDocumentedACL(t *testing.T) {
+	cluster := pubsubtest.StartCluster(t, 3)
+	var admins []*redis.Client
+	for _, addr := range cluster.Addrs {
+		admin := redis.NewClient(&redis.Options{Addr: addr})
+		t.Cleanup(func() { _ = admin.Close() })
+		for user, rules := range map[string][]string{
+			"publisher": onCluster(aclStreamsPublisher), "subscriber": onCluster(aclStreamsSubscriber),
+			"spublisher": onCluster(aclShardedPublisher), "ssubscriber": onCluster(aclShardedSubscriber),
+		} {
+			pubsubtest.SetACLUser(t, admin, user, "pw", rules)
+		}
+		admins = append(admins, admin)
+	}
+	as := func(user string) *redis.ClusterClient {
+		client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster.Addrs, Username: user, Password: "pw"})
+		t.Cleanup(func() { _ = client.Close() })
+		return client
+	}
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: as("publisher")})
+	sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{
+		Client: as("subscriber"), ConsumerGroup: "g", MaxDeliveries: 1, CloseTimeout: -1,
+	}, nil)
+	spub := newPublisher(t, redisbus.PublisherConfig{Client: as("spublisher"), Sharded: true})
+	ssub := newSubscriber(t, redisbus.SubscriberConfig{Client: as("ssubscriber"), Sharded: true}, nil)
+	masters := map[int]bool{}
+	for i := range 6 {
+		topic := fmt.Sprintf("app:topic-%d", i)
+		masters[cluster.Owner(t, cluster.Slot(t, topic))] = true
+
+		entries, err := sub.Subscribe(t.Context(), topic)
+		require.NoError(t, err)
+		publish(t, pub, topic, "poison", "good")
+		next(t, entries).Nack() // dead-lettered: MaxDeliveries 1
+		assert.Equal(t, []string{"good"}, receive(t, entries, 1))
+
+		messages, err := ssub.Subscribe(t.Context(), topic)
+		require.NoError(t, err)
+		publish(t, spub, topic, "hi")
+		assert.Equal(t, []string{"hi"}, receive(t, messages, 1))
+	}
+	require.Len(t, masters, 3, "the topics spread over every master")
+	require.Eventually(t, func() bool { return sub.Stats().DeadLettered == 6 }, waitTimeout, time.Millisecond)
+	require.NoError(t, sub.Close())
+	for _, admin := range admins {
+		assertNoACLDenial(t, admin)
+	}
 }

@@ -379,7 +379,13 @@ func (w *replicaWait) check(wait *redis.IntCmd, batch []*coalescedCall) {
 		return
 	}
 	failure := fmt.Errorf("%w: %d of %d confirmed within %s", ErrNotReplicated, confirmed, w.replicas, w.timeout)
-	if err != nil {
+	switch {
+	case err != nil && permanent(err):
+		// Not a replica falling behind but a refusal (an ACL without
+		// +wait, say) that every retry would meet, storing the entries
+		// again each time: not ErrNotReplicated.
+		failure = fmt.Errorf("redisbus: the entries are stored, but Redis refused WAIT: %w", err)
+	case err != nil:
 		failure = fmt.Errorf("%w: WAIT for %d failed: %w", ErrNotReplicated, w.replicas, err)
 	}
 	for _, call := range batch {

@@ -139,6 +139,13 @@ func (f *flow) awaitFlowSince(t *testing.T, start time.Time, from int, what stri
 	return arrived.Sub(start)
 }
 
+// ackedAt returns when the Publish of number n returned.
+func (f *flow) ackedAt(n int) time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.acked[n]
+}
+
 // unreceived returns the numbers acknowledged by a Publish that returned
 // before `before` and never reached receiver 0.
 func (f *flow) unreceived(before time.Time) []int {

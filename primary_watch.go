@@ -8,6 +8,11 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// primaryCheckInterval is how often a Subscriber or StreamsSubscriber on a
+// Sentinel failover client checks where the primary is: each check asks a
+// Sentinel and opens (and closes) a connection to the primary.
+const primaryCheckInterval = time.Second
+
 // primaryWatch notices when the primary behind a Sentinel failover client
 // (redis.NewFailoverClient, or NewUniversalClient with MasterName) changes.
 //

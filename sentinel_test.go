@@ -2,11 +2,14 @@ package redisbus_test
 
 import (
 	"context"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	redisbus "github.com/redisbus/watermill-redisbus"
@@ -36,7 +39,13 @@ func TestStreamsAndPubSubCarryOnThroughSentinelFailovers(t *testing.T) {
 	go streams.publish(ctx, newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client}), topic)
 
 	pubsub := newFlow(1)
-	pubsubSub := newSubscriber(t, redisbus.SubscriberConfig{Client: client}, nil)
+	var windowsMu sync.Mutex
+	var windows []redisbus.LossWindow
+	pubsubSub := newSubscriber(t, redisbus.SubscriberConfig{Client: client, OnReconnect: func(w redisbus.LossWindow) {
+		windowsMu.Lock()
+		defer windowsMu.Unlock()
+		windows = append(windows, w)
+	}}, nil)
 	messages, err := pubsubSub.Subscribe(ctx, topic)
 	require.NoError(t, err)
 	go pubsub.consume(0, messages)
@@ -74,6 +83,19 @@ func TestStreamsAndPubSubCarryOnThroughSentinelFailovers(t *testing.T) {
 	// once; a killed primary may take its last unreplicated entries along
 	// (see WaitReplicas), so only the flow is checked after it.
 	require.Zero(t, streamsSub.Stats().Lost)
+
+	// Every Pub/Sub message lost was published within a loss window the
+	// subscriber reported (published means Publish returned: the PUBLISH
+	// ran shortly before).
+	cancel()
+	windowsMu.Lock()
+	defer windowsMu.Unlock()
+	for _, n := range pubsub.unreceived(time.Now().Add(-time.Second)) {
+		published := pubsub.ackedAt(n)
+		assert.True(t, slices.ContainsFunc(windows, func(w redisbus.LossWindow) bool {
+			return !published.Before(w.From) && !published.After(w.To.Add(100*time.Millisecond))
+		}), "message %d, published at %s, was lost outside the reported loss windows %v", n, published.Format(time.StampMicro), windows)
+	}
 }
 
 // clientsNamed returns the CLIENT LIST lines of node's connections named

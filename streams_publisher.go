@@ -78,8 +78,9 @@ type StreamsPublisherConfig struct {
 	// twice. Zero means no waiting. Not with Redis Cluster, where WAIT
 	// would confirm only one master's writes.
 	WaitReplicas int
-	// WaitTimeout bounds each WAIT. Zero means 1 second; it must stay
-	// below the client's ReadTimeout.
+	// WaitTimeout bounds each WAIT. Zero means 1 second; it must be at
+	// least a millisecond and stay below the client's ReadTimeout. The
+	// ACL user needs +wait.
 	WaitTimeout time.Duration
 }
 
@@ -111,6 +112,9 @@ func (c StreamsPublisherConfig) Validate() error {
 		return configError("StreamsPublisherConfig.WaitReplicas", "must not be negative")
 	case c.WaitTimeout < 0:
 		return configError("StreamsPublisherConfig.WaitTimeout", "must not be negative")
+	case c.WaitTimeout > 0 && c.WaitTimeout < time.Millisecond:
+		// WAIT counts in milliseconds, and WAIT … 0 waits forever.
+		return configError("StreamsPublisherConfig.WaitTimeout", "must be at least 1ms (WAIT counts in milliseconds; 0 would wait forever)")
 	}
 	if c.WaitReplicas > 0 {
 		switch client := c.Client.(type) {

@@ -65,6 +65,8 @@ func TestWaitReplicasConfig(t *testing.T) {
 	}{
 		{redisbus.StreamsPublisherConfig{Client: client, WaitReplicas: -1}, "StreamsPublisherConfig.WaitReplicas"},
 		{redisbus.StreamsPublisherConfig{Client: client, WaitReplicas: 1, WaitTimeout: time.Second}, "StreamsPublisherConfig.WaitTimeout"},
+		{redisbus.StreamsPublisherConfig{Client: client, WaitReplicas: 1, WaitTimeout: time.Nanosecond}, "StreamsPublisherConfig.WaitTimeout"},
+		{redisbus.StreamsPublisherConfig{Client: client, WaitReplicas: 1, WaitTimeout: 999 * time.Microsecond}, "StreamsPublisherConfig.WaitTimeout"},
 		{redisbus.StreamsPublisherConfig{Client: redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}}), WaitReplicas: 1}, "StreamsPublisherConfig.WaitReplicas"},
 	} {
 		_, err := redisbus.NewStreamsPublisher(c.config, nil)

@@ -407,10 +407,6 @@ func blockingClient(c redis.UniversalClient) (redis.UniversalClient, bool) {
 	return c, false
 }
 
-// primaryCheckInterval is how often a StreamsSubscriber on a Sentinel
-// failover client checks where the primary is (see primaryWatch).
-const primaryCheckInterval = time.Second
-
 // reader returns the client for blocking reads, claims and takes.
 func (s *StreamsSubscriber) reader() redis.UniversalClient {
 	s.blockingMu.Lock()

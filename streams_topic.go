@@ -49,6 +49,7 @@ type streamsTopic struct {
 	resume        atomic.Bool
 	renewNow      chan struct{} // capacity 1: the dispatcher waits for a renewal
 	renewErrorLog logThrottle   // failed renewals
+	readErrorLog  logThrottle   // failed reads
 
 	// Reader only.
 	resuming      bool     // reading the own pending list
@@ -529,8 +530,19 @@ func (t *streamsTopic) decode(values map[string]any) (*message.Message, error) {
 // readFailed logs a read error and repairs what it can: a group or stream
 // deleted under a running subscriber is recreated.
 func (t *streamsTopic) readFailed(err error) {
-	if !isRedisError(err, "NOGROUP") {
-		t.logger.Error("Cannot read stream, retrying", err, nil)
+	switch {
+	case redirected(err) || isRedisError(err, "UNBLOCKED"):
+		// Resharding: the stream's slot moved to another node (a read
+		// blocked on the old one is ended with UNBLOCKED). The next read
+		// goes where the slot map, read anew, points.
+		t.logger.Info("The stream's slot moved to another node; reading there", watermill.LogFields{"err": err.Error()})
+		return
+	case !isRedisError(err, "NOGROUP"):
+		// Every reader of the topic retries at once with backoff: one
+		// line in a while says as much as hundreds.
+		if t.readErrorLog.allow() {
+			t.logger.Error("Cannot read stream, retrying", err, nil)
+		}
 		return
 	}
 	// The new group starts at the beginning of the stream. If only the group

@@ -211,7 +211,7 @@ func NewSubscriber(config SubscriberConfig, logger watermill.LoggerAdapter) (*Su
 	}
 	s.routes.Store(&map[string]*pubsubTopic{})
 	if w := newPrimaryWatch(config.Client); w != nil {
-		s.wg.Go(func() { w.run(s.closing, config.HealthCheckInterval, s.primaryMoved) })
+		s.wg.Go(func() { w.run(s.closing, primaryCheckInterval, s.primaryMoved) })
 	}
 	return s, nil
 }
