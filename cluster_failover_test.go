@@ -2,6 +2,7 @@ package redisbus_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -125,6 +126,11 @@ func TestStreamsAndPubSubCarryOnThroughClusterFailovers(t *testing.T) {
 				what, f.longestPause(start).Round(time.Millisecond))
 		}
 		assert.Equal(t, subscriptions, subscribedConnections(t, cluster), "connections with subscriptions after %s", failover.what)
+		// A master turned replica may keep its shard channels' subscribers
+		// and pass them what it replicates, but SPUBLISH counts only the
+		// master's own (wsroute routes by that count): they must move.
+		require.Eventually(t, func() bool { return len(shardSubscribersOffMasters(t, cluster)) == 0 }, recoveryBound, 10*time.Millisecond,
+			"shard channel subscriptions left on a replica after %s: %v", failover.what, shardSubscribersOffMasters(t, cluster))
 	}
 
 	stopPublishing()
@@ -181,4 +187,18 @@ func subscribedConnections(t *testing.T, cluster *pubsubtest.Cluster) int {
 		}
 	}
 	return n
+}
+
+// shardSubscribersOffMasters lists the connections under test subscribed
+// to shard channels on a node that is not a master.
+func shardSubscribersOffMasters(t *testing.T, cluster *pubsubtest.Cluster) []string {
+	t.Helper()
+	var off []string
+	for _, line := range connectionsNamed(t, cluster, underTest) {
+		addr, _, _ := strings.Cut(line, ": ")
+		if !strings.Contains(line, " ssub=0 ") && !slices.Contains(cluster.Addrs, addr) {
+			off = append(off, line)
+		}
+	}
+	return off
 }

@@ -213,6 +213,9 @@ func NewSubscriber(config SubscriberConfig, logger watermill.LoggerAdapter) (*Su
 	if w := newPrimaryWatch(config.Client); w != nil {
 		s.wg.Go(func() { w.run(s.closing, primaryCheckInterval, s.primaryMoved) })
 	}
+	if cluster, ok := config.Client.(*redis.ClusterClient); ok && config.Sharded {
+		s.wg.Go(func() { s.watchSlotOwners(cluster) })
+	}
 	return s, nil
 }
 
@@ -220,15 +223,64 @@ func NewSubscriber(config SubscriberConfig, logger watermill.LoggerAdapter) (*Su
 // reconnect: Sentinel replaced the primary, and a connection to the old
 // one hears nothing published on the new (see primaryWatch).
 func (s *Subscriber) primaryMoved(since time.Time) {
+	for _, conn := range s.connections() {
+		conn.stale(since, errPrimaryMoved)
+	}
+}
+
+// watchSlotOwners moves Sharded subscriptions to their slot's master when
+// it changed without Redis unsubscribing them. After a failover the old
+// master, now a replica of the new one, may keep its shard channels'
+// subscribers and pass them the messages it replicates; but it hears them
+// only while it replicates, and SPUBLISH on the master counts its own
+// subscribers alone (wsroute routes by that count). Every
+// primaryCheckInterval the client reads its slot map again, and a
+// connection whose channel's master is another than when it connected
+// subscribes again.
+func (s *Subscriber) watchSlotOwners(cluster *redis.ClusterClient) {
+	ticker := time.NewTicker(primaryCheckInterval)
+	defer ticker.Stop()
+	checked := time.Now()
+	for {
+		select {
+		case <-s.closing:
+			return
+		case <-ticker.C:
+		}
+		cluster.ReloadState(context.Background()) // in the background: the next check sees it
+		for _, conn := range s.connections() {
+			if conn.ownerChanged() {
+				conn.stale(checked, errSlotOwnerChanged)
+			}
+		}
+		checked = time.Now()
+	}
+}
+
+// connections returns the subscription connections.
+func (s *Subscriber) connections() []*subscriptionConn {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	conns := make([]*subscriptionConn, 0, len(s.conns))
 	for _, conn := range s.conns {
 		conns = append(conns, conn)
 	}
-	s.mu.Unlock()
-	for _, conn := range conns {
-		conn.primaryMoved(since)
+	return conns
+}
+
+// slotOwner returns the address of the master that owns the slot of
+// channels[0] in the client's slot map, or "" when the client is not a
+// cluster client (or the map has no owner).
+func (s *Subscriber) slotOwner(channels []string) string {
+	cluster, ok := s.config.Client.(*redis.ClusterClient)
+	if !ok || !s.config.Sharded || len(channels) == 0 {
+		return ""
 	}
+	master, err := cluster.MasterForKey(context.Background(), channels[0])
+	if err != nil {
+		return ""
+	}
+	return master.Options().Addr
 }
 
 // Subscribe returns a channel of the topic's messages. It returns once

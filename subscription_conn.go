@@ -44,9 +44,15 @@ type subscriptionConn struct {
 	// pass for a refusal of a command.
 	ready bool
 	kick  chan struct{} // capacity 1: ps became ready
-	// movedSince is when the primary was last seen where ps may still be,
-	// once Sentinel replaced it (see primaryMoved); zero otherwise.
-	movedSince time.Time
+	// staleSince is when ps was last known to be on the node that serves
+	// its channels, once it may no longer be (see stale), and staleCause
+	// why; zero otherwise.
+	staleSince time.Time
+	staleCause error
+	// owner is the master that owned the slot of a Sharded connection's
+	// channel when ps was made, as the client's slot map said (see
+	// Subscriber.watchSlotOwners); empty otherwise.
+	owner string
 }
 
 // subscribeCmd is a SUBSCRIBE sent. Redis answers it with a confirmation
@@ -78,6 +84,9 @@ func (c *subscriptionConn) newPubSub() *redis.PubSub {
 
 // send sends one SUBSCRIBE for channels on ps. The caller holds mu.
 func (c *subscriptionConn) send(ctx context.Context, channels []string) error {
+	if !c.ready { // ps connects now, where the slot map points
+		c.owner = c.s.slotOwner(channels)
+	}
 	var err error
 	if c.s.config.Sharded {
 		err = c.ps.SSubscribe(ctx, channels...)
@@ -224,26 +233,40 @@ func (c *subscriptionConn) refused(err error) (all bool) {
 	return all
 }
 
-// primaryMoved closes ps, which may be on a primary Sentinel replaced
-// after since, so that the read loop reports the loss from since on and
-// connects again, to the new primary.
-func (c *subscriptionConn) primaryMoved(since time.Time) {
+// stale closes ps, which may be on a node that stopped serving its
+// channels after since (a primary Sentinel replaced, a master that became
+// a replica), so that the read loop reports the loss from since on and
+// connects again, where the client points now.
+func (c *subscriptionConn) stale(since time.Time, cause error) {
 	c.mu.Lock()
-	if c.movedSince.IsZero() {
-		c.movedSince = since
+	if c.staleSince.IsZero() {
+		c.staleSince, c.staleCause = since, cause
 	}
 	ps := c.ps
 	c.mu.Unlock()
 	_ = ps.Close()
 }
 
-// takeMovedSince returns and clears movedSince.
-func (c *subscriptionConn) takeMovedSince() time.Time {
+// takeStale returns and clears staleSince and staleCause.
+func (c *subscriptionConn) takeStale() (time.Time, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	since := c.movedSince
-	c.movedSince = time.Time{}
-	return since
+	since, cause := c.staleSince, c.staleCause
+	c.staleSince, c.staleCause = time.Time{}, nil
+	return since, cause
+}
+
+// ownerChanged reports whether the master that owns the slot of a Sharded
+// connection's channels, as the client's slot map says now, is another
+// than when ps was made.
+func (c *subscriptionConn) ownerChanged() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.owner == "" || !c.ready {
+		return false
+	}
+	now := c.s.slotOwner(c.channels)
+	return now != "" && now != c.owner
 }
 
 func (c *subscriptionConn) close() {
@@ -339,10 +362,11 @@ func (c *subscriptionConn) run() {
 			if isTimeout(err) {
 				err = errors.New("no answer to a health-check PING within " + interval.String())
 			}
-			if since := c.takeMovedSince(); !since.IsZero() {
-				// The connection worked, but on the old primary: what
-				// was published on the new one since is lost too.
-				err = errPrimaryMoved
+			if since, cause := c.takeStale(); !since.IsZero() {
+				// The connection worked, but on a node that no longer
+				// served its channels: what was published since is lost
+				// too.
+				err = cause
 				from := lastAlive
 				if since.Before(from) {
 					from = since
@@ -351,7 +375,7 @@ func (c *subscriptionConn) run() {
 					lost = &LossWindow{From: from}
 				}
 				lost.Err = err
-				c.s.logger.Error("Sentinel replaced the primary; subscribing again on the new one; messages published on it until then are not received", err,
+				c.s.logger.Error("The subscription connection is on a node that no longer serves its channels; subscribing again; messages published meanwhile are not received", err,
 					watermill.LogFields{"topics": c.topics()})
 			}
 			if lost == nil {
@@ -405,7 +429,10 @@ func (c *subscriptionConn) run() {
 }
 
 // errSlotMoved is why a shard channel's subscription was dropped by Redis.
-var errPrimaryMoved = errors.New("the primary this subscription connection was made to was replaced by Sentinel")
+var (
+	errPrimaryMoved     = errors.New("the primary this subscription connection was made to was replaced by Sentinel")
+	errSlotOwnerChanged = errors.New("the master this shard channel's connection was made to no longer owns its slot")
+)
 
 var errSlotMoved = errors.New("the shard channel was unsubscribed by Redis: its hash slot moved to another node")
 
