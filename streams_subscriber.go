@@ -400,6 +400,10 @@ func blockingClient(c redis.UniversalClient) (redis.UniversalClient, bool) {
 	case *redis.ClusterClient:
 		opt := *c.Options()
 		opt.PoolSize, opt.MaxRetries, opt.MaintNotificationsConfig = poolSize, -1, disabled
+		// go-redis appends the nodes it discovers (a replica promoted in a
+		// failover) to Addrs: a shared backing array would be written by
+		// both clients at once.
+		opt.Addrs = slices.Clone(opt.Addrs)
 		derived := redis.NewClusterClient(&opt)
 		relayHooks(c, derived)
 		return derived, true
