@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -306,6 +307,7 @@ func mastersOf(c *redis.ClusterClient) *redis.ClusterClient {
 		return nil
 	}
 	opt.ReadOnly, opt.RouteByLatency, opt.RouteRandomly = false, false, false
+	opt.Addrs = slices.Clone(opt.Addrs) // go-redis appends the nodes it finds to it
 	return redis.NewClusterClient(&opt)
 }
 
