@@ -121,7 +121,11 @@ func (c StreamsPublisherConfig) Validate() error {
 		case *redis.ClusterClient, *redis.Ring:
 			return configError("StreamsPublisherConfig.WaitReplicas", "is not supported with Redis Cluster or a Ring: WAIT confirms the writes of one node only")
 		case *redis.Client:
-			if read := client.Options().ReadTimeout; read > 0 && c.WaitTimeout >= read {
+			wait := c.WaitTimeout
+			if wait == 0 {
+				wait = time.Second // the default, so that Validate agrees with NewStreamsPublisher
+			}
+			if read := client.Options().ReadTimeout; read > 0 && wait >= read {
 				return configError("StreamsPublisherConfig.WaitTimeout",
 					fmt.Sprintf("must be below the client's ReadTimeout (%s), or the client gives up on WAIT first", read))
 			}

@@ -59,6 +59,8 @@ func TestStreamsPublishWaitsForReplicas(t *testing.T) {
 func TestWaitReplicasConfig(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ReadTimeout: time.Second})
 	t.Cleanup(func() { _ = client.Close() })
+	shortRead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ReadTimeout: 500 * time.Millisecond})
+	t.Cleanup(func() { _ = shortRead.Close() })
 	for _, c := range []struct {
 		config redisbus.StreamsPublisherConfig
 		field  string
@@ -68,10 +70,13 @@ func TestWaitReplicasConfig(t *testing.T) {
 		{redisbus.StreamsPublisherConfig{Client: client, WaitReplicas: 1, WaitTimeout: time.Nanosecond}, "StreamsPublisherConfig.WaitTimeout"},
 		{redisbus.StreamsPublisherConfig{Client: client, WaitReplicas: 1, WaitTimeout: 999 * time.Microsecond}, "StreamsPublisherConfig.WaitTimeout"},
 		{redisbus.StreamsPublisherConfig{Client: redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}}), WaitReplicas: 1}, "StreamsPublisherConfig.WaitReplicas"},
+		{redisbus.StreamsPublisherConfig{Client: shortRead, WaitReplicas: 1}, "StreamsPublisherConfig.WaitTimeout"}, // the default 1s
 	} {
 		_, err := redisbus.NewStreamsPublisher(c.config, nil)
 		var configErr *redisbus.ConfigError
 		require.ErrorAs(t, err, &configErr)
+		assert.Equal(t, c.field, configErr.Field)
+		require.ErrorAs(t, c.config.Validate(), &configErr, "Validate agrees with NewStreamsPublisher")
 		assert.Equal(t, c.field, configErr.Field)
 	}
 }

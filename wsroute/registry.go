@@ -145,6 +145,13 @@ func (n *Node) heartbeat() {
 			}
 		case <-n.restoreNow:
 			n.logger.Info("Node channel was not listened to for a while; registering every connection and room again", nil)
+			// A failover may have lost the last renewal too: until the
+			// next one, senders would see this node's clients Offline.
+			ctx, cancel := context.WithTimeout(context.Background(), n.config.NodeTTL/3)
+			if _, err := n.renewLiveness(ctx); err != nil {
+				slotmap.Refresh(err, n.config.Client)
+			}
+			cancel()
 			n.restore()
 		case <-refresh.C:
 			n.refresh()
