@@ -522,7 +522,15 @@ func (t *streamsTopic) releaseHeld() {
 		}
 		released, err := releaseScript.Run(context.Background(), t.s.config.Client, []string{t.name, id.key}, args...).Int()
 		if err != nil {
-			if _, taken := leaseLost(err); !taken {
+			_, taken := leaseLost(err)
+			switch {
+			case taken:
+			case len(chunk) == 0:
+				// Nothing to hand back: only the name stays taken, and its
+				// lease lapses by itself.
+				t.logger.Info("Cannot release the consumer name on Close; it lapses after ConsumerLease",
+					watermill.LogFields{"err": err.Error()})
+			default:
 				t.logger.Error("Cannot hand entries back on Close; they stay pending with this consumer", err,
 					watermill.LogFields{"entries": len(chunk)})
 			}
