@@ -60,7 +60,6 @@ type localConn struct {
 	conn     Conn
 	id       string
 	clientID string
-	gen      string // the fencing token of this registration
 	// removed is set before the registration is released, so that a
 	// restore that wrote it again at the same time releases it again.
 	removed atomic.Bool
@@ -94,12 +93,6 @@ func (n *Node) Serve(ctx context.Context, conn Conn, clientID string) error {
 	// The connection is known here before Redis can route to it: a message
 	// routed in between would otherwise find no such connection and be
 	// dropped.
-	gen, err := n.nextGeneration(ctx, clientID)
-	if err != nil {
-		n.refuseRegistration(err, func(code StatusCode, reason string) { _ = conn.Close(code, reason) })
-		return fmt.Errorf("wsroute: register a connection of %q: %w", clientID, err)
-	}
-	c.gen = gen
 	if !n.addConn(c) {
 		_ = conn.Close(StatusGoingAway, "server shutting down")
 		return ErrClosed
@@ -107,7 +100,7 @@ func (n *Node) Serve(ctx context.Context, conn Conn, clientID string) error {
 	defer n.serving.Done()
 	go c.write()
 	defer n.removeConn(c)
-	if _, err := n.register(ctx, c, gen); err != nil {
+	if err := n.register(ctx, c); err != nil {
 		n.refuseRegistration(err, c.shutdown)
 		return fmt.Errorf("wsroute: register a connection of %q: %w", clientID, err)
 	}

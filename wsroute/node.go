@@ -203,7 +203,7 @@ type Stats struct {
 	Delivered    uint64 // messages queued to local connections
 	Dropped      uint64 // messages a slow local client lost (DropOldest)
 	Disconnected uint64 // slow local clients closed (Disconnect, or a write timeout)
-	Fenced       uint64 // messages for a connection or generation that is no longer here
+	Fenced       uint64 // messages for a connection that is no longer here
 	Inbound      uint64 // frames received from local clients and published
 	// InboundFailed counts frames that could not be published to Inbound.
 	InboundFailed uint64
