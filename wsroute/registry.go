@@ -74,10 +74,13 @@ var (
 	errLivenessLapsed = errors.New("liveness key had expired")
 )
 
-// register records a local connection.
-func (n *Node) register(ctx context.Context, c *localConn) error {
-	return registerScript.Run(ctx, n.config.Client, []string{n.keys.client(c.clientID)},
-		n.keys.prefix, c.id, entry(n.config.NodeID, n.incarnation), ms(n.config.RegistrationTTL)).Err()
+// register records a local connection, unless its client has limit live
+// connections registered already (limit <= 0: no bound), and reports
+// whether it did.
+func (n *Node) register(ctx context.Context, c *localConn, limit int) (bool, error) {
+	registered, err := registerScript.Run(ctx, n.config.Client, []string{n.keys.client(c.clientID)},
+		n.keys.prefix, c.id, entry(n.config.NodeID, n.incarnation), ms(n.config.RegistrationTTL), max(limit, 0)).Int()
+	return registered == 1, err
 }
 
 // release removes a local connection's entry if it is still its own.
@@ -164,7 +167,9 @@ func (n *Node) restore() {
 	ctx, cancel := context.WithTimeout(context.Background(), n.config.NodeTTL)
 	defer cancel()
 	for _, c := range n.localConns() {
-		if err := n.register(ctx, c); err != nil {
+		// Without the bound: these connections were let in already, and
+		// a restore must not leave one open and unregistered.
+		if _, err := n.register(ctx, c, 0); err != nil {
 			slotmap.Refresh(err, n.config.Client)
 			n.logger.Error("Cannot restore a registration", err, watermill.LogFields{"client": c.clientID})
 			continue
