@@ -104,7 +104,8 @@ type Config struct {
 	// on average; a connection over it (bursts of InboundBurst allowed) is
 	// closed with StatusRateLimited (4429) and counted in
 	// Stats.RateLimited. The limit applies whether or not Inbound is set:
-	// reading frames costs the node even when it discards them. Zero
+	// reading frames costs the node even when it discards them. It counts
+	// the messages Conn.Read returns (pings and pongs are not). Zero
 	// means no limit.
 	InboundRate float64
 

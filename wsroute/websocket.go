@@ -182,7 +182,9 @@ func (c *websocketConn) Close(code StatusCode, reason string) error {
 	case <-timer.C:
 		// ws.CloseNow would wait for the Close in progress; closing the
 		// socket under it ends the handshake's wait at once.
-		_ = c.socket.Close()
+		if c.socket != nil {
+			_ = c.socket.Close()
+		}
 		<-done
 		return errors.New("wsroute: the client did not answer the close frame; connection dropped")
 	}
