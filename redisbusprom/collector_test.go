@@ -3,6 +3,9 @@ package redisbusprom_test
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
@@ -265,6 +269,63 @@ func TestCollectorReportsPubSubAndNodes(t *testing.T) {
 
 	collector.Remove("chat")
 	assert.NotContains(t, scrape(t, registry), "redisbus_wsroute_offline_messages_total")
+}
+
+// Each of a node's limits is its own series: a connection over
+// MaxConnectionsPerClient, one over InboundRate, one answering no pings.
+func TestCollectorReportsNodeLimits(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	frames := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 16}, nil)
+	t.Cleanup(func() { _ = frames.Close() })
+	inbound, err := frames.Subscribe(t.Context(), "frames")
+	require.NoError(t, err)
+	node, err := wsroute.NewNode(wsroute.Config{
+		Client: client, Prefix: pubsubtest.Topic(t) + ":", Inbound: frames, InboundTopic: "frames",
+		MaxConnectionsPerClient: 1, InboundRate: 0.001, InboundBurst: 1,
+	}, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = node.Close() })
+	handler, err := node.Handler(wsroute.HandlerConfig{
+		Authenticate: func(r *http.Request) (string, error) { return r.URL.Query().Get("client"), nil },
+		PingInterval: 50 * time.Millisecond, PongTimeout: 50 * time.Millisecond,
+	})
+	require.NoError(t, err)
+	server := httptest.NewServer(handler)
+	t.Cleanup(server.Close)
+	dial := func(clientID string, options *websocket.DialOptions) *websocket.Conn {
+		ws, _, err := websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(server.URL, "http")+"?client="+clientID, options)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = ws.CloseNow() })
+		return ws
+	}
+	closedWith := func(ws *websocket.Conn) websocket.StatusCode {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		for {
+			if _, _, err := ws.Read(ctx); err != nil {
+				return websocket.CloseStatus(err)
+			}
+		}
+	}
+	bob := dial("bob", nil)
+	require.NoError(t, bob.Write(t.Context(), websocket.MessageText, []byte("hello"))) // read once registered
+	(<-inbound).Ack()
+	assert.Equal(t, wsroute.StatusTooManyConnections, closedWith(dial("bob", nil)))
+	require.NoError(t, bob.Write(t.Context(), websocket.MessageText, []byte("over the rate")))
+	assert.Equal(t, wsroute.StatusRateLimited, closedWith(bob))
+	noPongs := &websocket.DialOptions{OnPingReceived: func(context.Context, []byte) bool { return false }}
+	assert.Equal(t, wsroute.StatusPingTimeout, closedWith(dial("carol", noPongs)))
+
+	collector, registry := newCollector(t, redisbusprom.Config{})
+	require.NoError(t, collector.AddNode("chat", node))
+	got := scrape(t, registry)
+	for _, series := range []string{
+		"redisbus_wsroute_too_many_connections_total",
+		"redisbus_wsroute_rate_limited_clients_total",
+		"redisbus_wsroute_ping_timeouts_total",
+	} {
+		assert.Equal(t, 1.0, got[series]["name=chat"], series)
+	}
 }
 
 func TestInvalidConfigNamesTheField(t *testing.T) {

@@ -131,7 +131,7 @@ var nodeSeries = []series[wsroute.Stats]{
 		func(s wsroute.Stats) float64 { return float64(s.Dropped) }),
 	counter("redisbus_wsroute_disconnected_clients_total", "Slow local clients closed (Disconnect, or a write timeout).",
 		func(s wsroute.Stats) float64 { return float64(s.Disconnected) }),
-	counter("redisbus_wsroute_fenced_messages_total", "Messages for a connection or generation no longer here.",
+	counter("redisbus_wsroute_fenced_messages_total", "Messages for a connection no longer here.",
 		func(s wsroute.Stats) float64 { return float64(s.Fenced) }),
 	counter("redisbus_wsroute_inbound_frames_total", "Frames from local clients published to Inbound.",
 		func(s wsroute.Stats) float64 { return float64(s.Inbound) }),
@@ -145,6 +145,12 @@ var nodeSeries = []series[wsroute.Stats]{
 		func(s wsroute.Stats) float64 { return float64(s.LivenessFailed) }),
 	counter("redisbus_wsroute_registrations_refused_total", "Connections closed because Redis did not take their registration.",
 		func(s wsroute.Stats) float64 { return float64(s.RegistrationsRefused) }),
+	counter("redisbus_wsroute_ping_timeouts_total", "Connections closed for not answering a ping within PongTimeout (half-open, or not reading).",
+		func(s wsroute.Stats) float64 { return float64(s.PingTimeouts) }),
+	counter("redisbus_wsroute_too_many_connections_total", "Connections refused because their client had MaxConnectionsPerClient already.",
+		func(s wsroute.Stats) float64 { return float64(s.TooManyConnections) }),
+	counter("redisbus_wsroute_rate_limited_clients_total", "Connections closed for sending frames faster than InboundRate.",
+		func(s wsroute.Stats) float64 { return float64(s.RateLimited) }),
 }
 
 func collectPublisher(ch chan<- prometheus.Metric, name string, s redisbus.PublisherStats) {

@@ -17,15 +17,15 @@ import (
 
 // aclNode is the ACL rule set docs/operating-redis.md documents for a
 // wsroute node under the default Prefix, word for word.
-var aclNode = []string{"-@all", "+hincrby", "+hset", "+set", "+pexpire", "+multi", "+exec",
-	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hkeys", "+hdel",
+var aclNode = []string{"-@all", "+hset", "+set", "+pexpire", "+multi", "+exec",
+	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel",
 	"+publish", "+subscribe", "+unsubscribe", "+ping",
 	"resetkeys", "~wsroute:*", "resetchannels", "&wsroute:*"}
 
 // aclClusterNode is the rule set documented for a node on Redis Cluster,
 // with Prefix "{wsroute}:": shard channels, and the slot map.
-var aclClusterNode = []string{"-@all", "+hincrby", "+hset", "+set", "+pexpire", "+multi", "+exec",
-	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hkeys", "+hdel",
+var aclClusterNode = []string{"-@all", "+hset", "+set", "+pexpire", "+multi", "+exec",
+	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel",
 	"+spublish", "+ssubscribe", "+sunsubscribe", "+ping", "+cluster|slots", "+command",
 	"resetkeys", "~{wsroute}:*", "resetchannels", "&{wsroute}:*"}
 

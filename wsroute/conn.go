@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -27,6 +28,28 @@ const (
 	StatusMessageTooBig   = websocket.StatusMessageTooBig   // 1009: a frame over MaxMessageSize
 	StatusTryAgainLater   = websocket.StatusTryAgainLater   // 1013: Redis is out of memory and cannot register the connection
 )
+
+// Close codes of the node's own limits. They are application codes (RFC
+// 6455 reserves 4000-4999 for them), numbered 4000 plus the HTTP status of
+// the same meaning, as graphql-ws numbers its own, so that a client can
+// tell them from each other and from the protocol's: it should not come
+// back at once after 4409 or 4429, and may after 4408.
+const (
+	// StatusPingTimeout (4408): the connection did not answer a ping within
+	// HandlerConfig.PongTimeout. A client sees it only if it is reading
+	// again by then; usually it is gone.
+	StatusPingTimeout StatusCode = 4408
+	// StatusTooManyConnections (4409): the client ID already had
+	// Config.MaxConnectionsPerClient connections; this new one is refused.
+	StatusTooManyConnections StatusCode = 4409
+	// StatusRateLimited (4429): the connection sent frames faster than
+	// Config.InboundRate allows.
+	StatusRateLimited StatusCode = 4429
+)
+
+// ErrTooManyConnections is what Serve returns for a connection it refused
+// because its client ID had Config.MaxConnectionsPerClient already.
+var ErrTooManyConnections = errors.New("wsroute: too many connections for this client ID (Config.MaxConnectionsPerClient)")
 
 // Conn is a client connection as the node sees it: the transport is an
 // adapter's business (see Handler for github.com/coder/websocket).
@@ -60,10 +83,13 @@ type localConn struct {
 	conn     Conn
 	id       string
 	clientID string
-	gen      string // the fencing token of this registration
 	// removed is set before the registration is released, so that a
 	// restore that wrote it again at the same time releases it again.
 	removed atomic.Bool
+	// readingSince is when the Read in progress started (see monotonic),
+	// 0 between Reads: the keepalive holds a missing pong against the
+	// client only if the node was reading all the while.
+	readingSince atomic.Int64
 
 	mu        sync.Mutex
 	queue     [][]byte
@@ -79,7 +105,16 @@ type localConn struct {
 // publishes its frames to Config.Inbound, writes what is routed to it, and
 // removes its registration and room memberships when it closes. The
 // client's identity must come from authentication, never from the client.
+//
+// A connection over Config.MaxConnectionsPerClient is closed with
+// StatusTooManyConnections and Serve returns ErrTooManyConnections.
+// Serve does not ping: a Conn of your own keeps its peer alive itself
+// (Handler does, see HandlerConfig.PingInterval).
 func (n *Node) Serve(ctx context.Context, conn Conn, clientID string) error {
+	return n.serve(ctx, conn, clientID, nil)
+}
+
+func (n *Node) serve(ctx context.Context, conn Conn, clientID string, pings *keepalive) error {
 	c := &localConn{
 		node:      n,
 		conn:      conn,
@@ -94,12 +129,6 @@ func (n *Node) Serve(ctx context.Context, conn Conn, clientID string) error {
 	// The connection is known here before Redis can route to it: a message
 	// routed in between would otherwise find no such connection and be
 	// dropped.
-	gen, err := n.nextGeneration(ctx, clientID)
-	if err != nil {
-		n.refuseRegistration(err, func(code StatusCode, reason string) { _ = conn.Close(code, reason) })
-		return fmt.Errorf("wsroute: register a connection of %q: %w", clientID, err)
-	}
-	c.gen = gen
 	if !n.addConn(c) {
 		_ = conn.Close(StatusGoingAway, "server shutting down")
 		return ErrClosed
@@ -107,16 +136,48 @@ func (n *Node) Serve(ctx context.Context, conn Conn, clientID string) error {
 	defer n.serving.Done()
 	go c.write()
 	defer n.removeConn(c)
-	if _, err := n.register(ctx, c, gen); err != nil {
+	// Over the cap, the new connection is refused; the oldest is not
+	// closed to make room. Closing the oldest would let a client that
+	// reconnects in a loop, or two tabs under a cap of one, evict its own
+	// working connections forever, each eviction a close on another node,
+	// sent there by a Pub/Sub message that may be lost (and the cap with
+	// it). Refused, an over-eager client pays for its own handshake only,
+	// learns why from the close code, and its other connections (other
+	// devices, which did nothing) keep working. The cost of refusing is a
+	// client whose old connections are dead but not yet noticed; the
+	// keepalive removes those within its bound.
+	registered, err := n.register(ctx, c, n.config.MaxConnectionsPerClient)
+	if err != nil {
 		n.refuseRegistration(err, c.shutdown)
 		return fmt.Errorf("wsroute: register a connection of %q: %w", clientID, err)
 	}
+	if !registered {
+		n.stats.tooManyConnections.Add(1)
+		c.shutdown(StatusTooManyConnections, fmt.Sprintf("too many connections: at most %d per client", n.config.MaxConnectionsPerClient))
+		return ErrTooManyConnections
+	}
+	if pings != nil {
+		pinging := make(chan struct{})
+		go func() {
+			defer close(pinging)
+			c.keepalive(*pings)
+		}()
+		defer func() { <-pinging }()
+	}
 
 	logger := n.logger.With(watermill.LogFields{"client": clientID, "connection": c.id})
+	limit := n.inboundLimit()
 	for {
+		c.readingSince.Store(monotonic())
 		data, err := conn.Read(ctx)
+		c.readingSince.Store(0)
 		if err != nil {
 			c.shutdown(StatusNormalClosure, "")
+			return nil
+		}
+		if limit != nil && !limit.allow(time.Now()) {
+			n.stats.rateLimited.Add(1)
+			c.shutdown(StatusRateLimited, "rate limit exceeded: too many frames")
 			return nil
 		}
 		n.receive(ctx, c, data, logger)

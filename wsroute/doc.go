@@ -4,22 +4,22 @@
 //
 //	alice ══ws══▶ node A                               node B ══ws══▶ bob
 //	              │ Serve: registers alice              ▲ Serve: registers bob
-//	              │ a frame → Router handler            │ checks connection + generation,
+//	              │ a frame → Router handler            │ checks the connection is here,
 //	              │ → SendToClient("bob")               │ queues, one writer per socket
 //	              ▼                                     │
 //	      ┌─────────────────────── Redis ───────────────┴──────────┐
 //	      │ EVAL route.lua (one round trip):                       │
-//	      │   client:bob = {connection → B, incarnation, gen}      │
+//	      │   client:bob = {connection → B, incarnation}           │
 //	      │   node:B == incarnation? (liveness key, NodeTTL)       │
 //	      │   PUBLISH to:B  ─────────────────────────────────────▶ │
 //	      └────────────────────────────────────────────────────────┘
 //
-// Each node registers its connections (client ID → node, connection ID and
-// a generation) and keeps a short-lived liveness key. Routing is one Lua
+// Each node registers its connections (client ID → connection ID → node)
+// and keeps a short-lived liveness key. Routing is one Lua
 // script: it looks the recipient up, drops entries whose node is dead, and
 // publishes one message per live node on that node's channel — so a
 // message goes only to the nodes that need it. The node holding the socket
-// checks the connection and generation, queues the message on the
+// checks the connection is still there, queues the message on the
 // connection's bounded send queue, and one writer goroutine per connection
 // writes it. Rooms work the same way, with Redis knowing only which nodes
 // have members. On Redis Cluster the node channels are shard channels in

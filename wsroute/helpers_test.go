@@ -40,24 +40,42 @@ func startNode(t *testing.T, client redis.UniversalClient, config wsroute.Config
 // startLoggedNode is startNode with the node logging to logger.
 func startLoggedNode(t *testing.T, client redis.UniversalClient, config wsroute.Config, logger watermill.LoggerAdapter) *testNode {
 	t.Helper()
-	frames := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 1024}, watermill.NopLogger{})
+	return startNodeWith(t, client, config, nodeOptions{logger: logger})
+}
+
+// nodeOptions are what startNodeWith takes beyond the node's Config.
+type nodeOptions struct {
+	// handler configures the node's Handler; its Authenticate and
+	// MaxMessageSize are the tests' own.
+	handler wsroute.HandlerConfig
+	logger  watermill.LoggerAdapter
+	// inboundWaitsForAck makes publishing a frame to Inbound wait until
+	// the test acks it, as a slow Inbound would.
+	inboundWaitsForAck bool
+}
+
+// startNodeWith is startNode with handler settings, a logger or a slow
+// Inbound.
+func startNodeWith(t *testing.T, client redis.UniversalClient, config wsroute.Config, options nodeOptions) *testNode {
+	t.Helper()
+	frames := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 1024, BlockPublishUntilSubscriberAck: options.inboundWaitsForAck}, watermill.NopLogger{})
 	t.Cleanup(func() { _ = frames.Close() })
 	config.Client = client
 	config.Inbound = frames
 	config.InboundTopic = "frames"
 	inbound, err := frames.Subscribe(context.Background(), config.InboundTopic)
 	require.NoError(t, err)
-	node, err := wsroute.NewNode(config, logger)
+	node, err := wsroute.NewNode(config, options.logger)
 	require.NoError(t, err)
-	handler, err := node.Handler(wsroute.HandlerConfig{
-		Authenticate: func(r *http.Request) (string, error) {
-			if id := r.URL.Query().Get("client"); id != "" {
-				return id, nil
-			}
-			return "", errors.New("no client")
-		},
-		MaxMessageSize: 1024,
-	})
+	handlerConfig := options.handler
+	handlerConfig.Authenticate = func(r *http.Request) (string, error) {
+		if id := r.URL.Query().Get("client"); id != "" {
+			return id, nil
+		}
+		return "", errors.New("no client")
+	}
+	handlerConfig.MaxMessageSize = 1024
+	handler, err := node.Handler(handlerConfig)
 	require.NoError(t, err)
 	server := httptest.NewServer(handler)
 	t.Cleanup(func() {
@@ -72,9 +90,16 @@ func startLoggedNode(t *testing.T, client redis.UniversalClient, config wsroute.
 // hello frame coming out of Inbound proves it.
 func (n *testNode) connect(t *testing.T, clientID string) *websocket.Conn {
 	t.Helper()
+	return n.connectWith(t, n.url, clientID, nil)
+}
+
+// connectWith is connect through url (a proxy in front of the node) with
+// options.
+func (n *testNode) connectWith(t *testing.T, url, clientID string, options *websocket.DialOptions) *websocket.Conn {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, n.url+"?client="+clientID, nil)
+	ws, _, err := websocket.Dial(ctx, url+"?client="+clientID, options)
 	require.NoError(t, err)
 	ws.SetReadLimit(1 << 24)
 	t.Cleanup(func() { _ = ws.CloseNow() })
@@ -107,12 +132,68 @@ func read(t *testing.T, ws *websocket.Conn) string {
 // closeStatus reads until the connection closes and returns its code.
 func closeStatus(t *testing.T, ws *websocket.Conn) websocket.StatusCode {
 	t.Helper()
+	code, _ := closeReason(t, ws)
+	return code
+}
+
+// closeReason reads until the connection closes and returns its code and
+// reason.
+func closeReason(t *testing.T, ws *websocket.Conn) (websocket.StatusCode, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	for {
 		if _, _, err := ws.Read(ctx); err != nil {
 			require.NoError(t, ctx.Err(), "the connection was not closed")
-			return websocket.CloseStatus(err)
+			var closeErr websocket.CloseError
+			errors.As(err, &closeErr)
+			return websocket.CloseStatus(err), closeErr.Reason
 		}
 	}
+}
+
+// background reads a connection until it closes, as a client's reading
+// loop does: it answers the node's pings meanwhile.
+type background struct {
+	frames chan string
+	closed chan error // the error that ended reading
+}
+
+func readInBackground(ws *websocket.Conn) *background {
+	b := &background{frames: make(chan string, 1024), closed: make(chan error, 1)}
+	go func() {
+		for {
+			_, data, err := ws.Read(context.Background())
+			if err != nil {
+				b.closed <- err
+				return
+			}
+			b.frames <- string(data)
+		}
+	}()
+	return b
+}
+
+// next returns the next frame read.
+func (b *background) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case frame := <-b.frames:
+		return frame
+	case err := <-b.closed:
+		t.Fatalf("the connection closed: %v", err)
+	case <-time.After(waitTimeout):
+		t.Fatal("no frame came")
+	}
+	return ""
+}
+
+// awaitOffline sends to clientID from sender until the route reports it
+// Offline: until its registrations are gone from Redis.
+func awaitOffline(t *testing.T, sender *testNode, clientID string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		result, err := sender.SendToClient(context.Background(), clientID, []byte("anyone there?"))
+		return err == nil && result.Status == wsroute.Offline
+	}, waitTimeout, 5*time.Millisecond, "%s stays registered", clientID)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -85,6 +86,33 @@ type Config struct {
 	// could not remove by then stop counting when the node's liveness key
 	// expires (NodeTTL). Zero means 5s.
 	CloseTimeout time.Duration
+
+	// MaxConnectionsPerClient bounds the connections one client ID may
+	// have at once, on all nodes together. Routing to a client reads its
+	// whole entry in Redis, inside a script that holds Redis for everyone
+	// meanwhile, so one client with thousands of sockets would slow every
+	// route. The registration script counts the client's live connections
+	// and refuses one over the bound in the same atomic step, so nodes
+	// registering at once cannot exceed it; the refused connection is
+	// closed with StatusTooManyConnections (4409) and counted in
+	// Stats.TooManyConnections, and the client's other connections are
+	// left alone. Give every node the same value: each checks its own.
+	// Zero means 64; a negative value means no bound.
+	MaxConnectionsPerClient int
+
+	// InboundRate limits the frames each connection may send, per second
+	// on average; a connection over it (bursts of InboundBurst allowed) is
+	// closed with StatusRateLimited (4429) and counted in
+	// Stats.RateLimited. The limit applies whether or not Inbound is set:
+	// reading frames costs the node even when it discards them. It counts
+	// the messages Conn.Read returns (pings and pongs are not). Zero
+	// means no limit.
+	InboundRate float64
+
+	// InboundBurst is how many frames a connection may send at once, and
+	// how many it may send on connecting, within InboundRate. Zero means
+	// one second's worth (InboundRate rounded up). Only with InboundRate.
+	InboundBurst int
 }
 
 func (c *Config) setDefaults() {
@@ -116,7 +144,14 @@ func (c *Config) setDefaults() {
 	if c.CloseTimeout == 0 {
 		c.CloseTimeout = 5 * time.Second
 	}
+	if c.MaxConnectionsPerClient == 0 {
+		c.MaxConnectionsPerClient = defaultMaxConnectionsPerClient
+	}
 }
+
+// defaultMaxConnectionsPerClient is more connections than a person opens
+// (tabs, devices), few enough that a route to one client stays cheap.
+const defaultMaxConnectionsPerClient = 64
 
 // Validate reports the first invalid field, if any.
 func (c Config) Validate() error {
@@ -140,6 +175,12 @@ func (c Config) Validate() error {
 		return field("WriteTimeout", "must not be negative")
 	case c.CloseTimeout < 0:
 		return field("CloseTimeout", "must not be negative")
+	case c.InboundRate < 0 || math.IsNaN(c.InboundRate) || math.IsInf(c.InboundRate, 0):
+		return field("InboundRate", "must be a finite number of frames per second, 0 for no limit")
+	case c.InboundBurst < 0:
+		return field("InboundBurst", "must not be negative")
+	case c.InboundBurst > 0 && c.InboundRate == 0:
+		return field("InboundBurst", "is set, but InboundRate is 0 (no limit)")
 	}
 	return nil
 }
@@ -190,6 +231,7 @@ type counters struct {
 	registrationsRestored                          atomic.Uint64
 	livenessRenewed, livenessFailed                atomic.Uint64
 	registrationsRefused                           atomic.Uint64
+	pingTimeouts, tooManyConnections, rateLimited  atomic.Uint64
 }
 
 // Stats are counters since the node started, and its connections now.
@@ -203,7 +245,7 @@ type Stats struct {
 	Delivered    uint64 // messages queued to local connections
 	Dropped      uint64 // messages a slow local client lost (DropOldest)
 	Disconnected uint64 // slow local clients closed (Disconnect, or a write timeout)
-	Fenced       uint64 // messages for a connection or generation that is no longer here
+	Fenced       uint64 // messages for a connection that is no longer here
 	Inbound      uint64 // frames received from local clients and published
 	// InboundFailed counts frames that could not be published to Inbound.
 	InboundFailed uint64
@@ -218,6 +260,16 @@ type Stats struct {
 	// RegistrationsRefused counts connections closed because Redis did
 	// not take their registration (out of memory, unreachable).
 	RegistrationsRefused uint64
+	// PingTimeouts counts connections closed because they did not answer
+	// a ping within HandlerConfig.PongTimeout: half-open connections, and
+	// clients that stopped reading.
+	PingTimeouts uint64
+	// TooManyConnections counts connections refused because their client
+	// had Config.MaxConnectionsPerClient connections already.
+	TooManyConnections uint64
+	// RateLimited counts connections closed for sending frames faster than
+	// Config.InboundRate.
+	RateLimited uint64
 }
 
 // NewNode starts a node: it marks the node alive, subscribes to its
@@ -342,6 +394,9 @@ func (n *Node) Stats() Stats {
 		LivenessRenewed:       n.stats.livenessRenewed.Load(),
 		LivenessFailed:        n.stats.livenessFailed.Load(),
 		RegistrationsRefused:  n.stats.registrationsRefused.Load(),
+		PingTimeouts:          n.stats.pingTimeouts.Load(),
+		TooManyConnections:    n.stats.tooManyConnections.Load(),
+		RateLimited:           n.stats.rateLimited.Load(),
 	}
 }
 

@@ -17,8 +17,7 @@ import (
 // The registry lives in Redis:
 //
 //	<prefix>node:<node>     string: the node's incarnation, expiring after NodeTTL
-//	<prefix>client:<client> hash: connection ID -> "node\nincarnation\ngeneration",
-//	                        and "#gen", the client's generation counter
+//	<prefix>client:<client> hash: connection ID -> "node\nincarnation"
 //	<prefix>room:<room>     hash: node -> incarnation, for nodes with members
 //	<prefix>to:<node>       channel: messages routed to the node
 //	<prefix>all             channel: messages for every node
@@ -26,15 +25,23 @@ import (
 // An entry counts only while its node's liveness key holds the incarnation
 // it names, so a node's entries die with it, within NodeTTL, whatever
 // their own expiry.
+//
+// A connection ID is a fresh random UUID, made by the node that holds the
+// connection and never registered by another, so it fences on its own: a
+// message routed to a connection that has closed names an ID that no
+// connection will have again, and is dropped (Stats.Fenced), however soon
+// its client reconnects, on the same node or another. A generation counter
+// per client used to sit beside it; it told apart only registrations of one
+// connection ID, which are all one connection's.
 type keys struct{ prefix string }
 
-func (k keys) node(id string) string             { return k.prefix + "node:" + id }
-func (k keys) client(id string) string           { return k.prefix + "client:" + id }
-func (k keys) room(name string) string           { return k.prefix + "room:" + name }
-func (k keys) nodeChannel(id string) string      { return k.prefix + "to:" + id }
-func (k keys) allChannel() string                { return k.prefix + "all" }
-func ms(d time.Duration) string                  { return strconv.FormatInt(d.Milliseconds(), 10) }
-func entry(node, incarnation, gen string) string { return node + "\n" + incarnation + "\n" + gen }
+func (k keys) node(id string) string        { return k.prefix + "node:" + id }
+func (k keys) client(id string) string      { return k.prefix + "client:" + id }
+func (k keys) room(name string) string      { return k.prefix + "room:" + name }
+func (k keys) nodeChannel(id string) string { return k.prefix + "to:" + id }
+func (k keys) allChannel() string           { return k.prefix + "all" }
+func ms(d time.Duration) string             { return strconv.FormatInt(d.Milliseconds(), 10) }
+func entry(node, incarnation string) string { return node + "\n" + incarnation }
 
 var (
 	//go:embed lua/register.lua
@@ -67,24 +74,19 @@ var (
 	errLivenessLapsed = errors.New("liveness key had expired")
 )
 
-// nextGeneration takes the client's next generation, the fencing token of
-// a registration: it increases with every registration of the client, so a
-// node can tell a message meant for an earlier registration.
-func (n *Node) nextGeneration(ctx context.Context, clientID string) (string, error) {
-	gen, err := n.config.Client.HIncrBy(ctx, n.keys.client(clientID), "#gen", 1).Result()
-	return strconv.FormatInt(gen, 10), err
-}
-
-// register records a local connection with its generation.
-func (n *Node) register(ctx context.Context, c *localConn, gen string) (string, error) {
-	return registerScript.Run(ctx, n.config.Client, []string{n.keys.client(c.clientID)},
-		n.keys.prefix, c.id, n.config.NodeID, n.incarnation, ms(n.config.RegistrationTTL), gen).Text()
+// register records a local connection, unless its client has limit live
+// connections registered already (limit <= 0: no bound), and reports
+// whether it did.
+func (n *Node) register(ctx context.Context, c *localConn, limit int) (bool, error) {
+	registered, err := registerScript.Run(ctx, n.config.Client, []string{n.keys.client(c.clientID)},
+		n.keys.prefix, c.id, entry(n.config.NodeID, n.incarnation), ms(n.config.RegistrationTTL), max(limit, 0)).Int()
+	return registered == 1, err
 }
 
 // release removes a local connection's entry if it is still its own.
 func (n *Node) release(ctx context.Context, c *localConn) error {
 	return releaseScript.Run(ctx, n.config.Client, []string{n.keys.client(c.clientID)},
-		c.id, entry(n.config.NodeID, n.incarnation, c.gen)).Err()
+		c.id, entry(n.config.NodeID, n.incarnation)).Err()
 }
 
 // renewLiveness sets the liveness key and reports whether it had expired
@@ -166,14 +168,15 @@ func signalRestore(c chan struct{}) {
 	}
 }
 
-// restore writes every local registration again, with the generations
-// the connections already have.
+// restore writes every local registration again.
 func (n *Node) restore() {
 	n.stats.registrationsRestored.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), n.config.NodeTTL)
 	defer cancel()
 	for _, c := range n.localConns() {
-		if _, err := n.register(ctx, c, c.gen); err != nil {
+		// Without the bound: these connections were let in already, and
+		// a restore must not leave one open and unregistered.
+		if _, err := n.register(ctx, c, 0); err != nil {
 			slotmap.Refresh(err, n.config.Client)
 			n.logger.Error("Cannot restore a registration", err, watermill.LogFields{"client": c.clientID})
 			continue

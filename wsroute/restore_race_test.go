@@ -15,7 +15,7 @@ import (
 )
 
 // registerGate is a go-redis hook that, once armed, holds the next
-// registration (register.lua: a key and six arguments) until opened, and
+// registration (register.lua: a key and five arguments) until opened, and
 // reports releases (release.lua: a key and two arguments) as they finish.
 type registerGate struct {
 	armed      atomic.Bool
@@ -35,7 +35,7 @@ func (g *registerGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		args := cmd.Args()
 		script := cmd.Name() == "evalsha" || cmd.Name() == "eval"
-		if script && len(args) == 10 && g.armed.CompareAndSwap(true, false) {
+		if script && len(args) == 9 && g.armed.CompareAndSwap(true, false) {
 			g.held <- struct{}{}
 			<-g.open
 			defer close(g.registered)

@@ -50,7 +50,7 @@ const (
 	metadataKind    = "wsroute_kind"    // "client", "room" or "all"
 	metadataClient  = "wsroute_client"  // the recipient client
 	metadataRoom    = "wsroute_room"    // the recipient room
-	metadataTargets = "wsroute_targets" // "connection:generation,..." on this node (set by route.lua)
+	metadataTargets = "wsroute_targets" // "connection,connection..." on this node (set by route.lua)
 )
 
 // SendToClient writes data to every connection of clientID, on whichever
@@ -132,18 +132,17 @@ func (n *Node) deliver(msg *message.Message) {
 }
 
 // recipients finds the local connections a routed message is for. A
-// client message names its connections with their generations: one that
-// is gone, or was registered anew since, does not get it.
+// client message names its connections: one that is gone does not get it,
+// and no other connection has its ID (see keys).
 func (n *Node) recipients(msg *message.Message) []*localConn {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	var conns []*localConn
 	switch msg.Metadata.Get(metadataKind) {
 	case "client":
-		for _, target := range strings.Split(msg.Metadata.Get(metadataTargets), ",") {
-			id, gen, _ := strings.Cut(target, ":")
+		for _, id := range strings.Split(msg.Metadata.Get(metadataTargets), ",") {
 			c := n.conns[id]
-			if c == nil || c.gen != gen {
+			if c == nil {
 				n.stats.fenced.Add(1)
 				continue
 			}

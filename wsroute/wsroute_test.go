@@ -87,28 +87,35 @@ func TestLateDisconnectDoesNotRemoveANewerRegistration(t *testing.T) {
 	assert.Equal(t, "still here?", read(t, moved))
 }
 
-func TestStaleGenerationIsNotDelivered(t *testing.T) {
+// Connection IDs fence: a message routed to a connection that has closed
+// names an ID no connection has again, so bob's new connection on the same
+// node gets only the copy meant for it.
+func TestMessageForAClosedConnectionIsNotDelivered(t *testing.T) {
 	client := pubsubtest.NewClient(t)
 	prefix := pubsubtest.Topic(t) + ":"
 	node := startNode(t, client, wsroute.Config{Prefix: prefix, NodeID: "n"})
-	bob := node.connect(t, "bob")
-
-	// Rewrite bob's entry as an older registration of the same connection
-	// would have left it: same connection ID, another generation.
 	key := prefix + "client:bob"
-	entries, err := client.HGetAll(t.Context(), key).Result()
+	old := node.connect(t, "bob")
+	closed, err := client.HGetAll(t.Context(), key).Result()
 	require.NoError(t, err)
-	for field, value := range entries {
-		if !strings.HasPrefix(field, "#") {
-			parts := strings.Split(value, "\n")
-			require.NoError(t, client.HSet(t.Context(), key, field, parts[0]+"\n"+parts[1]+"\n999").Err())
-		}
-	}
-	_, err = node.SendToClient(t.Context(), "bob", []byte("for an older bob"))
+	require.Len(t, closed, 1)
+	require.NoError(t, old.Close(websocket.StatusNormalClosure, ""))
+	require.Eventually(t, func() bool {
+		n, err := client.Exists(t.Context(), key).Result()
+		return err == nil && n == 0
+	}, waitTimeout, 5*time.Millisecond, "the closed connection's entry is released")
+	bob := node.connect(t, "bob") // reconnects to the same node
+
+	// The registry as a route racing with the old connection's release
+	// read it: both connections, on this node.
+	require.NoError(t, client.HSet(t.Context(), key, closed).Err())
+	result, err := node.SendToClient(t.Context(), "bob", []byte("once"))
 	require.NoError(t, err)
+	assert.Equal(t, wsroute.Result{Status: wsroute.Delivered, Nodes: 1}, result)
 	_, err = node.BroadcastAll(t.Context(), []byte("marker"))
 	require.NoError(t, err)
-	assert.Equal(t, "marker", read(t, bob), "the fenced message must not arrive")
+	assert.Equal(t, "once", read(t, bob))
+	assert.Equal(t, "marker", read(t, bob), "the copy for the closed connection must not arrive")
 	assert.Equal(t, uint64(1), node.Stats().Fenced)
 }
 
@@ -118,7 +125,7 @@ func TestUnreachableOwnerIsReportedAndCleaned(t *testing.T) {
 	node := startNode(t, client, wsroute.Config{Prefix: prefix})
 	// A node that is alive but does not listen to its channel.
 	require.NoError(t, client.Set(t.Context(), prefix+"node:ghost", "inc", time.Minute).Err())
-	require.NoError(t, client.HSet(t.Context(), prefix+"client:bob", "conn-1", "ghost\ninc\n1").Err())
+	require.NoError(t, client.HSet(t.Context(), prefix+"client:bob", "conn-1", "ghost\ninc").Err())
 
 	result, err := node.SendToClient(t.Context(), "bob", []byte("?"))
 	require.NoError(t, err)

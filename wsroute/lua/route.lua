@@ -2,7 +2,7 @@
 -- one round trip: it looks the recipients up, drops entries whose node is
 -- dead, and PUBLISHes one envelope per live node on that node's channel.
 --
--- KEYS[1]  a client's hash (connection -> "node\nincarnation\ngeneration")
+-- KEYS[1]  a client's hash (connection -> "node\nincarnation")
 --          or a room's hash (node -> incarnation)
 -- ARGV[1]  key prefix
 -- ARGV[2]  "client" or "room"
@@ -13,10 +13,11 @@
 --
 -- The envelope is redisbus' wire format (see marshaler.go); for a client,
 -- each node's copy carries "wsroute_targets": the connections it should
--- write to, as "connection:generation" separated by commas.
+-- write to, separated by commas.
 --
 -- An entry whose node's liveness key is gone or holds another incarnation
--- is stale and is removed; so is one whose node's channel reached nobody
+-- is stale and is removed (so is one this script cannot read, such as an
+-- earlier version's); so is one whose node's channel reached nobody
 -- (the node is alive but not listening). On a cluster only SPUBLISH, to a
 -- shard channel in the registry's slot, counts every subscriber: PUBLISH
 -- counts those of the node running the script. Returns {nodes reached, stale
@@ -39,33 +40,25 @@ local function envelope(extra)
 end
 
 -- Group the live entries by node.
-local targets, order, fields = {}, {}, {}
+local targets, order = {}, {}
 local stale, live = 0, 0
 local entries = redis.call('HGETALL', key)
 for i = 1, #entries, 2 do
   local field, value = entries[i], entries[i + 1]
-  if string.sub(field, 1, 1) ~= '#' then
-    local node, incarnation, gen
-    if kind == 'client' then
-      node, incarnation, gen = string.match(value, '^(.-)\n(.-)\n(.*)$')
-    else
-      node, incarnation = field, value
+  local node, incarnation = field, value
+  if kind == 'client' then
+    node, incarnation = string.match(value, '^(.-)\n(.*)$')
+  end
+  if node and redis.call('GET', prefix .. 'node:' .. node) == incarnation then
+    live = live + 1
+    if not targets[node] then
+      targets[node] = {}
+      order[#order + 1] = node
     end
-    if redis.call('GET', prefix .. 'node:' .. node) == incarnation then
-      live = live + 1
-      if not targets[node] then
-        targets[node] = {}
-        fields[node] = {}
-        order[#order + 1] = node
-      end
-      if gen then
-        targets[node][#targets[node] + 1] = field .. ':' .. gen
-      end
-      fields[node][#fields[node] + 1] = field
-    else
-      redis.call('HDEL', key, field)
-      stale = stale + 1
-    end
+    targets[node][#targets[node] + 1] = field
+  else
+    redis.call('HDEL', key, field)
+    stale = stale + 1
   end
 end
 
@@ -78,7 +71,7 @@ for _, node in ipairs(order) do
   if redis.call(publish, prefix .. 'to:' .. node, envelope(extra)) > 0 then
     reached = reached + 1
   else
-    for _, field in ipairs(fields[node]) do
+    for _, field in ipairs(targets[node]) do
       redis.call('HDEL', key, field)
       stale = stale + 1
     end
