@@ -18,14 +18,15 @@ import (
 // aclNode is the ACL rule set docs/operating-redis.md documents for a
 // wsroute node under the default Prefix, word for word.
 var aclNode = []string{"-@all", "+hset", "+set", "+pexpire", "+multi", "+exec",
-	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel",
+	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel", "+xadd",
 	"+publish", "+subscribe", "+unsubscribe", "+ping",
 	"resetkeys", "~wsroute:*", "resetchannels", "&wsroute:*"}
 
 // aclClusterNode is the rule set documented for a node on Redis Cluster,
-// with Prefix "{wsroute}:": shard channels, and the slot map.
+// with Prefix "{wsroute}:": shard channels, and the slot map. (+xadd is for
+// Config.PresenceEvents.)
 var aclClusterNode = []string{"-@all", "+hset", "+set", "+pexpire", "+multi", "+exec",
-	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel",
+	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel", "+xadd",
 	"+spublish", "+ssubscribe", "+sunsubscribe", "+ping", "+cluster|slots", "+command",
 	"resetkeys", "~{wsroute}:*", "resetchannels", "&{wsroute}:*"}
 
@@ -80,11 +81,13 @@ func TestNodesOnAClusterWithTheDocumentedACL(t *testing.T) {
 }
 
 // useEveryCommand runs two nodes through what a node sends Redis:
-// registering, routing to a client and a room, broadcasting, leaving,
+// registering, routing to a client and a room, broadcasting, presence
+// (joining with info, recording events, asking, sweeping), leaving,
 // renewing, disconnecting and closing.
 func useEveryCommand(t *testing.T, user redis.UniversalClient, config wsroute.Config) {
 	t.Helper()
-	config.NodeTTL = 300 * time.Millisecond // renewals every 100 ms
+	config.NodeTTL = 300 * time.Millisecond // renewals and sweeps every 100 ms
+	config.PresenceEvents = true
 	config.NodeID = "a"
 	a := startNode(t, user, config)
 	config.NodeID = "b"
@@ -97,7 +100,10 @@ func useEveryCommand(t *testing.T, user redis.UniversalClient, config wsroute.Co
 	assert.Equal(t, wsroute.Delivered, result.Status)
 	assert.Equal(t, "hi bob", read(t, bob))
 
-	require.NoError(t, b.Join(t.Context(), "bob", "lobby"))
+	require.NoError(t, b.JoinWithInfo(t.Context(), "bob", "lobby", []byte("info")))
+	members, err := a.Presence(t.Context(), "lobby")
+	require.NoError(t, err)
+	assert.Len(t, members, 1)
 	result, err = a.Broadcast(t.Context(), "lobby", []byte("hi lobby"))
 	require.NoError(t, err)
 	assert.Equal(t, wsroute.Delivered, result.Status)

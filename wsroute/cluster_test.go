@@ -56,6 +56,33 @@ func TestNodesOnARedisCluster(t *testing.T) {
 	assert.Equal(t, wsroute.Offline, result.Status)
 }
 
+// Presence on a Redis Cluster: joins, queries, events read with a Streams
+// subscriber on the cluster, and a dead node's members swept, all in the
+// registry's slot.
+func TestPresenceOnARedisCluster(t *testing.T) {
+	redisCluster := pubsubtest.StartCluster(t, 3)
+	client := redisCluster.Client(t)
+	config := wsroute.Config{Prefix: "{" + pubsubtest.Topic(t) + "}:", NodeTTL: 300 * time.Millisecond, PresenceEvents: true}
+	config.NodeID = "a"
+	a := startNode(t, client, config)
+	doomedClient := redisCluster.Client(t)
+	config.NodeID = "doomed"
+	doomed := startNode(t, doomedClient, config)
+	events := subscribePresence(t, client, a)
+	a.connect(t, "alice")
+	doomed.connect(t, "bob")
+	require.NoError(t, a.JoinWithInfo(t.Context(), "alice", "lobby", []byte("laptop")))
+	require.NoError(t, doomed.Join(t.Context(), "bob", "lobby"))
+	assert.Equal(t, joined("lobby", "alice", "a", "laptop"), events.next(t))
+	assert.Equal(t, joined("lobby", "bob", "doomed", ""), events.next(t))
+	assert.Equal(t, []string{"alice: a laptop", "bob: doomed"}, presence(t, a, "lobby"))
+
+	require.NoError(t, doomedClient.Close()) // killed: a sweeps its members out
+	assert.Equal(t, left("lobby", "bob", "doomed", wsroute.ReasonNodeGone), events.next(t))
+	assert.Equal(t, []string{"alice: a laptop"}, presence(t, a, "lobby"))
+	events.nothingBefore(t, a)
+}
+
 // When the registry's slot moves to another master (resharding), routing
 // keeps telling the truth: a message reported Delivered reaches the client
 // and one reported otherwise does not; once the nodes listen on the new

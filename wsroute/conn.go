@@ -94,11 +94,11 @@ type localConn struct {
 	mu        sync.Mutex
 	queue     [][]byte
 	closed    bool
-	wake      chan struct{} // capacity 1: something was queued
-	done      chan struct{} // closed by shutdown
-	rooms     map[string]bool
-	written   chan struct{} // closed when the writer has exited
-	closeDone chan struct{} // closed when Conn.Close has returned
+	wake      chan struct{}     // capacity 1: something was queued
+	done      chan struct{}     // closed by shutdown
+	rooms     map[string][]byte // room -> the connection's info there
+	written   chan struct{}     // closed when the writer has exited
+	closeDone chan struct{}     // closed when Conn.Close has returned
 }
 
 // Serve runs a connection of clientID until it ends: it registers it,
@@ -122,7 +122,7 @@ func (n *Node) serve(ctx context.Context, conn Conn, clientID string, pings *kee
 		clientID:  clientID,
 		wake:      make(chan struct{}, 1),
 		done:      make(chan struct{}),
-		rooms:     map[string]bool{},
+		rooms:     map[string][]byte{},
 		written:   make(chan struct{}),
 		closeDone: make(chan struct{}),
 	}

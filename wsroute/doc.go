@@ -27,6 +27,14 @@
 // the listening nodes wherever they subscribed, and the subscriptions
 // follow the slot when it moves.
 //
+// Presence says who is in a room on every node, with each client's
+// connections and the info they joined with, in one round trip that reads
+// the room's entries only. Joins and leaves of clients (not of each
+// connection) can be recorded on a Redis stream, by the same atomic script
+// that changes the room, so that each is recorded once in the cluster; a
+// dead node's members leave once its liveness key expires, noticed by the
+// next query or by a sweep of dead nodes.
+//
 // Delivery over node channels is redisbus' best-effort Pub/Sub: a message
 // in flight when a node's subscription drops is lost (the loss is logged by
 // the subscriber), and so is a message to a client between its

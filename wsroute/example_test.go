@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 
+	redisbus "github.com/redisbus/watermill-redisbus"
 	"github.com/redisbus/watermill-redisbus/pubsubtest"
 	"github.com/redisbus/watermill-redisbus/wsroute"
 )
@@ -97,4 +98,90 @@ func ExampleNode() {
 	// node B: "hello" from bob
 	// node A: delivered to 1 node
 	// bob: hi bob, from node A
+}
+
+// Who is in a room, on every node, and the joins and leaves as Watermill
+// messages from a Redis stream.
+func ExampleNode_Presence() {
+	client := newRedisClient()
+	defer client.Close()
+	ctx := context.Background()
+	prefix := "wsroute-example:" + watermill.NewShortUUID() + ":"
+
+	config := wsroute.Config{Client: client, Prefix: prefix, PresenceEvents: true}
+	config.NodeID = "a"
+	nodeA, err := wsroute.NewNode(config, nil)
+	if err != nil {
+		panic(err)
+	}
+	defer nodeA.Close()
+	inbound := gochannel.NewGoChannel(gochannel.Config{}, nil)
+	defer inbound.Close()
+	frames, err := inbound.Subscribe(ctx, "wsroute.inbound")
+	if err != nil {
+		panic(err)
+	}
+	config.NodeID, config.Inbound = "b", inbound
+	nodeB, err := wsroute.NewNode(config, nil)
+	if err != nil {
+		panic(err)
+	}
+	defer nodeB.Close()
+	handler, err := nodeB.Handler(wsroute.HandlerConfig{
+		Authenticate: func(r *http.Request) (string, error) { return r.URL.Query().Get("user"), nil },
+	})
+	if err != nil {
+		panic(err)
+	}
+	server := httptest.NewServer(handler)
+	defer server.Close()
+
+	// Joins and leaves, read as a Streams topic (here every one since the
+	// start; a consumer group would share them among handlers).
+	subscriber, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, StartID: "0"}, nil)
+	if err != nil {
+		panic(err)
+	}
+	defer subscriber.Close()
+	events, err := subscriber.Subscribe(ctx, nodeA.PresenceTopic())
+	if err != nil {
+		panic(err)
+	}
+
+	// alice connects to node B and asks to join the lobby; node B's
+	// handler of her frames joins her, with what others should see.
+	alice, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(server.URL, "http")+"?user=alice", nil)
+	if err != nil {
+		panic(err)
+	}
+	defer alice.CloseNow()
+	if err := alice.Write(ctx, websocket.MessageText, []byte("join lobby")); err != nil {
+		panic(err)
+	}
+	frame := <-frames
+	frame.Ack()
+	from := frame.Metadata.Get(wsroute.MetadataFrom)
+	if err := nodeB.JoinWithInfo(ctx, from, "lobby", []byte(`{"name":"Alice"}`)); err != nil {
+		panic(err)
+	}
+
+	// Node A asks who is in the lobby.
+	members, err := nodeA.Presence(ctx, "lobby")
+	if err != nil {
+		panic(err)
+	}
+	for _, m := range members {
+		fmt.Printf("in the lobby: %s, %d connection on node %s: %s\n", m.ClientID, len(m.Connections), m.Connections[0].Node, m.Connections[0].Info)
+	}
+
+	msg := <-events
+	msg.Ack()
+	event, err := wsroute.ParsePresenceEvent(msg)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Printf("event: %s %s %s on node %s\n", event.ClientID, event.Type, event.Room, event.Node)
+	// Output:
+	// in the lobby: alice, 1 connection on node b: {"name":"Alice"}
+	// event: alice join lobby on node b
 }

@@ -197,3 +197,13 @@ func awaitOffline(t *testing.T, sender *testNode, clientID string) {
 		return err == nil && result.Status == wsroute.Offline
 	}, waitTimeout, 5*time.Millisecond, "%s stays registered", clientID)
 }
+
+// passThroughHooks are the go-redis hooks a test hook that watches single
+// commands leaves alone.
+type passThroughHooks struct{}
+
+func (passThroughHooks) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (passThroughHooks) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}

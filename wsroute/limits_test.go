@@ -167,8 +167,9 @@ func TestInboundRateLimitClosesAFloodingConnection(t *testing.T) {
 func TestInvalidConfigNamesTheField(t *testing.T) {
 	client := pubsubtest.NewClient(t)
 	for field, config := range map[string]wsroute.Config{
-		"InboundRate":  {InboundRate: -1},
-		"InboundBurst": {InboundRate: 10, InboundBurst: -1},
+		"InboundRate":          {InboundRate: -1},
+		"InboundBurst":         {InboundRate: 10, InboundBurst: -1},
+		"PresenceEventsMaxLen": {PresenceEvents: true, PresenceEventsMaxLen: -1},
 	} {
 		config.Client = client
 		_, err := wsroute.NewNode(config, nil)
@@ -183,6 +184,8 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 	}
 	err := wsroute.Config{Client: client, InboundBurst: 3}.Validate()
 	assert.EqualError(t, err, "redisbus: invalid wsroute.Config.InboundBurst: is set, but InboundRate is 0 (no limit)")
+	err = wsroute.Config{Client: client, PresenceEventsMaxLen: 100}.Validate()
+	assert.EqualError(t, err, "redisbus: invalid wsroute.Config.PresenceEventsMaxLen: is set, but PresenceEvents is off")
 
 	node := startNode(t, client, wsroute.Config{Prefix: pubsubtest.Topic(t) + ":"})
 	authenticate := func(*http.Request) (string, error) { return "", errors.New("no") }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"os"
 	"slices"
@@ -113,6 +114,23 @@ type Config struct {
 	// how many it may send on connecting, within InboundRate. Zero means
 	// one second's worth (InboundRate rounded up). Only with InboundRate.
 	InboundBurst int
+
+	// PresenceEvents makes the nodes record every join and leave of a room
+	// (see Join and Presence) on a Redis stream, PresenceTopic(): a join
+	// when a client's first connection in the room joins, on any node, a
+	// leave when its last one leaves, closes, or is found on a dead node.
+	// Each is recorded once in the cluster, by the script that changes the
+	// room's presence, in the same atomic step: none is lost to a node
+	// dying between the change and a publish, none recorded twice. Read
+	// them with redisbus' StreamsSubscriber as Watermill messages (see
+	// ParsePresenceEvent). Give every node the same value: each records
+	// the changes its own scripts make.
+	PresenceEvents bool
+
+	// PresenceEventsMaxLen bounds the presence events stream, about (XADD
+	// MAXLEN ~): a consumer further behind loses the oldest. Zero means
+	// 10,000. Only with PresenceEvents.
+	PresenceEventsMaxLen int
 }
 
 func (c *Config) setDefaults() {
@@ -181,6 +199,10 @@ func (c Config) Validate() error {
 		return field("InboundBurst", "must not be negative")
 	case c.InboundBurst > 0 && c.InboundRate == 0:
 		return field("InboundBurst", "is set, but InboundRate is 0 (no limit)")
+	case c.PresenceEventsMaxLen < 0:
+		return field("PresenceEventsMaxLen", "must not be negative")
+	case c.PresenceEventsMaxLen > 0 && !c.PresenceEvents:
+		return field("PresenceEventsMaxLen", "is set, but PresenceEvents is off")
 	}
 	return nil
 }
@@ -215,7 +237,10 @@ type Node struct {
 	conns   map[string]*localConn          // by connection ID
 	clients map[string]map[*localConn]bool // by client ID
 	rooms   map[string]map[*localConn]bool // by room
-	roomMu  sync.Mutex                     // orders room registrations in Redis
+	// pendingLeaves are connections out of a room here that Redis did not
+	// take out of its presence yet, by room (see sendLeave).
+	pendingLeaves map[string]map[*localConn]bool
+	roomLocks     roomLocks // order each room's joins and leaves in Redis
 	// restoreNow asks the heartbeat to write every registration again.
 	restoreNow chan struct{}
 	closing    chan struct{}
@@ -283,17 +308,19 @@ func NewNode(config Config, logger watermill.LoggerAdapter) (*Node, error) {
 		logger = watermill.NopLogger{}
 	}
 	n := &Node{
-		config:      config,
-		logger:      logger.With(watermill.LogFields{"node": config.NodeID}),
-		incarnation: uuid.NewString(),
-		keys:        keys{prefix: config.Prefix},
-		retries:     sendonce.PolicyOf(config.Client),
-		conns:       map[string]*localConn{},
-		clients:     map[string]map[*localConn]bool{},
-		rooms:       map[string]map[*localConn]bool{},
-		restoreNow:  make(chan struct{}, 1),
-		closing:     make(chan struct{}),
-		closeDone:   make(chan struct{}),
+		config:        config,
+		logger:        logger.With(watermill.LogFields{"node": config.NodeID}),
+		incarnation:   uuid.NewString(),
+		keys:          keys{prefix: config.Prefix},
+		retries:       sendonce.PolicyOf(config.Client),
+		conns:         map[string]*localConn{},
+		clients:       map[string]map[*localConn]bool{},
+		rooms:         map[string]map[*localConn]bool{},
+		roomLocks:     roomLocks{seed: maphash.MakeSeed()},
+		pendingLeaves: map[string]map[*localConn]bool{},
+		restoreNow:    make(chan struct{}, 1),
+		closing:       make(chan struct{}),
+		closeDone:     make(chan struct{}),
 	}
 	// On a cluster, a PUBLISH counts the subscribers of the node that runs
 	// it only, so route.lua could not tell a deaf node from one listening
@@ -345,6 +372,7 @@ func NewNode(config Config, logger watermill.LoggerAdapter) (*Node, error) {
 		n.wg.Go(func() { n.consume(messages) })
 	}
 	n.wg.Go(n.heartbeat)
+	n.wg.Go(n.maintainPresence)
 	return n, nil
 }
 

@@ -22,6 +22,15 @@ import (
 //	<prefix>to:<node>       channel: messages routed to the node
 //	<prefix>all             channel: messages for every node
 //
+// and each room's presence (see lua/presence_lib.lua):
+//
+//	<prefix>presence:<room>        hash: connection ID -> node, incarnation, client, info
+//	<prefix>presence-count:<room>  hash: client ID -> its connections in the room
+//	<prefix>rooms-of:<incarnation> hash: room -> "", where the node has members
+//	<prefix>incarnations           hash: incarnation -> node, of nodes with rooms
+//	<prefix>sweeper                string: the incarnation sweeping dead nodes' presence now
+//	<prefix>presence-events        stream: joins and leaves (Config.PresenceEvents)
+//
 // An entry counts only while its node's liveness key holds the incarnation
 // it names, so a node's entries die with it, within NodeTTL, whatever
 // their own expiry.
@@ -40,8 +49,16 @@ func (k keys) client(id string) string      { return k.prefix + "client:" + id }
 func (k keys) room(name string) string      { return k.prefix + "room:" + name }
 func (k keys) nodeChannel(id string) string { return k.prefix + "to:" + id }
 func (k keys) allChannel() string           { return k.prefix + "all" }
-func ms(d time.Duration) string             { return strconv.FormatInt(d.Milliseconds(), 10) }
-func entry(node, incarnation string) string { return node + "\n" + incarnation }
+func (k keys) presence(room string) string  { return k.prefix + "presence:" + room }
+func (k keys) presenceCount(room string) string {
+	return k.prefix + "presence-count:" + room
+}
+func (k keys) roomsOf(incarnation string) string { return k.prefix + "rooms-of:" + incarnation }
+func (k keys) incarnations() string              { return k.prefix + "incarnations" }
+func (k keys) sweeper() string                   { return k.prefix + "sweeper" }
+func (k keys) presenceEvents() string            { return k.prefix + "presence-events" }
+func ms(d time.Duration) string                  { return strconv.FormatInt(d.Milliseconds(), 10) }
+func entry(node, incarnation string) string      { return node + "\n" + incarnation }
 
 var (
 	//go:embed lua/register.lua
@@ -190,15 +207,11 @@ func (n *Node) restore() {
 			}
 		}
 	}
-	for _, room := range n.localRooms() {
-		if err := n.registerRoom(ctx, room); err != nil {
-			n.logger.Error("Cannot restore a room", err, watermill.LogFields{"room": room})
-		}
-	}
+	n.restoreRooms(ctx)
 }
 
-// refresh extends the expiry of the client and room entries this node
-// holds, in one pipeline.
+// refresh extends the expiry of the client, room and presence entries
+// this node holds, in one pipeline.
 func (n *Node) refresh() {
 	ctx, cancel := context.WithTimeout(context.Background(), n.config.NodeTTL)
 	defer cancel()
@@ -206,8 +219,15 @@ func (n *Node) refresh() {
 		for _, c := range n.localConns() {
 			pipe.PExpire(ctx, n.keys.client(c.clientID), n.config.RegistrationTTL)
 		}
-		for _, room := range n.localRooms() {
+		rooms := n.localRooms()
+		for _, room := range rooms {
 			pipe.PExpire(ctx, n.keys.room(room), n.config.RegistrationTTL)
+			pipe.PExpire(ctx, n.keys.presence(room), n.config.RegistrationTTL)
+			pipe.PExpire(ctx, n.keys.presenceCount(room), n.config.RegistrationTTL)
+		}
+		if len(rooms) > 0 {
+			pipe.PExpire(ctx, n.keys.roomsOf(n.incarnation), n.config.RegistrationTTL)
+			pipe.PExpire(ctx, n.keys.incarnations(), n.config.RegistrationTTL)
 		}
 		return nil
 	})

@@ -18,17 +18,12 @@ import (
 // registration (register.lua: a key and five arguments) until opened, and
 // reports releases (release.lua: a key and two arguments) as they finish.
 type registerGate struct {
+	passThroughHooks
 	armed      atomic.Bool
 	held       chan struct{}
 	open       chan struct{}
 	registered chan struct{} // the held registration is written
 	released   chan struct{}
-}
-
-func (g *registerGate) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (g *registerGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 func (g *registerGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {

@@ -3,8 +3,10 @@ package wsroute
 import (
 	"context"
 	"errors"
-
-	"github.com/redis/go-redis/v9"
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"sync"
 )
 
 // ErrNotConnected is returned by Join when the client has no connection on
@@ -12,12 +14,30 @@ import (
 var ErrNotConnected = errors.New("wsroute: client has no connection on this node")
 
 // Join adds every connection clientID has on this node to room. Membership
-// belongs to connections: it ends when they close, and a client connected
-// to two nodes joins on each separately. Redis learns only that this node
-// has members, so a Broadcast reaches the nodes with members and no others.
+// belongs to connections: it ends when they leave or close, and a client
+// connected to two nodes joins on each separately. Redis learns which
+// nodes have members, so that a Broadcast reaches those nodes and no
+// others, and which connections are members, for Presence. The first
+// connection of a client in a room, on any node, records a join (see
+// Config.PresenceEvents). An error means the connections are not members:
+// the node takes back whatever of the join reached Redis.
 func (n *Node) Join(ctx context.Context, clientID, room string) error {
-	n.roomMu.Lock()
-	defer n.roomMu.Unlock()
+	return n.JoinWithInfo(ctx, clientID, room, nil)
+}
+
+// JoinWithInfo is Join with info that Presence shows for these connections
+// (a display name, a device, a role in the room), at most
+// MaxPresenceInfoSize bytes; a join event carries it too. Joining again
+// replaces the info of the connections already in the room, and records no
+// event.
+func (n *Node) JoinWithInfo(ctx context.Context, clientID, room string, info []byte) error {
+	if len(info) > MaxPresenceInfoSize {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrPresenceInfoTooBig, len(info), MaxPresenceInfoSize)
+	}
+	info = slices.Clone(info)
+	lock := n.roomLock(room)
+	lock.Lock()
+	defer lock.Unlock()
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -28,76 +48,99 @@ func (n *Node) Join(ctx context.Context, clientID, room string) error {
 		n.mu.Unlock()
 		return ErrNotConnected
 	}
-	first := len(n.rooms[room]) == 0
 	if n.rooms[room] == nil {
 		n.rooms[room] = map[*localConn]bool{}
 	}
+	members := make([]member, 0, len(conns))
+	var added []*localConn
 	for c := range conns {
+		if !n.rooms[room][c] {
+			added = append(added, c)
+		}
 		n.rooms[room][c] = true
-		c.rooms[room] = true
+		c.rooms[room] = info
+		delete(n.pendingLeaves[room], c) // a leave retried now would undo this join
+		members = append(members, member{c: c, info: info})
 	}
 	n.mu.Unlock()
-	if first {
-		return n.registerRoom(ctx, room)
+	err := n.joinRoom(ctx, room, members)
+	if err != nil {
+		// Redis may have run the script and lost only its reply: take back
+		// the connections this call added, here and (now or later) there.
+		n.mu.Lock()
+		n.dropMembers(room, added)
+		n.mu.Unlock()
+		_ = n.sendLeave(ctx, room, added)
+		return fmt.Errorf("wsroute: join room %q: %w", room, err)
 	}
 	return nil
 }
 
-// Leave takes clientID's connections on this node out of room.
+// Leave takes clientID's connections on this node out of room. An error
+// means Redis did not take it: they are out of the room here (they get no
+// broadcast), and the node keeps trying until Presence no longer shows
+// them.
 func (n *Node) Leave(ctx context.Context, clientID, room string) error {
+	lock := n.roomLock(room)
+	lock.Lock()
+	defer lock.Unlock()
 	n.mu.Lock()
-	conns := make([]*localConn, 0, len(n.clients[clientID]))
+	var leaving []*localConn
 	for c := range n.clients[clientID] {
-		conns = append(conns, c)
-	}
-	n.mu.Unlock()
-	for _, c := range conns {
-		if err := n.leave(ctx, c, room); err != nil {
-			return err
+		if n.rooms[room][c] {
+			leaving = append(leaving, c)
 		}
 	}
+	n.dropMembers(room, leaving)
+	n.mu.Unlock()
+	if len(leaving) == 0 {
+		return nil
+	}
+	if err := n.sendLeave(ctx, room, leaving); err != nil {
+		return fmt.Errorf("wsroute: leave room %q: %w", room, err)
+	}
 	return nil
 }
 
-// leave takes one connection out of room, and the node out of the room's
-// entry when it was the last member here.
+// leave takes one connection out of room, here and in Redis.
 func (n *Node) leave(ctx context.Context, c *localConn, room string) error {
-	n.roomMu.Lock()
-	defer n.roomMu.Unlock()
+	lock := n.roomLock(room)
+	lock.Lock()
+	defer lock.Unlock()
 	n.mu.Lock()
-	members := n.rooms[room]
-	if !members[c] {
+	if !n.rooms[room][c] {
 		n.mu.Unlock()
 		return nil
 	}
-	delete(members, c)
-	delete(c.rooms, room)
-	last := len(members) == 0
-	if last {
-		delete(n.rooms, room)
-	}
+	n.dropMembers(room, []*localConn{c})
 	n.mu.Unlock()
-	if !last {
-		return nil
-	}
-	return releaseScript.Run(ctx, n.config.Client, []string{n.keys.room(room)}, n.config.NodeID, n.incarnation).Err()
+	return n.sendLeave(ctx, room, []*localConn{c})
 }
 
-// registerRoom records that this node has members in room.
-func (n *Node) registerRoom(ctx context.Context, room string) error {
-	key := n.keys.room(room)
-	var hset *redis.IntCmd
-	_, err := n.config.Client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		hset = pipe.HSet(ctx, key, n.config.NodeID, n.incarnation)
-		pipe.PExpire(ctx, key, n.config.RegistrationTTL)
-		return nil
-	})
-	if redis.HasErrorPrefix(err, "EXECABORT") && hset.Err() != nil {
-		// Redis refused a command of the transaction (OOM when full): say
-		// which, rather than that the transaction was discarded.
-		return hset.Err()
+// dropMembers takes conns out of room here. The caller holds n.mu.
+func (n *Node) dropMembers(room string, conns []*localConn) {
+	members := n.rooms[room]
+	for _, c := range conns {
+		delete(members, c)
+		delete(c.rooms, room)
 	}
-	return err
+	if len(members) == 0 {
+		delete(n.rooms, room)
+	}
+}
+
+// roomLocks order a room's joins and leaves in Redis as they happen here,
+// while different rooms proceed at once: a lock per room would need a map
+// that grows with them, one lock for all would make every join wait for
+// every other.
+type roomLocks struct {
+	seed  maphash.Seed
+	locks [64]sync.Mutex
+}
+
+func (n *Node) roomLock(room string) *sync.Mutex {
+	l := &n.roomLocks
+	return &l.locks[maphash.String(l.seed, room)%uint64(len(l.locks))]
 }
 
 func (n *Node) localRooms() []string {

@@ -48,8 +48,8 @@ type Result struct {
 // Metadata keys on the messages nodes route to each other.
 const (
 	metadataKind    = "wsroute_kind"    // "client", "room" or "all"
-	metadataClient  = "wsroute_client"  // the recipient client
-	metadataRoom    = "wsroute_room"    // the recipient room
+	metadataClient  = MetadataClient    // the recipient client
+	metadataRoom    = MetadataRoom      // the recipient room
 	metadataTargets = "wsroute_targets" // "connection,connection..." on this node (set by route.lua)
 )
 

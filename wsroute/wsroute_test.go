@@ -283,6 +283,7 @@ func TestNodeComesBackAfterRedisLosesEverything(t *testing.T) {
 	config.NodeID = "b"
 	b := startNode(t, client, config)
 	bob := b.connect(t, "bob")
+	require.NoError(t, b.JoinWithInfo(t.Context(), "bob", "lobby", []byte("phone")))
 
 	server.Restart(t) // no persistence: the registry is gone
 	require.Eventually(t, func() bool {
@@ -291,6 +292,11 @@ func TestNodeComesBackAfterRedisLosesEverything(t *testing.T) {
 	}, waitTimeout, 50*time.Millisecond, "node b re-registers bob")
 	assert.Equal(t, "after the restart", read(t, bob))
 	assert.Positive(t, b.Stats().RegistrationsRestored)
+	require.Eventually(t, func() bool { // rooms are written after connections
+		members, err := a.Presence(context.Background(), "lobby")
+		return err == nil && len(members) == 1
+	}, waitTimeout, 50*time.Millisecond, "node b writes bob's presence again")
+	assert.Equal(t, []string{"bob: b phone"}, presence(t, a, "lobby"))
 }
 
 func TestCloseTellsClientsAndSendersAtOnce(t *testing.T) {

@@ -3,8 +3,8 @@
 -- old node can never remove a newer registration. Redis deletes a hash
 -- left empty.
 --
--- KEYS[1]  the client's hash, or a room's hash
--- ARGV[1]  field (connection ID, or node ID for a room)
+-- KEYS[1]  the client's hash
+-- ARGV[1]  field (connection ID)
 -- ARGV[2]  the value it was registered with
 --
 -- Returns 1 when removed.
