@@ -2,6 +2,7 @@ package wsroute_test
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,15 +19,16 @@ import (
 // aclNode is the ACL rule set docs/operating-redis.md documents for a
 // wsroute node under the default Prefix, word for word.
 var aclNode = []string{"-@all", "+hset", "+set", "+pexpire", "+multi", "+exec",
-	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel", "+xadd",
+	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel", "+hscan", "+xadd",
 	"+publish", "+subscribe", "+unsubscribe", "+ping",
 	"resetkeys", "~wsroute:*", "resetchannels", "&wsroute:*"}
 
 // aclClusterNode is the rule set documented for a node on Redis Cluster,
-// with Prefix "{wsroute}:": shard channels, and the slot map. (+xadd is for
-// Config.PresenceEvents.)
+// with Prefix "{wsroute}:": shard channels, and the slot map. (+hscan
+// takes a dead node's presence entries in batches, +xadd records presence
+// events.)
 var aclClusterNode = []string{"-@all", "+hset", "+set", "+pexpire", "+multi", "+exec",
-	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel", "+xadd",
+	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel", "+hscan", "+xadd",
 	"+spublish", "+ssubscribe", "+sunsubscribe", "+ping", "+cluster|slots", "+command",
 	"resetkeys", "~{wsroute}:*", "resetchannels", "&{wsroute}:*"}
 
@@ -58,7 +60,7 @@ func TestNodesWithTheDocumentedACL(t *testing.T) {
 	setUser(t, admin, aclNode)
 	user := redis.NewClient(&redis.Options{Addr: server.Addr, Username: "wsroute", Password: "pw"})
 	t.Cleanup(func() { _ = user.Close() })
-	useEveryCommand(t, user, wsroute.Config{})
+	useEveryCommand(t, user, admin, wsroute.Config{})
 	assertNoRefusal(t, admin)
 }
 
@@ -74,17 +76,18 @@ func TestNodesOnAClusterWithTheDocumentedACL(t *testing.T) {
 	}
 	user := redis.NewClusterClient(&redis.ClusterOptions{Addrs: redisCluster.Addrs, Username: "wsroute", Password: "pw"})
 	t.Cleanup(func() { _ = user.Close() })
-	useEveryCommand(t, user, wsroute.Config{Prefix: "{wsroute}:"})
+	useEveryCommand(t, user, redisCluster.Client(t), wsroute.Config{Prefix: "{wsroute}:"})
 	for _, admin := range admins {
 		assertNoRefusal(t, admin)
 	}
 }
 
-// useEveryCommand runs two nodes through what a node sends Redis:
+// useEveryCommand runs nodes through what a node sends Redis:
 // registering, routing to a client and a room, broadcasting, presence
-// (joining with info, recording events, asking, sweeping), leaving,
-// renewing, disconnecting and closing.
-func useEveryCommand(t *testing.T, user redis.UniversalClient, config wsroute.Config) {
+// (joining with info, recording events, asking, removing a dead node's
+// members on the way and by the sweep), leaving, renewing, disconnecting
+// and closing. admin, a client without the rules, watches the sweep.
+func useEveryCommand(t *testing.T, user, admin redis.UniversalClient, config wsroute.Config) {
 	t.Helper()
 	config.NodeTTL = 300 * time.Millisecond // renewals and sweeps every 100 ms
 	config.PresenceEvents = true
@@ -94,6 +97,23 @@ func useEveryCommand(t *testing.T, user redis.UniversalClient, config wsroute.Co
 	b := startNode(t, user, config)
 	alice := a.connect(t, "alice")
 	bob := b.connect(t, "bob")
+
+	// A node that dies with a member in a room: a query removes its entry,
+	// then the sweep forgets the node.
+	config.NodeID = "doomed"
+	doomedUser := sameUser(user)
+	doomed := startNode(t, doomedUser, config)
+	doomed.connect(t, "carol")
+	require.NoError(t, doomed.Join(t.Context(), "carol", "kitchen"))
+	require.NoError(t, doomedUser.Close())
+	require.Eventually(t, func() bool {
+		members, err := a.Presence(t.Context(), "kitchen")
+		return err == nil && len(members) == 0
+	}, waitTimeout, 5*time.Millisecond)
+	require.Eventually(t, func() bool {
+		nodes, err := admin.HVals(t.Context(), config.Prefix+"incarnations").Result()
+		return err == nil && !slices.Contains(nodes, "doomed")
+	}, waitTimeout, 5*time.Millisecond, "the sweep forgets the dead node")
 
 	result, err := a.SendToClient(t.Context(), "bob", []byte("hi bob"))
 	require.NoError(t, err)
@@ -124,4 +144,14 @@ func useEveryCommand(t *testing.T, user redis.UniversalClient, config wsroute.Co
 		return err == nil && result.Status == wsroute.Offline
 	}, waitTimeout, 5*time.Millisecond)
 	require.NoError(t, b.Close())
+}
+
+// sameUser returns a new client with the options of user.
+func sameUser(user redis.UniversalClient) redis.UniversalClient {
+	if cluster, ok := user.(*redis.ClusterClient); ok {
+		options := *cluster.Options()
+		options.Addrs = slices.Clone(options.Addrs) // go-redis appends to it
+		return redis.NewClusterClient(&options)
+	}
+	return redis.NewClient(user.(*redis.Client).Options())
 }

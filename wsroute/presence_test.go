@@ -284,7 +284,7 @@ func TestSweepRecordsTheLeavesOfADeadNodesMembers(t *testing.T) {
 }
 
 // presenceFault is a go-redis hook that makes the next join or leave
-// script (told apart by their number of keys: 6 and 5) fail, either before
+// script (told apart by their number of keys: 7 and 3) fail, either before
 // Redis runs it or after (its reply lost, as when a connection breaks),
 // and reports those that succeed.
 type presenceFault struct {
@@ -299,7 +299,7 @@ func (h *presenceFault) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		args := cmd.Args()
 		script := (cmd.Name() == "evalsha" || cmd.Name() == "eval") && len(args) > 3 &&
-			fmt.Sprint(args[2]) == strconv.Itoa(h.keys) && strings.Contains(fmt.Sprint(args[3]), "presence:")
+			fmt.Sprint(args[2]) == strconv.Itoa(h.keys) && strings.Contains(fmt.Sprint(args[3]), ":presence:")
 		if !script {
 			return next(ctx, cmd)
 		}
@@ -337,12 +337,12 @@ func TestPresenceWhenRedisMissesAJoinOrALeave(t *testing.T) {
 		afterRun bool
 		events   []wsroute.PresenceEvent
 	}{
-		{"join lost", 6, false, nil},
-		{"join reply lost", 6, true, []wsroute.PresenceEvent{
+		{"join lost", 7, false, nil},
+		{"join reply lost", 7, true, []wsroute.PresenceEvent{
 			joined("lobby", "bob", "n", ""), left("lobby", "bob", "n", wsroute.ReasonLeft),
 		}},
-		{"leave lost", 5, false, []wsroute.PresenceEvent{left("lobby", "bob", "n", wsroute.ReasonLeft)}},
-		{"leave reply lost", 5, true, []wsroute.PresenceEvent{left("lobby", "bob", "n", wsroute.ReasonLeft)}},
+		{"leave lost", 3, false, []wsroute.PresenceEvent{left("lobby", "bob", "n", wsroute.ReasonLeft)}},
+		{"leave reply lost", 3, true, []wsroute.PresenceEvent{left("lobby", "bob", "n", wsroute.ReasonLeft)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			admin := pubsubtest.NewClient(t)
@@ -355,7 +355,7 @@ func TestPresenceWhenRedisMissesAJoinOrALeave(t *testing.T) {
 			events := subscribePresence(t, admin, node)
 			node.connect(t, "bob")
 
-			if tc.keys == 6 {
+			if tc.keys == 7 {
 				fault.armed.Store(true)
 				require.Error(t, node.Join(t.Context(), "bob", "lobby"))
 			} else {

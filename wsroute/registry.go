@@ -24,12 +24,16 @@ import (
 //
 // and each room's presence (see lua/presence_lib.lua):
 //
-//	<prefix>presence:<room>        hash: connection ID -> node, incarnation, client, info
-//	<prefix>presence-count:<room>  hash: client ID -> its connections in the room
-//	<prefix>rooms-of:<incarnation> hash: room -> "", where the node has members
-//	<prefix>incarnations           hash: incarnation -> node, of nodes with rooms
-//	<prefix>sweeper                string: the incarnation sweeping dead nodes' presence now
-//	<prefix>presence-events        stream: joins and leaves (Config.PresenceEvents)
+//	<prefix>presence:<room>                  hash: incarnation -> node, of the nodes with members
+//	<prefix>presence-of:<incarnation>:<room> hash: connection ID -> client, info
+//	<prefix>presence-count:<room>            hash: client ID -> its connections in the room
+//	<prefix>rooms-of:<incarnation>           hash: room -> "", where the node has members
+//	<prefix>incarnations                     hash: incarnation -> node, of nodes with rooms
+//	<prefix>sweeper                          string: the incarnation sweeping dead nodes' presence now
+//	<prefix>presence-events                  stream: joins and leaves (Config.PresenceEvents)
+//
+// An incarnation is a UUID, so presence-of keys of different rooms never
+// meet.
 //
 // An entry counts only while its node's liveness key holds the incarnation
 // it names, so a node's entries die with it, within NodeTTL, whatever
@@ -50,6 +54,9 @@ func (k keys) room(name string) string      { return k.prefix + "room:" + name }
 func (k keys) nodeChannel(id string) string { return k.prefix + "to:" + id }
 func (k keys) allChannel() string           { return k.prefix + "all" }
 func (k keys) presence(room string) string  { return k.prefix + "presence:" + room }
+func (k keys) presenceOf(incarnation, room string) string {
+	return k.prefix + "presence-of:" + incarnation + ":" + room
+}
 func (k keys) presenceCount(room string) string {
 	return k.prefix + "presence-count:" + room
 }
@@ -223,6 +230,7 @@ func (n *Node) refresh() {
 		for _, room := range rooms {
 			pipe.PExpire(ctx, n.keys.room(room), n.config.RegistrationTTL)
 			pipe.PExpire(ctx, n.keys.presence(room), n.config.RegistrationTTL)
+			pipe.PExpire(ctx, n.keys.presenceOf(n.incarnation, room), n.config.RegistrationTTL)
 			pipe.PExpire(ctx, n.keys.presenceCount(room), n.config.RegistrationTTL)
 		}
 		if len(rooms) > 0 {

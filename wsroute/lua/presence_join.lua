@@ -2,12 +2,13 @@
 -- node list (for broadcasts) and to its presence, recording a join for
 -- each client that had no connection in it.
 --
--- KEYS[1]  presence:<room>
--- KEYS[2]  presence-count:<room>
--- KEYS[3]  room:<room>            node -> incarnation, read by route.lua
--- KEYS[4]  rooms-of:<incarnation> the rooms where this node has members, for the sweep
--- KEYS[5]  incarnations           incarnation -> node, for the sweep
--- KEYS[6]  the presence events stream
+-- KEYS[1]  presence:<room>                   incarnation -> node
+-- KEYS[2]  presence-of:<incarnation>:<room>  this node's entries in the room
+-- KEYS[3]  presence-count:<room>
+-- KEYS[4]  room:<room>                       node -> incarnation, read by route.lua
+-- KEYS[5]  rooms-of:<incarnation>            the rooms where this node has members, for the sweep
+-- KEYS[6]  incarnations                      incarnation -> node, for the sweep
+-- KEYS[7]  the presence events stream
 -- ARGV[1]  node ID
 -- ARGV[2]  incarnation
 -- ARGV[3]  room
@@ -20,15 +21,16 @@
 -- Returns the number of joins recorded.
 local node, incarnation, room, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local maxlen, id = tonumber(ARGV[5]), ARGV[6]
-for i, value in ipairs({{KEYS[3], node, incarnation}, {KEYS[4], room, ''}, {KEYS[5], incarnation, node}}) do
-  redis.call('HSET', value[1], value[2], value[3])
-  redis.call('PEXPIRE', value[1], ttl)
+for _, write in ipairs({{KEYS[1], incarnation, node}, {KEYS[4], node, incarnation},
+    {KEYS[5], room, ''}, {KEYS[6], incarnation, node}}) do
+  redis.call('HSET', write[1], write[2], write[3])
+  redis.call('PEXPIRE', write[1], ttl)
 end
 
 local added, order, info = {}, {}, {}
 for i = 7, #ARGV, 3 do
   local connection, client = ARGV[i], ARGV[i + 1]
-  if redis.call('HSET', KEYS[1], connection, encode(node, incarnation, client, ARGV[i + 2])) == 1 then
+  if redis.call('HSET', KEYS[2], connection, encode(client, ARGV[i + 2])) == 1 then
     if not added[client] then
       added[client] = 0
       order[#order + 1] = client
@@ -39,11 +41,11 @@ for i = 7, #ARGV, 3 do
 end
 local joined = 0
 for _, client in ipairs(order) do
-  if count(KEYS[2], client, added[client]) == 0 then
+  if count(KEYS[3], client, added[client]) == 0 then
     joined = joined + 1
-    event(KEYS[6], maxlen, id, 'join', room, client, node, nil, info[client])
+    event(KEYS[7], maxlen, id, 'join', room, client, node, nil, info[client])
   end
 end
-redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
 return joined

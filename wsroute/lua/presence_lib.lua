@@ -2,29 +2,33 @@
 -- connection's entry is written, and the bookkeeping that decides joins
 -- and leaves.
 --
--- A room's presence is two hashes in the registry's slot:
---   presence:<room>        connection ID -> node \n incarnation \n #client \n client info
---   presence-count:<room>  client ID -> how many of its connections presence:<room> holds
--- The count makes a join or a leave cost O(1) and be recorded once,
--- cluster-wide: the script that takes a client's count from 0, or to 0,
--- records the event, and scripts run one at a time.
+-- A room's presence lives in the registry's slot:
+--   presence:<room>                     incarnation -> node, for node incarnations with members
+--   presence-of:<incarnation>:<room>    connection ID -> #client \n client info
+--   presence-count:<room>               client ID -> its connections in the room, all nodes
+-- A node incarnation's entries are a hash of their own, so that a query
+-- reads only those of live nodes and a dead node's are removed in batches
+-- without reading anyone else's. The count makes a join or a leave cost
+-- O(1) and be recorded once, cluster-wide: the script that takes a
+-- client's count from 0, or to 0, records the event, and scripts run one
+-- at a time.
 
-local function encode(node, incarnation, client, info)
-  return node .. '\n' .. incarnation .. '\n' .. #client .. '\n' .. client .. info
+local function encode(client, info)
+  return #client .. '\n' .. client .. info
 end
 
--- decode returns an entry's node, incarnation, client and info, or nil for
--- a value it cannot read.
+-- decode returns an entry's client and info, or nil for a value it cannot
+-- read.
 local function decode(value)
-  local node, incarnation, length, rest = string.match(value, '^([^\n]*)\n([^\n]*)\n(%d+)\n(.*)$')
-  if not node then
+  local length, rest = string.match(value, '^(%d+)\n(.*)$')
+  if not length then
     return nil
   end
   length = tonumber(length)
   if #rest < length then
     return nil
   end
-  return node, incarnation, string.sub(rest, 1, length), string.sub(rest, length + 1)
+  return string.sub(rest, 1, length), string.sub(rest, length + 1)
 end
 
 -- count adds delta to a client's count and returns the count before and
@@ -61,50 +65,73 @@ local function event(stream, maxlen, id, kind, room, client, node, reason, info)
   redis.call(unpack(command))
 end
 
--- reap removes from a room's presence the entries whose node is no longer
--- alive (its liveness key gone, or holding another incarnation), records a
--- leave for each client left with no connection, and returns how many
--- entries it removed and how many it read. When live is a table, the live
--- entries are appended to it: connection, node, client, info.
-local function reap(prefix, room, stream, maxlen, id, live)
-  local key, counts = prefix .. 'presence:' .. room, prefix .. 'presence-count:' .. room
-  local entries = redis.call('HGETALL', key)
-  local alive, gone, order, reaped = {}, {}, {}, 0
-  for i = 1, #entries, 2 do
-    local connection = entries[i]
-    local node, incarnation, client, info = decode(entries[i + 1])
-    local ok = false
-    if node then
-      local instance = node .. '\n' .. incarnation
-      if alive[instance] == nil then
-        alive[instance] = redis.call('GET', prefix .. 'node:' .. node) == incarnation
-      end
-      ok = alive[instance]
+-- leaveAll takes a count of connections per client (tally: client ->
+-- number, order: the clients) out of a room's counts and records a leave
+-- for each client left with none. Returns the leaves.
+local function leaveAll(prefix, room, tally, order, node, reason, stream, maxlen, id)
+  local left = 0
+  for _, client in ipairs(order) do
+    local _, after = count(prefix .. 'presence-count:' .. room, client, -tally[client])
+    if after <= 0 then
+      left = left + 1
+      event(stream, maxlen, id, 'leave', room, client, node, reason, '')
     end
-    if ok then
-      if live then
-        live[#live + 1] = connection
-        live[#live + 1] = node
-        live[#live + 1] = client
-        live[#live + 1] = info
-      end
-    else
-      redis.call('HDEL', key, connection)
-      reaped = reaped + 1
+  end
+  return left
+end
+
+-- forget takes a node incarnation with no entry left in a room out of the
+-- room: out of its presence index, its node list for broadcasts, and the
+-- incarnation's list of rooms.
+local function forget(prefix, room, incarnation, node)
+  redis.call('HDEL', prefix .. 'presence:' .. room, incarnation)
+  if redis.call('HGET', prefix .. 'room:' .. room, node) == incarnation then
+    redis.call('HDEL', prefix .. 'room:' .. room, node)
+  end
+  redis.call('HDEL', prefix .. 'rooms-of:' .. incarnation, room)
+end
+
+-- scanBatch returns about budget fields of a hash, with their values, and
+-- whether they are all it has. It follows the HSCAN cursor from the start
+-- rather than taking one step: the caller deletes what it is given, so
+-- the buckets a scan visits first are the ones it emptied before.
+local function scanBatch(key, budget)
+  local cursor, fields = '0', {}
+  repeat
+    local scan = redis.call('HSCAN', key, cursor, 'COUNT', math.max(budget, 1))
+    cursor = scan[1]
+    for _, v in ipairs(scan[2]) do
+      fields[#fields + 1] = v
+    end
+  until cursor == '0' or #fields >= 2 * budget
+  return fields, cursor == '0'
+end
+
+-- reap removes about budget entries of a dead node incarnation from a room
+-- (a batch, not the whole hash), recording the leaves, and forgets the
+-- incarnation there once none is left. Returns how many it removed and
+-- whether none is left.
+local function reap(prefix, room, incarnation, node, budget, stream, maxlen, id)
+  local key = prefix .. 'presence-of:' .. incarnation .. ':' .. room
+  local fields, all = scanBatch(key, budget)
+  local tally, order, removed = {}, {}, 0
+  for i = 1, #fields, 2 do
+    -- A scan may return a field twice.
+    if redis.call('HDEL', key, fields[i]) == 1 then
+      removed = removed + 1
+      local client = decode(fields[i + 1])
       if client then
-        if not gone[client] then
-          gone[client] = {0, node}
+        if not tally[client] then
+          tally[client] = 0
           order[#order + 1] = client
         end
-        gone[client][1] = gone[client][1] + 1
+        tally[client] = tally[client] + 1
       end
     end
   end
-  for _, client in ipairs(order) do
-    local _, after = count(counts, client, -gone[client][1])
-    if after <= 0 then
-      event(stream, maxlen, id, 'leave', room, client, gone[client][2], 'node_gone', '')
-    end
+  leaveAll(prefix, room, tally, order, node, 'node_gone', stream, maxlen, id)
+  if all then
+    forget(prefix, room, incarnation, node)
   end
-  return reaped, #entries / 2
+  return removed, all
 end

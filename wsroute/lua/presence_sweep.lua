@@ -1,8 +1,8 @@
 -- presence_sweep.lua finds node incarnations that are no longer alive and
--- removes their presence entries room by room, recording the leaves, so
--- that a dead node's members leave even where nobody asks who is in the
--- room. One node sweeps at a time (the sweeper key, held for a period);
--- scripts run one at a time, so each leave is recorded once.
+-- removes their presence entries, a batch at a time, recording the
+-- leaves, so that a dead node's members leave even where nobody asks who
+-- is in the room. One node sweeps at a time (the sweeper key, held for a
+-- period); scripts run one at a time, so each leave is recorded once.
 --
 -- KEYS[1]  incarnations (incarnation -> node)
 -- KEYS[2]  the sweeper key
@@ -10,11 +10,11 @@
 -- ARGV[1]  key prefix
 -- ARGV[2]  this node's incarnation
 -- ARGV[3]  how long it holds the sweeper key, in milliseconds
--- ARGV[4]  budget: about how many entries to read before returning
+-- ARGV[4]  budget: about how many entries to remove before returning
 -- ARGV[5]  the events stream's MAXLEN; 0: no events
 -- ARGV[6]  event ID
 --
--- Returns {entries removed, 1 if there is more to sweep}, {0, 0} when
+-- Returns {entries removed, 1 if there may be more to sweep}, {0, 0} when
 -- another node holds the sweeper key.
 local prefix, me = ARGV[1], ARGV[2]
 local budget, maxlen, id = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
@@ -24,27 +24,31 @@ if holder and holder ~= me then
 end
 redis.call('SET', KEYS[2], me, 'PX', ARGV[3])
 
-local reaped = 0
+local removed = 0
 local instances = redis.call('HGETALL', KEYS[1])
 for i = 1, #instances, 2 do
   local incarnation, node = instances[i], instances[i + 1]
   if redis.call('GET', prefix .. 'node:' .. node) ~= incarnation then
-    local roomsKey = prefix .. 'rooms-of:' .. incarnation
-    local rooms = redis.call('HGETALL', roomsKey)
+    if budget <= 0 then
+      return {removed, 1}
+    end
+    local rooms, all = scanBatch(prefix .. 'rooms-of:' .. incarnation, budget)
     for j = 1, #rooms, 2 do
       if budget <= 0 then
-        return {reaped, 1}
+        return {removed, 1}
       end
-      local room = rooms[j]
-      local removed, read = reap(prefix, room, KEYS[3], maxlen, id, nil)
-      reaped = reaped + removed
-      budget = budget - read - 1
-      if redis.call('HGET', prefix .. 'room:' .. room, node) == incarnation then
-        redis.call('HDEL', prefix .. 'room:' .. room, node)
+      local n, finished = reap(prefix, rooms[j], incarnation, node, budget, KEYS[3], maxlen, id)
+      removed = removed + n
+      budget = budget - n - 1
+      if not finished then
+        return {removed, 1}
       end
-      redis.call('HDEL', roomsKey, room)
     end
+    if not all then
+      return {removed, 1}
+    end
+    -- Every room of the incarnation is swept (each forgot it).
     redis.call('HDEL', KEYS[1], incarnation)
   end
 end
-return {reaped, 0}
+return {removed, 0}
