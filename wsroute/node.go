@@ -265,7 +265,7 @@ type Stats struct {
 	Routed       uint64 // messages that reached at least one node (sent by this node)
 	Offline      uint64 // messages to a client or room with no live registration
 	Unreachable  uint64 // messages whose owners were registered but not listening
-	Reaped       uint64 // stale registrations this node removed on the way
+	Reaped       uint64 // stale registrations this node removed on the way, presence entries of dead nodes included
 	Received     uint64 // routed messages that reached this node (for its clients or rooms)
 	Delivered    uint64 // messages queued to local connections
 	Dropped      uint64 // messages a slow local client lost (DropOldest)
