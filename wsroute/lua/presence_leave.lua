@@ -21,14 +21,7 @@ for i = 8, #ARGV do
   local value = redis.call('HGET', KEYS[2], ARGV[i])
   if value then
     redis.call('HDEL', KEYS[2], ARGV[i])
-    local client = decode(value)
-    if client then
-      if not tally[client] then
-        tally[client] = 0
-        order[#order + 1] = client
-      end
-      tally[client] = tally[client] + 1
-    end
+    tallyEntry(tally, order, value)
   end
 end
 local left = leaveAll(prefix, room, tally, order, node, 'left', KEYS[3], tonumber(ARGV[5]), ARGV[6])

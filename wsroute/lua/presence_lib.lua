@@ -107,6 +107,19 @@ local function scanBatch(key, budget)
   return fields, cursor == '0'
 end
 
+-- tallyEntry adds the client of a presence entry's value to tally (connections
+-- per client), keeping the clients in order of first sight.
+local function tallyEntry(tally, order, value)
+  local client = decode(value)
+  if client then
+    if not tally[client] then
+      tally[client] = 0
+      order[#order + 1] = client
+    end
+    tally[client] = tally[client] + 1
+  end
+end
+
 -- reap removes about budget entries of a dead node incarnation from a room
 -- (a batch, not the whole hash), recording the leaves, and forgets the
 -- incarnation there once none is left. Returns how many it removed and
@@ -119,14 +132,7 @@ local function reap(prefix, room, incarnation, node, budget, stream, maxlen, id)
     -- A scan may return a field twice.
     if redis.call('HDEL', key, fields[i]) == 1 then
       removed = removed + 1
-      local client = decode(fields[i + 1])
-      if client then
-        if not tally[client] then
-          tally[client] = 0
-          order[#order + 1] = client
-        end
-        tally[client] = tally[client] + 1
-      end
+      tallyEntry(tally, order, fields[i + 1])
     end
   end
   leaveAll(prefix, room, tally, order, node, 'node_gone', stream, maxlen, id)
