@@ -156,6 +156,28 @@ func (c *localConn) handOn(stream string, st *followed, m streamMessage, frame [
 	return false
 }
 
+// catchUpAll makes every framed connection check the streams it follows
+// against their histories, and get what they lack: after the node's
+// subscription dropped, messages routed meanwhile were lost on the way
+// here, and a stream that gets no further message would never show the
+// gap. A stream with nothing new costs one read.
+func (n *Node) catchUpAll() {
+	for _, c := range n.localConns() {
+		if !c.framed {
+			continue
+		}
+		c.mu.Lock()
+		for stream, st := range c.streams {
+			if !c.closed && !st.filling {
+				st.filling = true
+				c.fillers.Add(1)
+				go c.fill(stream, st, &Position{Epoch: st.epoch, Offset: st.last}, false)
+			}
+		}
+		c.mu.Unlock()
+	}
+}
+
 // fill owns a filling stream: it queues the kept messages after from (nil:
 // the client gave no position; it starts at the stream's last offset),
 // marked recovered, then the live ones that waited in pending, reading the

@@ -171,6 +171,7 @@ func TestRecoverySeamUnderABurst(t *testing.T) {
 			positions := map[string]wsroute.Position{stream: pos(got[len(got)-1])}
 			back := dialFramed(t, b.url, "bob", positions)
 			if stream != "client" {
+				back.position(t, "client") // connected
 				require.NoError(t, b.Join(t.Context(), "bob", "lobby"))
 			}
 			// Read until the recovery ended and 200 live messages came,
@@ -179,8 +180,6 @@ func TestRecoverySeamUnderABurst(t *testing.T) {
 			check := func(f frame) {
 				t.Helper()
 				switch {
-				case f.Type == "position" && f.Stream == "client" && stream != "client":
-					// bob's own stream: he gave no position for it.
 				case f.Type == "position":
 					require.Equal(t, stream, f.Stream)
 					require.True(t, f.recovered(), "%+v", f)
@@ -279,25 +278,21 @@ func TestRecoveryAfterRedisRestartedEmpty(t *testing.T) {
 	bob.close()
 
 	server.Restart(t)
-	// Both nodes registered carol again (and write history afresh).
-	require.Eventually(t, func() bool {
-		result, err := b.SendToClient(t.Context(), "carol", []byte("after"), wsroute.WithoutHistory())
-		return err == nil && result.Status == wsroute.Delivered
-	}, waitTimeout, 10*time.Millisecond)
-	require.Equal(t, "after", carol.next(t).Data)
-
-	result, err := b.SendToClient(t.Context(), "carol", []byte("new epoch"))
-	require.NoError(t, err)
-	require.NotEqual(t, old, result.Epoch)
-	require.EqualValues(t, 1, result.Offset)
+	// Subscribed and registered again, carol's node finds her history
+	// gone, and says so.
 	p := carol.position(t, "client")
 	assert.False(t, p.recovered())
 	assert.Equal(t, "epoch", p.Reason)
-	assert.Equal(t, result.Epoch, p.Epoch)
+	assert.NotEqual(t, old, p.Epoch)
 	assert.Zero(t, p.Offset)
+	result, err := b.SendToClient(t.Context(), "carol", []byte("new epoch"))
+	require.NoError(t, err)
+	require.Equal(t, p.Epoch, result.Epoch)
+	require.EqualValues(t, 1, result.Offset)
 	f := carol.next(t)
 	assert.Equal(t, "new epoch", f.Data)
 	assert.EqualValues(t, 1, f.Offset)
+	assert.False(t, f.recovered(), "sent after her node caught up: live")
 
 	_, err = b.SendToClient(t.Context(), "bob", []byte("missed, new epoch"))
 	require.NoError(t, err)
@@ -479,4 +474,43 @@ func TestRecoveryWithAnotherConnectionOfTheClient(t *testing.T) {
 	expectData(t, back.messages(t, "client", at.Offset+20, 5, false), "n")
 	expectData(t, steady.messages(t, "client", at.Offset+20, 5, false), "n")
 	wg.Wait()
+}
+
+// What was routed while the node's subscription was down reaches its
+// clients once it is back, even if nothing is sent after it: the node
+// checks the streams its connections follow against their histories.
+func TestRecoveryCatchesUpAfterTheNodesSubscriptionDropped(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	client := server.Client(t)
+	a, b := recoveryNodes(t, client, keepAll)
+	bob := dialFramed(t, a.url, "bob", nil)
+	at := bob.position(t, "client")
+	require.NoError(t, a.Join(t.Context(), "bob", "lobby"))
+	roomAt := bob.position(t, "room:lobby")
+
+	// Kill the subscriptions and send at once, until a send finds a's
+	// channel deaf (it may subscribe again before the send).
+	sent := 0
+	for deaf := false; !deaf; sent++ {
+		require.Less(t, sent, 100, "a's subscription never found deaf")
+		require.NoError(t, client.Do(t.Context(), "CLIENT", "KILL", "TYPE", "pubsub").Err())
+		result, err := b.SendToClient(t.Context(), "bob", []byte(fmt.Sprint("to bob ", sent)))
+		require.NoError(t, err)
+		deaf = result.Status != wsroute.Delivered
+		_, err = b.Broadcast(t.Context(), "lobby", []byte(fmt.Sprint("to the room ", sent)))
+		require.NoError(t, err)
+	}
+	// Nothing is sent after: every message still arrives, in order.
+	next := map[string]uint64{"client": at.Offset + 1, "room:lobby": roomAt.Offset + 1}
+	recovered := 0
+	for range 2 * sent {
+		f := bob.next(t)
+		require.Equal(t, "message", f.Type, "%+v", f)
+		require.Equal(t, next[f.Stream], f.Offset, "%+v", f)
+		next[f.Stream]++
+		if f.recovered() {
+			recovered++
+		}
+	}
+	assert.Positive(t, recovered)
 }
