@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
@@ -600,4 +602,36 @@ func TestSlowFramedClientCatchesUpFromTheHistory(t *testing.T) {
 	assert.Zero(t, stats.Disconnected)
 	assert.Positive(t, stats.Replayed, "the sockets held everything: the test proves nothing")
 	t.Logf("replayed from the history: %d of 2000", stats.Replayed)
+}
+
+// Messages routed through Send (Deliver, DeliveryHandler) choose with
+// MetadataHistory; a value other than "true" or "false" is an error that
+// names it.
+func TestSendChoosesHistoryByMetadata(t *testing.T) {
+	a, b := recoveryNodes(t, pubsubtest.NewClient(t), wsroute.HistoryConfig{})
+	bob := dialFramed(t, a.url, "bob", nil)
+	require.Eventually(t, func() bool {
+		result, err := b.SendToClient(t.Context(), "bob", []byte("probe"))
+		return err == nil && result.Status == wsroute.Delivered
+	}, waitTimeout, 5*time.Millisecond)
+	require.Equal(t, "probe", bob.next(t).Data)
+
+	for value, kept := range map[string]bool{"true": true, "false": false, "": false} {
+		msg := message.NewMessage(watermill.NewUUID(), []byte("via Send "+value))
+		msg.Metadata.Set(wsroute.MetadataToClient, "bob")
+		if value != "" {
+			msg.Metadata.Set(wsroute.MetadataHistory, value)
+		}
+		result, err := b.Send(t.Context(), msg)
+		require.NoError(t, err)
+		assert.Equal(t, kept, result.Offset > 0, value)
+		f := bob.next(t)
+		assert.Equal(t, "via Send "+value, f.Data)
+		assert.Equal(t, kept, f.Offset > 0, value)
+	}
+	msg := message.NewMessage(watermill.NewUUID(), []byte("?"))
+	msg.Metadata.Set(wsroute.MetadataToClient, "bob")
+	msg.Metadata.Set(wsroute.MetadataHistory, "yes")
+	_, err := b.Send(t.Context(), msg)
+	assert.ErrorContains(t, err, `wsroute_history "yes"`)
 }
