@@ -62,7 +62,9 @@ func (c *localConn) follows(kind, name string) bool {
 	if !c.framed {
 		return false
 	}
+	c.mu.Lock()
 	_, presented := c.recover[streamName(kind, name)]
+	c.mu.Unlock()
 	return presented || c.node.config.History.keeps(kind, name)
 }
 
@@ -239,6 +241,14 @@ func (c *localConn) fill(stream string, st *followed, from *Position, start bool
 				return
 			}
 			continue
+		}
+		if start && (recovered == nil || !*recovered) && len(st.pending) > 0 {
+			// Not replaying, the stream starts at the position frame: the
+			// live messages that reached the connection before it are
+			// after it, so that none is dropped as one the client had.
+			if p := st.pending[0]; p.epoch == epoch && p.offset <= since {
+				since = p.offset - 1
+			}
 		}
 		if start {
 			start = false
