@@ -148,15 +148,18 @@ type Tab struct {
 	sessionID string
 
 	mu      sync.Mutex
-	errors  []string // see Errors
-	dialogs []string // see Dialogs
-	accept  bool     // see AnswerDialogs
+	errors  []string        // see Errors
+	dialogs []string        // see Dialogs
+	accept  bool            // see AnswerDialogs
+	loaded  map[string]bool // loader IDs of documents that fired load, for Navigate
+	load    chan struct{}   // closed (and replaced) on each load
 }
 
 // Open opens url in a new tab and returns once it has loaded and shows an
 // element with the id ready. From the start, the tab records what the
 // page logs as errors (see Errors).
 func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *Tab {
+	t.Helper()
 	result, err := b.call(ctx, "", "Target.createTarget", map[string]any{"url": "about:blank"})
 	require.NoError(t, err)
 	var target struct{ TargetID string }
@@ -165,7 +168,7 @@ func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *T
 	require.NoError(t, err)
 	var session struct{ SessionID string }
 	require.NoError(t, json.Unmarshal(result, &session))
-	p := &Tab{b: b, sessionID: session.SessionID}
+	p := &Tab{b: b, sessionID: session.SessionID, loaded: map[string]bool{}, load: make(chan struct{})}
 	b.mu.Lock()
 	b.tabs[p.sessionID] = p
 	b.mu.Unlock()
@@ -173,14 +176,50 @@ func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *T
 		_, err = b.call(ctx, p.sessionID, domain, map[string]any{})
 		require.NoError(t, err)
 	}
-	_, err = b.call(ctx, p.sessionID, "Page.navigate", map[string]any{"url": url})
+	_, err = b.call(ctx, p.sessionID, "Page.setLifecycleEventsEnabled", map[string]any{"enabled": true}) // for Navigate
 	require.NoError(t, err)
-	quoted, _ := json.Marshal(ready)
-	p.Eval(t, ctx, fmt.Sprintf(`new Promise((resolve) => {
-		if (document.readyState === 'complete' && document.getElementById(%s)) return resolve(true);
-		window.addEventListener('load', () => resolve(true));
-	})`, quoted))
+	p.Navigate(t, ctx, url, ready)
 	return p
+}
+
+// Navigate loads url in the tab (the same URL again reloads it, keeping
+// the tab's sessionStorage) and returns once the new page has loaded and
+// shows an element with the id ready.
+func (p *Tab) Navigate(t *testing.T, ctx context.Context, url, ready string) {
+	t.Helper()
+	result, err := p.b.call(ctx, p.sessionID, "Page.navigate", map[string]any{"url": url})
+	require.NoError(t, err)
+	var nav struct{ LoaderID, ErrorText string }
+	require.NoError(t, json.Unmarshal(result, &nav))
+	require.Empty(t, nav.ErrorText, "navigate to %s", url)
+	// The load event of this navigation's document, not of the one before.
+	for {
+		p.mu.Lock()
+		loaded, load := p.loaded[nav.LoaderID], p.load
+		p.mu.Unlock()
+		if loaded {
+			break
+		}
+		select {
+		case <-load:
+		case <-ctx.Done():
+			t.Fatalf("%s did not load: %v", url, ctx.Err())
+		}
+	}
+	quoted, _ := json.Marshal(ready)
+	p.WaitFor(t, ctx, fmt.Sprintf("document.getElementById(%s)", quoted), "an element with id "+ready)
+}
+
+// SetViewport makes the tab's page width x height CSS pixels, as a phone's
+// (mobile: its viewport meta tag applies, touch events) or a desktop's.
+func (p *Tab) SetViewport(t *testing.T, ctx context.Context, width, height int, mobile bool) {
+	t.Helper()
+	_, err := p.b.call(ctx, p.sessionID, "Emulation.setDeviceMetricsOverride", map[string]any{
+		"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile,
+	})
+	require.NoError(t, err)
+	_, err = p.b.call(ctx, p.sessionID, "Emulation.setTouchEmulationEnabled", map[string]any{"enabled": mobile})
+	require.NoError(t, err)
 }
 
 // event records the page's errors: console.error and console.assert
@@ -208,6 +247,10 @@ func (p *Tab) event(method string, params json.RawMessage) {
 		p.dialog(params)
 		return
 	}
+	if method == "Page.lifecycleEvent" {
+		p.lifecycle(params)
+		return
+	}
 	var text string
 	switch {
 	case method == "Runtime.consoleAPICalled" && (e.Type == "error" || e.Type == "assert"):
@@ -229,6 +272,19 @@ func (p *Tab) event(method string, params json.RawMessage) {
 	p.mu.Lock()
 	p.errors = append(p.errors, text)
 	p.mu.Unlock()
+}
+
+// lifecycle records the load of a document, by its loader ID.
+func (p *Tab) lifecycle(params json.RawMessage) {
+	var e struct{ LoaderID, Name string }
+	if json.Unmarshal(params, &e) != nil || e.Name != "load" {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.loaded[e.LoaderID] = true
+	close(p.load)
+	p.load = make(chan struct{})
 }
 
 // dialog records an alert, confirm or prompt and answers it as
