@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,14 +92,27 @@ type localConn struct {
 	// client only if the node was reading all the while.
 	readingSince atomic.Int64
 
+	// framed: the connection speaks wsroute.v1 (see Subprotocol).
+	framed bool
+	// ctx ends when the connection does: it bounds its history reads.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// fillers are the goroutines sending streams from their histories.
+	fillers sync.WaitGroup
+
 	mu        sync.Mutex
 	queue     [][]byte
 	closed    bool
 	wake      chan struct{}     // capacity 1: something was queued
+	space     chan struct{}     // capacity 1: the writer took something
 	done      chan struct{}     // closed by shutdown
 	rooms     map[string][]byte // room -> the connection's info there
 	written   chan struct{}     // closed when the writer has exited
 	closeDone chan struct{}     // closed when Conn.Close has returned
+	// recover holds the positions the client presented that no stream
+	// has taken yet; streams, the streams it follows (framed only).
+	recover map[string]Position
+	streams map[string]*followed
 }
 
 // Serve runs a connection of clientID until it ends: it registers it,
@@ -111,20 +125,39 @@ type localConn struct {
 // Serve does not ping: a Conn of your own keeps its peer alive itself
 // (Handler does, see HandlerConfig.PingInterval).
 func (n *Node) Serve(ctx context.Context, conn Conn, clientID string) error {
-	return n.serve(ctx, conn, clientID, nil)
+	return n.serve(ctx, conn, clientID, ServeOptions{}, nil)
 }
 
-func (n *Node) serve(ctx context.Context, conn Conn, clientID string, pings *keepalive) error {
+// ServeWith is Serve with protocol options: a framed connection (the
+// wsroute.v1 protocol, see Subprotocol) gets JSON envelopes with offsets
+// and recovers what it missed since the positions it presented.
+func (n *Node) ServeWith(ctx context.Context, conn Conn, clientID string, opts ServeOptions) error {
+	return n.serve(ctx, conn, clientID, opts, nil)
+}
+
+func (n *Node) serve(ctx context.Context, conn Conn, clientID string, opts ServeOptions, pings *keepalive) error {
 	c := &localConn{
 		node:      n,
 		conn:      conn,
 		id:        uuid.NewString(),
 		clientID:  clientID,
+		framed:    opts.Framed,
 		wake:      make(chan struct{}, 1),
+		space:     make(chan struct{}, 1),
 		done:      make(chan struct{}),
 		rooms:     map[string][]byte{},
 		written:   make(chan struct{}),
 		closeDone: make(chan struct{}),
+		recover:   maps.Clone(opts.Recover),
+		streams:   map[string]*followed{},
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	defer c.cancel()
+	// Live messages to the client wait for its history to be read from
+	// the moment the connection can receive them.
+	var own *followed
+	if c.follows("client", clientID) {
+		own = c.startFollowing("client")
 	}
 	// The connection is known here before Redis can route to it: a message
 	// routed in between would otherwise find no such connection and be
@@ -155,6 +188,11 @@ func (n *Node) serve(ctx context.Context, conn Conn, clientID string, pings *kee
 		n.stats.tooManyConnections.Add(1)
 		c.shutdown(StatusTooManyConnections, fmt.Sprintf("too many connections: at most %d per client", n.config.MaxConnectionsPerClient))
 		return ErrTooManyConnections
+	}
+	// Registered: every message routed to the client from now on reaches
+	// this connection, so the history read next misses none.
+	if own != nil {
+		c.startFilling("client", own)
 	}
 	if pings != nil {
 		pinging := make(chan struct{})
@@ -233,6 +271,7 @@ func (n *Node) addConn(c *localConn) bool {
 func (n *Node) removeConn(c *localConn) {
 	<-c.written
 	<-c.closeDone
+	c.fillers.Wait()
 	n.mu.Lock()
 	c.removed.Store(true)
 	delete(n.conns, c.id)
@@ -267,33 +306,71 @@ func (n *Node) localConns() []*localConn {
 	return conns
 }
 
-// enqueue queues data for the writer, applying the slow-client policy when
-// the queue is full. It never blocks.
+// enqueue queues a live message for the writer, applying the slow-client
+// policy when the queue is full. It never blocks.
 func (c *localConn) enqueue(data []byte) {
-	n := c.node
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return
 	}
+	c.node.stats.delivered.Add(1)
+	disconnect := c.queueLocked(data)
+	c.mu.Unlock()
+	if disconnect {
+		c.disconnectSlow()
+	}
+}
+
+// queueLocked appends data to the send queue of an open connection (c.mu
+// held), applying the slow-client policy when the queue is full: it drops
+// the oldest, or reports that the connection must be disconnected, which
+// the caller does once it released c.mu.
+func (c *localConn) queueLocked(data []byte) (disconnect bool) {
+	n := c.node
 	if len(c.queue) >= n.config.SendQueueSize {
 		if n.config.SlowClient == Disconnect {
-			c.mu.Unlock()
-			n.stats.disconnected.Add(1)
-			c.shutdown(StatusPolicyViolation, "too slow: send queue full")
-			return
+			return true
 		}
 		c.queue[0] = nil
 		c.queue = c.queue[1:]
 		n.stats.dropped.Add(1)
 	}
 	c.queue = append(c.queue, data)
-	c.mu.Unlock()
-	n.stats.delivered.Add(1)
 	select {
 	case c.wake <- struct{}{}:
 	default:
 	}
+	return false
+}
+
+// queueWait queues data once the queue has room, for messages read from a
+// history: the slow-client policy is for live ones. It reports false if
+// the connection closed first.
+func (c *localConn) queueWait(data []byte) bool {
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return false
+		}
+		if len(c.queue) < c.node.config.SendQueueSize {
+			c.queueLocked(data)
+			c.mu.Unlock()
+			return true
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.space:
+		case <-c.done:
+			return false
+		}
+	}
+}
+
+func (c *localConn) disconnectSlow() {
+	c.node.stats.disconnected.Add(1)
+	c.shutdown(StatusPolicyViolation, "too slow: send queue full")
 }
 
 // write sends queued messages in order until the connection closes.
@@ -315,6 +392,10 @@ func (c *localConn) write() {
 			c.queue[0] = nil
 			c.queue = c.queue[1:]
 			c.mu.Unlock()
+			select {
+			case c.space <- struct{}{}:
+			default:
+			}
 
 			ctx, cancel := context.WithTimeout(context.Background(), c.node.config.WriteTimeout)
 			err := c.conn.Write(ctx, data)
@@ -343,6 +424,7 @@ func (c *localConn) shutdown(code StatusCode, reason string) {
 	c.queue = nil
 	close(c.done)
 	c.mu.Unlock()
+	c.cancel()
 	go func() {
 		defer close(c.closeDone)
 		_ = c.conn.Close(code, reason)

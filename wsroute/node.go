@@ -131,6 +131,13 @@ type Config struct {
 	// MAXLEN ~): a consumer further behind loses the oldest. Zero means
 	// 10,000. Only with PresenceEvents.
 	PresenceEventsMaxLen int
+
+	// History keeps what is sent to clients and rooms, with offsets, so
+	// that a client that reconnects, to any node, gets what it missed, or
+	// is told it cannot (see HistoryConfig and docs/wsroute-protocol.md).
+	// The zero value keeps nothing unless a call asks (WithHistory). Give
+	// every node the same value.
+	History HistoryConfig
 }
 
 func (c *Config) setDefaults() {
@@ -165,6 +172,7 @@ func (c *Config) setDefaults() {
 	if c.MaxConnectionsPerClient == 0 {
 		c.MaxConnectionsPerClient = defaultMaxConnectionsPerClient
 	}
+	c.History.setDefaults()
 }
 
 // defaultMaxConnectionsPerClient is more connections than a person opens
@@ -204,7 +212,7 @@ func (c Config) Validate() error {
 	case c.PresenceEventsMaxLen > 0 && !c.PresenceEvents:
 		return field("PresenceEventsMaxLen", "is set, but PresenceEvents is off")
 	}
-	return nil
+	return c.History.validate(field)
 }
 
 // ErrClosed is returned by a Node's methods after Close.
@@ -257,6 +265,8 @@ type counters struct {
 	livenessRenewed, livenessFailed                atomic.Uint64
 	registrationsRefused                           atomic.Uint64
 	pingTimeouts, tooManyConnections, rateLimited  atomic.Uint64
+	kept, recovered, recoveryFailed                atomic.Uint64
+	replayed, duplicates                           atomic.Uint64
 }
 
 // Stats are counters since the node started, and its connections now.
@@ -295,6 +305,19 @@ type Stats struct {
 	// RateLimited counts connections closed for sending frames faster than
 	// Config.InboundRate.
 	RateLimited uint64
+	// Kept counts the messages this node sent that were kept in a history.
+	Kept uint64
+	// Recovered and RecoveryFailed count the streams framed connections
+	// asked to recover, by whether they got everything they missed
+	// ("recovered": true) or were told they could not; RecoveryFailed
+	// also counts the streams whose history was lost under a connection.
+	Recovered, RecoveryFailed uint64
+	// Replayed counts the messages sent from a history: to connections
+	// that recovered, and to fill gaps in what the node received.
+	Replayed uint64
+	// Duplicates counts the live messages not sent to a connection
+	// because it had them already (replayed at the seam, or routed twice).
+	Duplicates uint64
 }
 
 // NewNode starts a node: it marks the node alive, subscribes to its
@@ -425,6 +448,11 @@ func (n *Node) Stats() Stats {
 		PingTimeouts:          n.stats.pingTimeouts.Load(),
 		TooManyConnections:    n.stats.tooManyConnections.Load(),
 		RateLimited:           n.stats.rateLimited.Load(),
+		Kept:                  n.stats.kept.Load(),
+		Recovered:             n.stats.recovered.Load(),
+		RecoveryFailed:        n.stats.recoveryFailed.Load(),
+		Replayed:              n.stats.replayed.Load(),
+		Duplicates:            n.stats.duplicates.Load(),
 	}
 }
 

@@ -168,6 +168,7 @@ func (n *Node) heartbeat() {
 			case lapsed:
 				n.logger.Error("Node liveness had lapsed; registering every connection and room again", errLivenessLapsed, nil)
 				n.restore()
+				n.catchUpAll() // senders found this node's clients Offline meanwhile
 			}
 		case <-n.restoreNow:
 			n.logger.Info("Node channel was not listened to for a while; registering every connection and room again", nil)
@@ -179,6 +180,9 @@ func (n *Node) heartbeat() {
 			}
 			cancel()
 			n.restore()
+			// Registered again: what was routed while the node was
+			// not listening is in the histories.
+			n.catchUpAll()
 		case <-refresh.C:
 			n.refresh()
 		}

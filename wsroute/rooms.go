@@ -53,9 +53,17 @@ func (n *Node) JoinWithInfo(ctx context.Context, clientID, room string, info []b
 	}
 	members := make([]member, 0, len(conns))
 	var added []*localConn
+	following := map[*localConn]*followed{}
 	for c := range conns {
 		if !n.rooms[room][c] {
 			added = append(added, c)
+			// Broadcasts reach it from here on: they wait for the
+			// room's history to be read.
+			if c.follows("room", room) {
+				c.mu.Lock()
+				following[c] = c.startFollowing(streamName("room", room))
+				c.mu.Unlock()
+			}
 		}
 		n.rooms[room][c] = true
 		c.rooms[room] = info
@@ -72,6 +80,11 @@ func (n *Node) JoinWithInfo(ctx context.Context, clientID, room string, info []b
 		n.mu.Unlock()
 		_ = n.sendLeave(ctx, room, added)
 		return fmt.Errorf("wsroute: join room %q: %w", room, err)
+	}
+	// In the room in Redis: every broadcast from now on reaches this
+	// node, so the history read next misses none.
+	for c, st := range following {
+		c.startFilling(streamName("room", room), st)
 	}
 	return nil
 }
@@ -123,6 +136,9 @@ func (n *Node) dropMembers(room string, conns []*localConn) {
 	for _, c := range conns {
 		delete(members, c)
 		delete(c.rooms, room)
+		c.mu.Lock()
+		delete(c.streams, streamName("room", room)) // a filler of it stops
+		c.mu.Unlock()
 	}
 	if len(members) == 0 {
 		delete(n.rooms, room)

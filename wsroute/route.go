@@ -3,6 +3,7 @@ package wsroute
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -43,6 +44,11 @@ type Result struct {
 	Status Status
 	Nodes  int // nodes the message reached
 	Stale  int // stale registrations removed on the way
+	// Offset and Epoch place a message kept in the history (see
+	// HistoryConfig) in its client's or room's stream; kept, it can be
+	// recovered whatever Status says. Offset is 0 for a message not kept.
+	Offset uint64
+	Epoch  string
 }
 
 // Metadata keys on the messages nodes route to each other.
@@ -51,21 +57,27 @@ const (
 	metadataClient  = MetadataClient    // the recipient client
 	metadataRoom    = MetadataRoom      // the recipient room
 	metadataTargets = "wsroute_targets" // "connection,connection..." on this node (set by route.lua)
+	metadataEpoch   = "wsroute_epoch"   // the history's epoch (set by route.lua)
+	metadataOffset  = "wsroute_offset"  // the message's offset in it
+	metadataSentAt  = "wsroute_sent_at" // when it was kept, Unix ms
 )
 
 // SendToClient writes data to every connection of clientID, on whichever
 // nodes they are, in one Redis round trip. Messages one goroutine sends to
 // one client arrive in the order sent. The error is for Redis failures;
-// an offline client is a Result.
-func (n *Node) SendToClient(ctx context.Context, clientID string, data []byte) (Result, error) {
-	return n.route(ctx, "client", n.keys.client(clientID), data,
+// an offline client is a Result. With history (Config.History or
+// WithHistory), the message is kept in the same round trip, for the
+// client to recover if it is offline now.
+func (n *Node) SendToClient(ctx context.Context, clientID string, data []byte, opts ...SendOption) (Result, error) {
+	return n.route(ctx, "client", clientID, n.keys.client(clientID), data, opts,
 		metadataKind, "client", metadataClient, clientID)
 }
 
 // Broadcast writes data to every connection that joined room, reaching
-// only the nodes that have members in it.
-func (n *Node) Broadcast(ctx context.Context, room string, data []byte) (Result, error) {
-	return n.route(ctx, "room", n.keys.room(room), data,
+// only the nodes that have members in it. With history (Config.History or
+// WithHistory), the message is kept in the same round trip.
+func (n *Node) Broadcast(ctx context.Context, room string, data []byte, opts ...SendOption) (Result, error) {
+	return n.route(ctx, "room", room, n.keys.room(room), data, opts,
 		metadataKind, "room", metadataRoom, room)
 }
 
@@ -84,23 +96,46 @@ func (n *Node) BroadcastAll(ctx context.Context, data []byte) (Result, error) {
 	return Result{Status: Delivered, Nodes: int(nodes)}, nil
 }
 
-func (n *Node) route(ctx context.Context, kind, key string, data []byte, metadata ...string) (Result, error) {
+func (n *Node) route(ctx context.Context, kind, name, key string, data []byte, opts []SendOption, metadata ...string) (Result, error) {
 	if n.isClosing() {
 		return Result{}, ErrClosed
 	}
-	args := make([]any, 0, 4+len(metadata))
+	var o sendOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	keep := n.config.History.keeps(kind, name)
+	if o.history != nil {
+		keep = *o.history
+	}
+	h := n.config.History
+	keys := []string{key}
+	args := make([]any, 0, 10+len(metadata))
 	args = append(args, n.keys.prefix, kind, n.publishCommand, watermill.NewUUID(), data)
+	if keep {
+		keys = append(keys, n.keys.historyMeta(kind, name), n.keys.history(kind, name))
+		args = append(args, "1", h.Size, ms(h.TTL), ms(h.MetaTTL), newEpoch())
+	} else {
+		args = append(args, "0", "", "", "", "")
+	}
 	for _, m := range metadata {
 		args = append(args, m)
 	}
-	out, err := routeScript.Run(ctx, n.retries, n.config.Client, []string{key}, args...).Int64Slice()
+	out, err := routeScript.Run(ctx, n.retries, n.config.Client, keys, args...).Slice()
+	if err == nil && len(out) != 5 {
+		err = fmt.Errorf("unexpected reply from route.lua: %v", out)
+	}
 	if err != nil {
 		slotmap.Refresh(err, n.config.Client)
 		return Result{}, fmt.Errorf("wsroute: route to %s: %w", key, err)
 	}
-	reached, stale, live := int(out[0]), int(out[1]), int(out[2])
+	reached, stale, live := asInt(out[0]), asInt(out[1]), asInt(out[2])
 	n.stats.reaped.Add(uint64(stale))
-	r := Result{Nodes: reached, Stale: stale}
+	r := Result{Nodes: reached, Stale: stale, Offset: uint64(asInt(out[3]))}
+	r.Epoch, _ = out[4].(string)
+	if keep {
+		n.stats.kept.Add(1)
+	}
 	switch {
 	case reached > 0:
 		r.Status = Delivered
@@ -115,6 +150,11 @@ func (n *Node) route(ctx context.Context, kind, key string, data []byte, metadat
 	return r, nil
 }
 
+func asInt(v any) int {
+	i, _ := v.(int64)
+	return int(i)
+}
+
 // consume writes what other nodes route here to the local connections. It
 // never waits for a client: writes are queued per connection.
 func (n *Node) consume(messages <-chan *message.Message) {
@@ -126,8 +166,28 @@ func (n *Node) consume(messages <-chan *message.Message) {
 }
 
 func (n *Node) deliver(msg *message.Message) {
-	for _, c := range n.recipients(msg) {
-		c.enqueue(msg.Payload)
+	conns := n.recipients(msg)
+	if len(conns) == 0 {
+		return
+	}
+	stream := streamName(msg.Metadata.Get(metadataKind), msg.Metadata.Get(metadataRoom))
+	m := streamMessage{epoch: msg.Metadata.Get(metadataEpoch), data: msg.Payload}
+	m.offset, _ = strconv.ParseUint(msg.Metadata.Get(metadataOffset), 10, 64)
+	m.sentAt, _ = strconv.ParseInt(msg.Metadata.Get(metadataSentAt), 10, 64)
+	var frame []byte // made once, for the framed connections
+	for _, c := range conns {
+		if !c.framed {
+			c.enqueue(msg.Payload)
+			continue
+		}
+		if frame == nil {
+			frame = encodeMessage(stream, m, false)
+		}
+		if m.offset == 0 {
+			c.enqueue(frame)
+			continue
+		}
+		c.receiveKept(stream, m, frame)
 	}
 }
 

@@ -26,11 +26,21 @@ func Addressed(msg *message.Message) bool {
 // Send routes an addressed message. Recipients that are offline are not an
 // error (see Stats); a Redis failure is.
 func (n *Node) Send(ctx context.Context, msg *message.Message) (Result, error) {
+	var opts []SendOption
+	switch msg.Metadata.Get(MetadataHistory) {
+	case "true":
+		opts = append(opts, WithHistory())
+	case "false":
+		opts = append(opts, WithoutHistory())
+	case "":
+	default:
+		return Result{}, fmt.Errorf("wsroute: message %s has %s %q: want \"true\" or \"false\"", msg.UUID, MetadataHistory, msg.Metadata.Get(MetadataHistory))
+	}
 	switch {
 	case msg.Metadata.Get(MetadataToClient) != "":
-		return n.SendToClient(ctx, msg.Metadata.Get(MetadataToClient), msg.Payload)
+		return n.SendToClient(ctx, msg.Metadata.Get(MetadataToClient), msg.Payload, opts...)
 	case msg.Metadata.Get(MetadataToRoom) != "":
-		return n.Broadcast(ctx, msg.Metadata.Get(MetadataToRoom), msg.Payload)
+		return n.Broadcast(ctx, msg.Metadata.Get(MetadataToRoom), msg.Payload, opts...)
 	case msg.Metadata.Get(MetadataToAll) == "true":
 		return n.BroadcastAll(ctx, msg.Payload)
 	}

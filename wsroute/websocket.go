@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -109,18 +110,45 @@ func (n *Node) Handler(config HandlerConfig) (http.Handler, error) {
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
 		}
+		var opts ServeOptions
+		if asksFor(r, Subprotocol) {
+			// Answered before the upgrade, where a browser can see why.
+			if opts.Recover, err = ParseRecover(r.URL.Query().Get("recover")); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+		}
 		hijacked := &hijackRecorder{ResponseWriter: w}
-		ws, err := websocket.Accept(hijacked, r, &websocket.AcceptOptions{OriginPatterns: config.OriginPatterns})
+		ws, err := websocket.Accept(hijacked, r, &websocket.AcceptOptions{
+			OriginPatterns: config.OriginPatterns,
+			Subprotocols:   []string{Subprotocol},
+		})
 		if err != nil {
 			return // Accept has answered (e.g. 403 for a foreign origin)
+		}
+		opts.Framed = ws.Subprotocol() == Subprotocol
+		if !opts.Framed {
+			opts.Recover = nil
 		}
 		ws.SetReadLimit(config.MaxMessageSize)
 		var pings *keepalive
 		if config.PingInterval > 0 {
 			pings = &keepalive{interval: config.PingInterval, timeout: config.PongTimeout, ping: ws.Ping}
 		}
-		_ = n.serve(r.Context(), &websocketConn{ws: ws, socket: hijacked.conn}, clientID, pings)
+		_ = n.serve(r.Context(), &websocketConn{ws: ws, socket: hijacked.conn}, clientID, opts, pings)
 	}), nil
+}
+
+// asksFor reports whether a WebSocket request offers a subprotocol.
+func asksFor(r *http.Request, subprotocol string) bool {
+	for _, header := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, offered := range strings.Split(header, ",") {
+			if strings.TrimSpace(offered) == subprotocol {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // hijackRecorder keeps the socket websocket.Accept takes over, so that a
