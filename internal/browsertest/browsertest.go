@@ -47,7 +47,11 @@ func StartChromium(t *testing.T, ctx context.Context) *Chromium {
 	cmd := exec.CommandContext(ctx, bin,
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
 		"--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-		"--window-size=1280,900", "--remote-debugging-port=0", "--user-data-dir="+t.TempDir(), "about:blank")
+		"--window-size=1280,900", "--remote-debugging-port=0", "--user-data-dir="+t.TempDir(),
+		// A page navigated away from is gone, its WebSockets closed, rather
+		// than kept alive in the back/forward cache.
+		"--disable-features=BackForwardCache",
+		"about:blank")
 	// Chromium runs renderer and helper processes that write to the profile
 	// directory: a process group of its own lets the cleanup stop them all
 	// before the directory is removed.
@@ -145,6 +149,7 @@ func (b *Chromium) call(ctx context.Context, sessionID, method string, params an
 // Tab is a page in the browser.
 type Tab struct {
 	b         *Chromium
+	targetID  string
 	sessionID string
 
 	mu      sync.Mutex
@@ -168,7 +173,7 @@ func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *T
 	require.NoError(t, err)
 	var session struct{ SessionID string }
 	require.NoError(t, json.Unmarshal(result, &session))
-	p := &Tab{b: b, sessionID: session.SessionID, loaded: map[string]bool{}, load: make(chan struct{})}
+	p := &Tab{b: b, targetID: target.TargetID, sessionID: session.SessionID, loaded: map[string]bool{}, load: make(chan struct{})}
 	b.mu.Lock()
 	b.tabs[p.sessionID] = p
 	b.mu.Unlock()
@@ -184,7 +189,7 @@ func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *T
 
 // Navigate loads url in the tab (the same URL again reloads it, keeping
 // the tab's sessionStorage) and returns once the new page has loaded and
-// shows an element with the id ready.
+// shows an element with the id ready, if ready is not empty.
 func (p *Tab) Navigate(t *testing.T, ctx context.Context, url, ready string) {
 	t.Helper()
 	result, err := p.b.call(ctx, p.sessionID, "Page.navigate", map[string]any{"url": url})
@@ -206,8 +211,22 @@ func (p *Tab) Navigate(t *testing.T, ctx context.Context, url, ready string) {
 			t.Fatalf("%s did not load: %v", url, ctx.Err())
 		}
 	}
-	quoted, _ := json.Marshal(ready)
-	p.WaitFor(t, ctx, fmt.Sprintf("document.getElementById(%s)", quoted), "an element with id "+ready)
+	if ready != "" {
+		quoted, _ := json.Marshal(ready)
+		p.WaitFor(t, ctx, fmt.Sprintf("document.getElementById(%s)", quoted), "an element with id "+ready)
+	}
+}
+
+// Close closes the tab, and with it its page's connections.
+func (p *Tab) Close(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := p.b.call(ctx, "", "Target.closeTarget", map[string]any{"targetId": p.targetID})
+	require.NoError(t, err)
+	p.b.mu.Lock()
+	delete(p.b.tabs, p.sessionID)
+	p.b.mu.Unlock()
 }
 
 // SetViewport makes the tab's page width x height CSS pixels, as a phone's
@@ -332,12 +351,41 @@ func (p *Tab) Errors() []string {
 // when there is none.
 func (p *Tab) Click(t *testing.T, ctx context.Context, selector string) {
 	t.Helper()
+	p.onElement(t, ctx, selector, "click")
+}
+
+// onElement calls method of the element that the CSS selector finds,
+// failing the test when there is none.
+func (p *Tab) onElement(t *testing.T, ctx context.Context, selector, method string) {
+	t.Helper()
 	quoted, _ := json.Marshal(selector)
 	p.Eval(t, ctx, fmt.Sprintf(`(() => {
 		const e = document.querySelector(%s);
-		if (!e) throw new Error('nothing to click: ' + %s);
-		e.click();
-	})()`, quoted, quoted))
+		if (!e) throw new Error('no element ' + %s + ' to %s');
+		e.%s();
+	})()`, quoted, quoted, method, method))
+}
+
+// Type focuses the element that the CSS selector finds and types text
+// into it, as a keyboard would (input events and all).
+func (p *Tab) Type(t *testing.T, ctx context.Context, selector, text string) {
+	t.Helper()
+	p.onElement(t, ctx, selector, "focus")
+	_, err := p.b.call(ctx, p.sessionID, "Input.insertText", map[string]any{"text": text})
+	require.NoError(t, err)
+}
+
+// PressEnter presses and releases the Enter key in the focused element.
+func (p *Tab) PressEnter(t *testing.T, ctx context.Context) {
+	t.Helper()
+	for _, typ := range []string{"keyDown", "keyUp"} {
+		key := map[string]any{"type": typ, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "nativeVirtualKeyCode": 13}
+		if typ == "keyDown" {
+			key["text"] = "\r" // what makes a form submit
+		}
+		_, err := p.b.call(ctx, p.sessionID, "Input.dispatchKeyEvent", key)
+		require.NoError(t, err)
+	}
 }
 
 // WaitFor waits, inside the page, until the JavaScript expression
@@ -385,6 +433,15 @@ func (p *Tab) Eval(t *testing.T, ctx context.Context, expression string) json.Ra
 		t.Fatalf("%s: %s %s", expression, out.ExceptionDetails.Text, out.ExceptionDetails.Exception.Description)
 	}
 	return out.Result
+}
+
+// EvalInto runs JavaScript in the page, awaiting a returned promise, and
+// decodes the value it returns (as JSON) into v.
+func (p *Tab) EvalInto(t *testing.T, ctx context.Context, expression string, v any) {
+	t.Helper()
+	var result struct{ Value json.RawMessage }
+	require.NoError(t, json.Unmarshal(p.Eval(t, ctx, expression), &result))
+	require.NoError(t, json.Unmarshal(result.Value, v), "%s = %s", expression, result.Value)
 }
 
 // WaitForText waits, inside the page, until the element with id shows
