@@ -8,7 +8,8 @@
 // '/wsroute.js'</script>. A module adds no global name, runs in strict mode,
 // and loads deferred; every browser that has WebSocket subprotocols and
 // sessionStorage has had modules since 2018. wsroute.ClientScript() serves
-// it.
+// it. The node must speak wsroute.v1 (wsroute's Handler does): a browser
+// fails a connection whose server ignores the subprotocol it asked for.
 //
 //	const client = new WsrouteClient('/ws?client=alice', {
 //	  storage: sessionStorage,                  // a reload recovers too
@@ -63,7 +64,8 @@ export class WsrouteClient {
     this.timer = 0;
     this.saving = false; //        a save is scheduled
     this.closed = true;
-    this.online = () => { if (this.state === 'waiting') this.reopenNow(); };
+    this.dropped = false; //       waiting out a drop(), which coming online does not cut short
+    this.online = () => { if (this.state === 'waiting' && !this.dropped) this.reopenNow(); };
     this.pagehide = () => this.save(); // a save scheduled may not run before the page goes
     this.load();
   }
@@ -96,6 +98,7 @@ export class WsrouteClient {
     if (url) this.url = url;
     this.stop(CLOSE_DROPPED, 'dropped by the application');
     this.wait(downFor, {code: CLOSE_DROPPED, reason: 'dropped'});
+    this.dropped = true;
   }
 
   // close closes the connection for good; positions stay in storage.
@@ -130,7 +133,6 @@ export class WsrouteClient {
     else url.searchParams.delete('recover');
 
     const ws = new WebSocket(url.href, SUBPROTOCOL);
-    ws.binaryType = 'arraybuffer';
     this.ws = ws;
     let openedAt = 0;
     this.setState('connecting', {url: url.href});
@@ -161,6 +163,7 @@ export class WsrouteClient {
 
   wait(delay, info) {
     clearTimeout(this.timer);
+    this.dropped = false;
     this.setState('waiting', {...info, delay, until: Date.now() + delay, attempt: this.attempt});
     this.timer = setTimeout(() => this.reopenNow(), delay);
   }
@@ -199,6 +202,7 @@ export class WsrouteClient {
     const kept = typeof f.stream === 'string' && typeof f.offset === 'number';
     if (kept) {
       const last = this.positions.get(f.stream);
+      // In another epoch the history started again: nothing to compare.
       if (last && last.epoch === f.epoch) {
         if (f.offset <= last.offset) return; // had it already
         if (f.offset > last.offset + 1) { // missed some: get them from the history
