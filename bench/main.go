@@ -219,8 +219,14 @@ func run(ctx context.Context, o options) error {
 				record(latency(ctx, e, c, perSecond, o.duration, 64))
 			}
 			if selected(cWSRoute, o.only) {
-				record(wsrouteLatency(ctx, e, perSecond, o.duration, 64))
+				record(wsrouteLatency(ctx, e, perSecond, o.duration, 64, false))
 			}
+			if selected(cWSRouteHistory, o.only) {
+				record(wsrouteLatency(ctx, e, perSecond, o.duration, 64, true))
+			}
+		}
+		if selected(cWSRouteHistory, o.only) {
+			record(wsrouteReplay(ctx, e))
 		}
 		// The clusters take turns first, as the contenders do.
 		for i := range clusters {

@@ -98,7 +98,11 @@ const (
 	cRawCoalescedPublish = "raw go-redis PUBLISH, one per call, coalesced"
 	cRawCoalescedXAdd    = "raw go-redis XADD, one per call, coalesced"
 	cWSRoute             = "wsroute (WebSocket, cross-node)"
+	cWSRouteHistory      = "wsroute with history (wsroute.v1 client)"
 )
+
+// wReplay is wsroute's recovery workload.
+const wReplay = "recovery of 1,000 missed messages"
 
 func pub(s sample) float64   { return s.pubRate }
 func sub(s sample) float64   { return s.subRate }
@@ -423,6 +427,8 @@ func (r *report) markdown(chart string) string {
 		}
 	}
 
+	r.wsrouteHistorySection(&b)
+
 	if len(r.contenders(w6)) > 0 {
 		w("\n## Workload 6: consumers of one group share a backlog\n\n")
 		w("%d messages wait in a stream before %d consumers of one group start, each its own subscriber and Router (default settings) with a handler that takes %s, as workers of a job queue run. ", r.o.sharedN, shareConsumers, shareWork)
@@ -522,5 +528,33 @@ func (r *report) throughputTable(b *strings.Builder, workload string, size int, 
 			top = "(no Redis)"
 		}
 		fmt.Fprintf(b, "| %s | %s | %s | %.2f | %.1f | %.3f | %s |\n", c, pubText, subText, cmds.median, cpu.median, t.median, top)
+	}
+}
+
+// wsrouteHistorySection compares wsroute with and without history in the
+// latency workload, and reports the replay of a reconnecting client.
+func (r *report) wsrouteHistorySection(b *strings.Builder) {
+	if !r.ran(cWSRouteHistory) || len(r.o.rates) == 0 {
+		return
+	}
+	w := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	workload := fmt.Sprintf("latency at %d msg/s", r.o.rates[0])
+	w("\n## wsroute: what recovery costs\n\n")
+	w("The latency workload at %d msg/s with `Config.History` keeping every message to bob (`Size` 1,000) and bob a `wsroute.v1` client reading JSON envelopes, against the same without history; then bob, %d messages behind, reconnecting %d times presenting his position (dial to the end of the replay, every message read and checked).\n\n", r.o.rates[0], replayedMessages, replayRounds)
+	w("| | Redis CPU per message | Redis commands per message | p50 | p99 |\n|---|---|---|---|---|\n")
+	for _, c := range []string{cWSRoute, cWSRouteHistory} {
+		cpu, _ := r.stat(workload, 64, c, func(s sample) float64 { return s.cpuPerMsg })
+		cmds, _ := r.stat(workload, 64, c, func(s sample) float64 { return s.cmdsPerMsg })
+		a, _ := r.stat(workload, 64, c, p50)
+		z, _ := r.stat(workload, 64, c, p99)
+		w("| %s | %.1f µs | %.1f | %s | %s |\n", c, cpu.median, cmds.median, dur(a.median), dur(z.median))
+	}
+	if ratio, ok := r.ratio(workload, 64, cWSRouteHistory, cWSRoute, func(s sample) float64 { return s.cpuPerMsg }); ok {
+		w("\nHistory costs Redis %.2f× the CPU per message.", ratio)
+	}
+	a, okA := r.stat(wReplay, 64, cWSRouteHistory, p50)
+	z, _ := r.stat(wReplay, 64, cWSRouteHistory, p99)
+	if okA {
+		w(" A client %d messages behind is back, everything replayed, in %s (p50; p99 %s).\n", replayedMessages, dur(a.median), dur(z.median))
 	}
 }

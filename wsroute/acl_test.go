@@ -20,16 +20,16 @@ import (
 // wsroute node under the default Prefix, word for word.
 var aclNode = []string{"-@all", "+hset", "+set", "+pexpire", "+multi", "+exec",
 	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel", "+hscan", "+xadd",
-	"+publish", "+subscribe", "+unsubscribe", "+ping",
+	"+hincrby", "+xrange", "+time", "+publish", "+subscribe", "+unsubscribe", "+ping",
 	"resetkeys", "~wsroute:*", "resetchannels", "&wsroute:*"}
 
 // aclClusterNode is the rule set documented for a node on Redis Cluster,
 // with Prefix "{wsroute}:": shard channels, and the slot map. (+hscan
 // takes a dead node's presence entries in batches, +xadd records presence
-// events.)
+// events and histories, +hincrby +xrange +time keep and read histories.)
 var aclClusterNode = []string{"-@all", "+hset", "+set", "+pexpire", "+multi", "+exec",
 	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel", "+hscan", "+xadd",
-	"+spublish", "+ssubscribe", "+sunsubscribe", "+ping", "+cluster|slots", "+command",
+	"+hincrby", "+xrange", "+time", "+spublish", "+ssubscribe", "+sunsubscribe", "+ping", "+cluster|slots", "+command",
 	"resetkeys", "~{wsroute}:*", "resetchannels", "&{wsroute}:*"}
 
 // The page shows the rules the tests use, word for word.
@@ -85,12 +85,13 @@ func TestNodesOnAClusterWithTheDocumentedACL(t *testing.T) {
 // useEveryCommand runs nodes through what a node sends Redis:
 // registering, routing to a client and a room, broadcasting, presence
 // (joining with info, recording events, asking, removing a dead node's
-// members on the way and by the sweep), leaving, renewing, disconnecting
-// and closing. admin, a client without the rules, watches the sweep.
+// members on the way and by the sweep), histories (keeping, recovering),
+// leaving, renewing, disconnecting and closing. admin, a client without the rules, watches the sweep.
 func useEveryCommand(t *testing.T, user, admin redis.UniversalClient, config wsroute.Config) {
 	t.Helper()
 	config.NodeTTL = 300 * time.Millisecond // renewals and sweeps every 100 ms
 	config.PresenceEvents = true
+	config.History = keepAll
 	config.NodeID = "a"
 	a := startNode(t, user, config)
 	config.NodeID = "b"
@@ -136,6 +137,16 @@ func useEveryCommand(t *testing.T, user, admin redis.UniversalClient, config wsr
 	// Renewals run while the liveness key lives three periods.
 	renewed := a.Stats().LivenessRenewed
 	require.Eventually(t, func() bool { return a.Stats().LivenessRenewed >= renewed+3 }, waitTimeout, 5*time.Millisecond)
+
+	// A framed client recovers what it missed, on another node.
+	dave := dialFramed(t, a.url, "dave", nil)
+	at := dave.position(t, "client")
+	dave.close()
+	sendMany(t, b, "client", "dave", 2, "missed")
+	back := dialFramed(t, b.url, "dave", map[string]wsroute.Position{"client": pos(at)})
+	expectData(t, back.messages(t, "client", at.Offset, 2, true), "missed")
+	assert.True(t, back.position(t, "client").recovered())
+	back.close()
 
 	require.NoError(t, bob.Close(websocket.StatusNormalClosure, ""))
 	require.Eventually(t, func() bool { return b.Stats().Connections == 0 }, waitTimeout, 5*time.Millisecond)

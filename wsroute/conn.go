@@ -360,11 +360,20 @@ func (c *localConn) queueWait(data []byte) bool {
 			return true
 		}
 		c.mu.Unlock()
-		select {
-		case <-c.space:
-		case <-c.done:
+		if !c.awaitSpace() {
 			return false
 		}
+	}
+}
+
+// awaitSpace waits until the writer takes something from the queue, and
+// reports false if the connection closed first.
+func (c *localConn) awaitSpace() bool {
+	select {
+	case <-c.space:
+		return true
+	case <-c.done:
+		return false
 	}
 }
 

@@ -38,8 +38,12 @@
 // Delivery over node channels is redisbus' best-effort Pub/Sub: a message
 // in flight when a node's subscription drops is lost (the loss is logged by
 // the subscriber), and so is a message to a client between its
-// disconnection and its reconnection elsewhere. For messages that must
-// arrive, store them (a Streams topic, a database) and let the client fetch
-// what it missed when it reconnects; push only a notification through
-// wsroute.
+// disconnection and its reconnection elsewhere — unless it is kept in a
+// history (Config.History, WithHistory). A kept message has an offset in
+// its client's or room's stream, in the same round trip as its routing; a
+// client of the wsroute.v1 protocol (see Subprotocol, the JavaScript client
+// ClientScript serves, and docs/wsroute-protocol.md) presents its last
+// positions when it reconnects, to any node, and gets what it missed, in
+// order and once, then the live stream with no gap at the seam, or is told
+// that it cannot ("recovered": false, and why).
 package wsroute

@@ -62,7 +62,9 @@ func (c *localConn) follows(kind, name string) bool {
 	if !c.framed {
 		return false
 	}
+	c.mu.Lock()
 	_, presented := c.recover[streamName(kind, name)]
+	c.mu.Unlock()
 	return presented || c.node.config.History.keeps(kind, name)
 }
 
@@ -142,13 +144,16 @@ func (c *localConn) handOn(stream string, st *followed, m streamMessage, frame [
 	case m.offset <= st.last:
 		c.node.stats.duplicates.Add(1) // replayed already, or routed twice
 		return false
-	case m.offset == st.last+1:
+	case m.offset == st.last+1 && len(c.queue) < c.node.config.SendQueueSize:
 		st.last = m.offset
 		c.node.stats.delivered.Add(1)
 		return c.queueLocked(frame)
 	}
-	// Messages before this one did not reach the node (its subscription
-	// dropped them): they are in the history.
+	// Either messages before this one did not reach the node (its
+	// subscription dropped them), or the queue is full: kept messages are
+	// not dropped for a slow client, they wait in the history (for want of
+	// room, pending overflows into it), and the client falls behind by
+	// more than History.Size only if it is that slow.
 	st.filling = true
 	st.pending = append(st.pending[:0], m)
 	c.fillers.Add(1)
@@ -228,6 +233,23 @@ func (c *localConn) fill(stream string, st *followed, from *Position, start bool
 			return
 		}
 		disconnect := false
+		if start && len(c.queue) >= n.config.SendQueueSize {
+			// Behind the replayed messages, which must not be dropped
+			// to make room for it.
+			c.mu.Unlock()
+			if !c.awaitSpace() {
+				return
+			}
+			continue
+		}
+		if start && (recovered == nil || !*recovered) && len(st.pending) > 0 {
+			// Not replaying, the stream starts at the position frame: the
+			// live messages that reached the connection before it are
+			// after it, so that none is dropped as one the client had.
+			if p := st.pending[0]; p.epoch == epoch && p.offset <= since {
+				since = p.offset - 1
+			}
+		}
 		if start {
 			start = false
 			disconnect = c.queueLocked(encodePosition(stream, epoch, since, recovered, reason, replayed))
@@ -274,9 +296,7 @@ func (c *localConn) fill(stream string, st *followed, from *Position, start bool
 			return
 		}
 		if full {
-			select {
-			case <-c.space:
-			case <-c.done:
+			if !c.awaitSpace() {
 				return
 			}
 			continue

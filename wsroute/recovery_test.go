@@ -2,6 +2,7 @@ package wsroute_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
@@ -513,4 +516,122 @@ func TestRecoveryCatchesUpAfterTheNodesSubscriptionDropped(t *testing.T) {
 		}
 	}
 	assert.Positive(t, recovered)
+}
+
+// Recovery never drops what it replays, whatever the send queue's size
+// and slow-client policy: replayed messages wait for room in the queue (a
+// client reading as fast as it can is not slow), and so does the position
+// frame behind them; live messages sent meanwhile follow, in order.
+func TestRecoveryWithSmallSendQueues(t *testing.T) {
+	for _, size := range []int{1, 4, 256} {
+		for _, policy := range []wsroute.SlowClientPolicy{wsroute.DropOldest, wsroute.Disconnect} {
+			t.Run(fmt.Sprintf("queue=%d/policy=%d", size, policy), func(t *testing.T) {
+				config := wsroute.Config{History: keepAll, SendQueueSize: size, SlowClient: policy}
+				prefix := pubsubtest.Topic(t) + ":"
+				client := pubsubtest.NewClient(t)
+				config.Prefix, config.NodeID = prefix, "a"
+				a := startNode(t, client, config)
+				config.NodeID = "b"
+				b := startNode(t, client, config)
+				bob := dialFramed(t, a.url, "bob", nil)
+				at := bob.position(t, "client")
+				bob.close()
+				sendMany(t, a, "client", "bob", 300, "missed")
+
+				back := dialFramed(t, b.url, "bob", map[string]wsroute.Position{"client": pos(at)})
+				var live sync.WaitGroup
+				live.Go(func() {
+					for i := range 100 {
+						_, err := a.SendToClient(context.Background(), "bob", []byte(fmt.Sprint("live ", i)))
+						assert.NoError(t, err)
+					}
+				})
+				defer live.Wait()
+				offset, seam := at.Offset, false
+				for offset < at.Offset+400 || !seam {
+					f := back.next(t)
+					if f.Type == "position" {
+						require.True(t, f.recovered(), "%+v", f)
+						require.GreaterOrEqual(t, f.Replayed, 300, "live messages kept before the history was read are replayed too")
+						seam = true
+						continue
+					}
+					require.Equal(t, offset+1, f.Offset, "%+v", f)
+					offset = f.Offset
+				}
+				stats := b.Stats()
+				assert.Zero(t, stats.Dropped)
+				assert.Zero(t, stats.Disconnected)
+			})
+		}
+	}
+}
+
+// A framed client that stops reading for a while loses none of its kept
+// messages: once its socket and send queue are full, they wait in the
+// history (the node holds at most SendQueueSize of them), and it gets
+// them all, in order, when it reads again.
+func TestSlowFramedClientCatchesUpFromTheHistory(t *testing.T) {
+	config := wsroute.Config{History: wsroute.HistoryConfig{Clients: true, Size: 5000}, SendQueueSize: 4, SlowClient: wsroute.Disconnect}
+	config.Prefix, config.NodeID = pubsubtest.Topic(t)+":", "a"
+	a := startNode(t, pubsubtest.NewClient(t), config)
+	ws, _, err := websocket.Dial(t.Context(), a.url+"?client=bob", &websocket.DialOptions{Subprotocols: []string{wsroute.Subprotocol}})
+	require.NoError(t, err)
+	defer ws.CloseNow()
+	ws.SetReadLimit(1 << 20)
+	readFrame := func() frame {
+		t.Helper()
+		var f frame
+		require.NoError(t, json.Unmarshal([]byte(read(t, ws)), &f))
+		return f
+	}
+	at := readFrame()
+	require.Equal(t, "position", at.Type)
+
+	big := strings.Repeat("x", 16<<10) // 32 MB in all: more than the sockets hold
+	for i := range 2000 {
+		_, err := a.SendToClient(t.Context(), "bob", []byte(fmt.Sprint(i, " ", big)))
+		require.NoError(t, err)
+	}
+	for i := range 2000 {
+		f := readFrame()
+		require.Equal(t, at.Offset+uint64(i)+1, f.Offset)
+	}
+	stats := a.Stats()
+	assert.Zero(t, stats.Dropped)
+	assert.Zero(t, stats.Disconnected)
+	assert.Positive(t, stats.Replayed, "the sockets held everything: the test proves nothing")
+	t.Logf("replayed from the history: %d of 2000", stats.Replayed)
+}
+
+// Messages routed through Send (Deliver, DeliveryHandler) choose with
+// MetadataHistory; a value other than "true" or "false" is an error that
+// names it.
+func TestSendChoosesHistoryByMetadata(t *testing.T) {
+	a, b := recoveryNodes(t, pubsubtest.NewClient(t), wsroute.HistoryConfig{})
+	bob := dialFramed(t, a.url, "bob", nil)
+	require.Eventually(t, func() bool {
+		result, err := b.SendToClient(t.Context(), "bob", []byte("probe"))
+		return err == nil && result.Status == wsroute.Delivered
+	}, waitTimeout, 5*time.Millisecond)
+	require.Equal(t, "probe", bob.next(t).Data)
+
+	for value, kept := range map[string]bool{"true": true, "false": false, "": false} {
+		msg := message.NewMessage(watermill.NewUUID(), []byte("via Send "+value))
+		msg.Metadata.Set(wsroute.MetadataToClient, "bob")
+		if value != "" {
+			msg.Metadata.Set(wsroute.MetadataHistory, value)
+		}
+		result, err := b.Send(t.Context(), msg)
+		require.NoError(t, err)
+		assert.Equal(t, kept, result.Offset > 0, value)
+		f := bob.next(t)
+		assert.Equal(t, "via Send "+value, f.Data)
+		assert.Equal(t, kept, f.Offset > 0, value)
+	}
+	msg := message.NewMessage(watermill.NewUUID(), []byte("?"))
+	msg.Metadata.Set(wsroute.MetadataToClient, "bob")
+	msg.Metadata.Set(wsroute.MetadataHistory, "yes")
+	_, err := b.Send(t.Context(), msg)
+	assert.ErrorContains(t, err, `wsroute_history "yes"`)
 }

@@ -18,7 +18,7 @@ import (
 // (its key replaces itself) and so its clients stay reachable, since
 // routing itself takes no memory; new connections, whose registration
 // would, are told to try again later (1013), and are taken again once
-// Redis has room.
+// Redis has room. A message to keep in a history fails whole.
 func TestNodeWhenRedisIsFull(t *testing.T) {
 	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
 	client := server.Client(t)
@@ -27,7 +27,13 @@ func TestNodeWhenRedisIsFull(t *testing.T) {
 	holderConfig.NodeID, senderConfig.NodeID = "holder", "sender"
 	holder := startNode(t, client, holderConfig)
 	sender := startNode(t, client, senderConfig)
+	keeperConfig := config
+	keeperConfig.NodeID, keeperConfig.History = "keeper", keepAll
+	keeper := startNode(t, client, keeperConfig)
 	bob := holder.connect(t, "bob")
+	_, err := keeper.SendToClient(t.Context(), "bob", []byte("kept before"))
+	require.NoError(t, err)
+	require.Equal(t, "kept before", read(t, bob))
 
 	require.NoError(t, client.ConfigSet(t.Context(), "maxmemory", "1").Err())
 	t.Cleanup(func() { _ = client.ConfigSet(context.Background(), "maxmemory", "0").Err() })
@@ -45,6 +51,18 @@ func TestNodeWhenRedisIsFull(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, wsroute.Delivered, result.Status)
 	assert.Equal(t, "still here", read(t, bob))
+
+	// A message to keep cannot be kept: it is not sent either, and the
+	// sender is told (a client recovering later would otherwise miss it
+	// without a word). One not to keep is sent.
+	_, err = keeper.SendToClient(t.Context(), "bob", []byte("to keep"))
+	assert.ErrorContains(t, err, "OOM")
+	_, err = keeper.SendToClient(t.Context(), "carol", []byte("to keep, a first"))
+	assert.ErrorContains(t, err, "OOM", "a history to start takes memory too")
+	result, err = keeper.SendToClient(t.Context(), "bob", []byte("not kept"), wsroute.WithoutHistory())
+	require.NoError(t, err)
+	assert.Equal(t, wsroute.Delivered, result.Status)
+	assert.Equal(t, "not kept", read(t, bob), "the message that could not be kept was not delivered")
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()

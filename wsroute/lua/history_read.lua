@@ -20,9 +20,11 @@ local after, count = tonumber(ARGV[1]), tonumber(ARGV[2])
 
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
+  -- HSET first: over maxmemory Redis refuses it, as the script's first
+  -- write, and nothing is written (after a DEL it would let it through).
   epoch = ARGV[3]
-  redis.call('DEL', history)
   redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  redis.call('DEL', history)
 end
 redis.call('PEXPIRE', meta, ARGV[4])
 local top = tonumber(redis.call('HGET', meta, 'offset'))

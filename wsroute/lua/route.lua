@@ -55,10 +55,14 @@ local common, offset, epoch = {}, 0, ''
 if ARGV[6] == '1' then
   local meta, history = KEYS[2], KEYS[3]
   epoch = redis.call('HGET', meta, 'epoch')
+  -- Writes that take memory come first: a Redis over maxmemory refuses a
+  -- script's first write if it takes memory, and then nothing is written
+  -- or sent; once a script has written anything (DEL included), Redis
+  -- lets the rest through, full or not.
   if not epoch then
     epoch = ARGV[10]
-    redis.call('DEL', history) -- see history_read.lua
     redis.call('HSET', meta, 'epoch', epoch)
+    redis.call('DEL', history) -- see history_read.lua
   end
   offset = redis.call('HINCRBY', meta, 'offset', 1)
   local t = redis.call('TIME')
