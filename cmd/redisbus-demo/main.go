@@ -1,7 +1,13 @@
 // Command redisbus-demo runs redisbus nodes that talk through Redis: each
-// serves a page where a browser connects over WebSocket as a client, sends
-// to clients on either node, joins rooms, and publishes to a best-effort
-// Pub/Sub topic and a reliable Streams topic.
+// serves a page where a browser connects over WebSocket as a client (alice
+// on the first node's page, bob on the second's), sends to clients on
+// either node, talks in a room and sees who is in it, and publishes to a
+// best-effort Pub/Sub topic and a reliable Streams topic. Its "drop my
+// connection" button cuts the page's WebSocket for a few seconds and
+// reconnects it (to the other node, when there are two): what was sent
+// meanwhile arrives from the history, marked recovered (wsroute's
+// wsroute.v1 protocol, spoken by the page with wsroute's JavaScript
+// client, wsroute.ClientScript).
 //
 // Without -node it starts two nodes in this process (-addr-a and -addr-b
 // set their listen addresses), on an embedded Redis (miniredis) unless
@@ -27,7 +33,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"hash/fnv"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -38,6 +46,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/redisbus/watermill-redisbus/internal/listenurl"
 	"github.com/redisbus/watermill-redisbus/internal/redisurl"
 )
 
@@ -92,16 +101,41 @@ func run(ctx context.Context, out io.Writer, o options) error {
 		return err
 	}
 
-	configs := []nodeConfig{{Name: "node-a", Addr: o.addrA}, {Name: "node-b", Addr: o.addrB}}
+	// Each page knows the other node (the drop button moves its connection
+	// there), so both listen before either starts. A page of node-a is
+	// alice's, one of node-b bob's, unless that name is in the room
+	// already (then the page takes the first free one).
+	configs := []nodeConfig{
+		{Name: "node-a", Addr: o.addrA, Color: "#2563eb", User: "alice"},
+		{Name: "node-b", Addr: o.addrB, Color: "#ea580c", User: "bob"},
+	}
 	if o.node != "" {
-		configs = []nodeConfig{{Name: o.node, Addr: o.addr}}
+		configs = []nodeConfig{{Name: o.node, Addr: o.addr, Color: nodeColor(o.node)}}
+	}
+	for i := range configs {
+		c := &configs[i]
+		if c.Listener, err = net.Listen("tcp", c.Addr); err != nil {
+			for _, started := range configs[:i] {
+				_ = started.Listener.Close()
+			}
+			return err
+		}
+		c.URL = listenurl.HTTP(c.Addr, c.Listener.Addr())
 	}
 	var printMu sync.Mutex
 	var nodes []*node
-	for _, c := range configs {
+	for i, c := range configs {
+		for j, peer := range configs {
+			if j != i {
+				c.Peers = append(c.Peers, nodeLink{Name: peer.Name, URL: peer.URL, Color: peer.Color})
+			}
+		}
 		c.Redis, c.NodeTTL, c.Out = opt, o.nodeTTL, out
 		n, err := startNode(ctx, c, &printMu)
 		if err != nil {
+			for _, later := range configs[i+1:] {
+				_ = later.Listener.Close()
+			}
 			return fmt.Errorf("start %s: %w", c.Name, err)
 		}
 		defer n.close()
@@ -192,6 +226,15 @@ func startupCheck(ctx context.Context, nodes []*node, opt *redis.Options) error 
 		say("start-up check passed: both nodes hear each other through Redis\n")
 	}
 	return nil
+}
+
+// nodeColor gives a node started with -node a colour of its own, the same
+// in every run and on every page.
+func nodeColor(name string) string {
+	palette := []string{"#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2"}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(name))
+	return palette[h.Sum32()%uint32(len(palette))]
 }
 
 // list joins names as a sentence does: "a", "a and b", "a, b and c".

@@ -101,10 +101,11 @@ func (p *nodeProcess) stats(t *testing.T) wsroute.Stats {
 
 // demoClient is a browser's side of the demo protocol.
 type demoClient struct {
-	t    *testing.T
-	id   string
-	ws   *websocket.Conn
-	node string
+	t         *testing.T
+	id        string
+	ws        *websocket.Conn
+	node      string
+	presences int // presence replies read so far (see next)
 }
 
 // connect opens a WebSocket to p as id and returns once p registered it.
@@ -129,7 +130,32 @@ func (c *demoClient) send(f frame) {
 	require.NoError(c.t, c.ws.Write(context.Background(), websocket.MessageText, data))
 }
 
+// next returns the next reply that is not a presence one: those come
+// when someone joins or leaves a room the client is in, whenever the node
+// handling the event sends them, between the replies a test awaits.
 func (c *demoClient) next() reply {
+	c.t.Helper()
+	for {
+		r := c.read()
+		if r.Kind != "presence" {
+			return r
+		}
+		c.presences++
+	}
+}
+
+// awaitPresences reads until the client had n presence replies, which
+// must be all it gets meanwhile.
+func (c *demoClient) awaitPresences(n int) {
+	c.t.Helper()
+	for c.presences < n {
+		r := c.read()
+		require.Equal(c.t, "presence", r.Kind, "%s got %+v", c.id, r)
+		c.presences++
+	}
+}
+
+func (c *demoClient) read() reply {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -138,6 +164,12 @@ func (c *demoClient) next() reply {
 	var r reply
 	require.NoError(c.t, json.Unmarshal(data, &r))
 	return r
+}
+
+// assertAck asserts that r says what became of a message to a client.
+func assertAck(t *testing.T, to, status string, r reply) {
+	t.Helper()
+	assert.Equal(t, reply{Kind: "sent", To: to, Status: status}, reply{Kind: r.Kind, To: r.To, Status: r.Status}, "%+v", r)
 }
 
 func TestNodesInSeparateProcesses(t *testing.T) {
@@ -166,16 +198,24 @@ func TestNodesInSeparateProcesses(t *testing.T) {
 		bob := connect(t, n2, "bob")
 		alice.send(frame{Op: "send", To: "bob", Text: "hi bob"})
 		assert.Equal(t, reply{Kind: "direct", From: "alice", Text: "hi bob", Node: "n1"}, bob.next())
-		assert.Equal(t, reply{Kind: "sent", To: "bob", Status: "delivered"}, alice.next())
+		ack := alice.next()
+		assertAck(t, "bob", "delivered", ack)
+		assert.Equal(t, 1, ack.Nodes)
+		assert.Equal(t, uint64(1), ack.Offset, "bob's first message kept in his history")
 	})
 
 	t.Run("room broadcast reaches only member nodes", func(t *testing.T) {
 		carol := connect(t, n3, "carol")
 		connect(t, n2, "dan") // on n2, not in the room
+		// Each join is told to the room once, by one node, after it: once
+		// alice and then carol had theirs, nothing more comes to n3 but the
+		// broadcast.
 		alice.send(frame{Op: "join", Room: "lobby"})
 		assert.Equal(t, "joined lobby", alice.next().Text)
+		alice.awaitPresences(1)
 		carol.send(frame{Op: "join", Room: "lobby"})
 		assert.Equal(t, "joined lobby", carol.next().Text)
+		carol.awaitPresences(1)
 
 		n2Before, n3Before := n2.stats(t).Received, n3.stats(t).Received
 		alice.send(frame{Op: "room", Room: "lobby", Text: "hello lobby"})
@@ -214,7 +254,7 @@ func TestNodesInSeparateProcesses(t *testing.T) {
 		}, 10*time.Second, 10*time.Millisecond)
 		alice.send(frame{Op: "send", To: "erin", Text: "found you"})
 		assert.Equal(t, "found you", moved.next().Text)
-		assert.Equal(t, reply{Kind: "sent", To: "erin", Status: "delivered"}, alice.next())
+		assertAck(t, "erin", "delivered", alice.next())
 	})
 
 	t.Run("a killed node's clients are offline within NodeTTL", func(t *testing.T) {
@@ -227,7 +267,7 @@ func TestNodesInSeparateProcesses(t *testing.T) {
 			return err == nil && n == 0
 		}, processNodeTTL+time.Second, 10*time.Millisecond, "the dead node's liveness key must expire within NodeTTL")
 		alice.send(frame{Op: "send", To: "frank", Text: "are you there?"})
-		assert.Equal(t, reply{Kind: "sent", To: "frank", Status: "offline"}, alice.next())
+		assertAck(t, "frank", "offline", alice.next())
 		assert.Less(t, time.Since(killed), processNodeTTL+2*time.Second)
 		n, err := client.HLen(t.Context(), "wsroute:client:frank").Result()
 		require.NoError(t, err)

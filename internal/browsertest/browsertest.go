@@ -47,7 +47,11 @@ func StartChromium(t *testing.T, ctx context.Context) *Chromium {
 	cmd := exec.CommandContext(ctx, bin,
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
 		"--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-		"--window-size=1280,900", "--remote-debugging-port=0", "--user-data-dir="+t.TempDir(), "about:blank")
+		"--window-size=1280,900", "--remote-debugging-port=0", "--user-data-dir="+t.TempDir(),
+		// A page navigated away from is gone, its WebSockets closed, rather
+		// than kept alive in the back/forward cache.
+		"--disable-features=BackForwardCache",
+		"about:blank")
 	// Chromium runs renderer and helper processes that write to the profile
 	// directory: a process group of its own lets the cleanup stop them all
 	// before the directory is removed.
@@ -145,18 +149,22 @@ func (b *Chromium) call(ctx context.Context, sessionID, method string, params an
 // Tab is a page in the browser.
 type Tab struct {
 	b         *Chromium
+	targetID  string
 	sessionID string
 
 	mu      sync.Mutex
-	errors  []string // see Errors
-	dialogs []string // see Dialogs
-	accept  bool     // see AnswerDialogs
+	errors  []string        // see Errors
+	dialogs []string        // see Dialogs
+	accept  bool            // see AnswerDialogs
+	loaded  map[string]bool // loader IDs of documents that fired load, for Navigate
+	load    chan struct{}   // closed (and replaced) on each load
 }
 
 // Open opens url in a new tab and returns once it has loaded and shows an
 // element with the id ready. From the start, the tab records what the
 // page logs as errors (see Errors).
 func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *Tab {
+	t.Helper()
 	result, err := b.call(ctx, "", "Target.createTarget", map[string]any{"url": "about:blank"})
 	require.NoError(t, err)
 	var target struct{ TargetID string }
@@ -165,7 +173,7 @@ func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *T
 	require.NoError(t, err)
 	var session struct{ SessionID string }
 	require.NoError(t, json.Unmarshal(result, &session))
-	p := &Tab{b: b, sessionID: session.SessionID}
+	p := &Tab{b: b, targetID: target.TargetID, sessionID: session.SessionID, loaded: map[string]bool{}, load: make(chan struct{})}
 	b.mu.Lock()
 	b.tabs[p.sessionID] = p
 	b.mu.Unlock()
@@ -173,14 +181,64 @@ func (b *Chromium) Open(t *testing.T, ctx context.Context, url, ready string) *T
 		_, err = b.call(ctx, p.sessionID, domain, map[string]any{})
 		require.NoError(t, err)
 	}
-	_, err = b.call(ctx, p.sessionID, "Page.navigate", map[string]any{"url": url})
+	_, err = b.call(ctx, p.sessionID, "Page.setLifecycleEventsEnabled", map[string]any{"enabled": true}) // for Navigate
 	require.NoError(t, err)
-	quoted, _ := json.Marshal(ready)
-	p.Eval(t, ctx, fmt.Sprintf(`new Promise((resolve) => {
-		if (document.readyState === 'complete' && document.getElementById(%s)) return resolve(true);
-		window.addEventListener('load', () => resolve(true));
-	})`, quoted))
+	p.Navigate(t, ctx, url, ready)
 	return p
+}
+
+// Navigate loads url in the tab (the same URL again reloads it, keeping
+// the tab's sessionStorage) and returns once the new page has loaded and
+// shows an element with the id ready, if ready is not empty.
+func (p *Tab) Navigate(t *testing.T, ctx context.Context, url, ready string) {
+	t.Helper()
+	result, err := p.b.call(ctx, p.sessionID, "Page.navigate", map[string]any{"url": url})
+	require.NoError(t, err)
+	var nav struct{ LoaderID, ErrorText string }
+	require.NoError(t, json.Unmarshal(result, &nav))
+	require.Empty(t, nav.ErrorText, "navigate to %s", url)
+	// The load event of this navigation's document, not of the one before.
+	for {
+		p.mu.Lock()
+		loaded, load := p.loaded[nav.LoaderID], p.load
+		p.mu.Unlock()
+		if loaded {
+			break
+		}
+		select {
+		case <-load:
+		case <-ctx.Done():
+			t.Fatalf("%s did not load: %v", url, ctx.Err())
+		}
+	}
+	if ready != "" {
+		quoted, _ := json.Marshal(ready)
+		p.WaitFor(t, ctx, fmt.Sprintf("document.getElementById(%s)", quoted), "an element with id "+ready)
+	}
+}
+
+// Close closes the tab, and with it its page's connections.
+func (p *Tab) Close(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := p.b.call(ctx, "", "Target.closeTarget", map[string]any{"targetId": p.targetID})
+	require.NoError(t, err)
+	p.b.mu.Lock()
+	delete(p.b.tabs, p.sessionID)
+	p.b.mu.Unlock()
+}
+
+// SetViewport makes the tab's page width x height CSS pixels, as a phone's
+// (mobile: its viewport meta tag applies, touch events) or a desktop's.
+func (p *Tab) SetViewport(t *testing.T, ctx context.Context, width, height int, mobile bool) {
+	t.Helper()
+	_, err := p.b.call(ctx, p.sessionID, "Emulation.setDeviceMetricsOverride", map[string]any{
+		"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile,
+	})
+	require.NoError(t, err)
+	_, err = p.b.call(ctx, p.sessionID, "Emulation.setTouchEmulationEnabled", map[string]any{"enabled": mobile})
+	require.NoError(t, err)
 }
 
 // event records the page's errors: console.error and console.assert
@@ -208,6 +266,10 @@ func (p *Tab) event(method string, params json.RawMessage) {
 		p.dialog(params)
 		return
 	}
+	if method == "Page.lifecycleEvent" {
+		p.lifecycle(params)
+		return
+	}
 	var text string
 	switch {
 	case method == "Runtime.consoleAPICalled" && (e.Type == "error" || e.Type == "assert"):
@@ -229,6 +291,19 @@ func (p *Tab) event(method string, params json.RawMessage) {
 	p.mu.Lock()
 	p.errors = append(p.errors, text)
 	p.mu.Unlock()
+}
+
+// lifecycle records the load of a document, by its loader ID.
+func (p *Tab) lifecycle(params json.RawMessage) {
+	var e struct{ LoaderID, Name string }
+	if json.Unmarshal(params, &e) != nil || e.Name != "load" {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.loaded[e.LoaderID] = true
+	close(p.load)
+	p.load = make(chan struct{})
 }
 
 // dialog records an alert, confirm or prompt and answers it as
@@ -276,12 +351,41 @@ func (p *Tab) Errors() []string {
 // when there is none.
 func (p *Tab) Click(t *testing.T, ctx context.Context, selector string) {
 	t.Helper()
+	p.onElement(t, ctx, selector, "click")
+}
+
+// onElement calls method of the element that the CSS selector finds,
+// failing the test when there is none.
+func (p *Tab) onElement(t *testing.T, ctx context.Context, selector, method string) {
+	t.Helper()
 	quoted, _ := json.Marshal(selector)
 	p.Eval(t, ctx, fmt.Sprintf(`(() => {
 		const e = document.querySelector(%s);
-		if (!e) throw new Error('nothing to click: ' + %s);
-		e.click();
-	})()`, quoted, quoted))
+		if (!e) throw new Error('no element ' + %s + ' to %s');
+		e.%s();
+	})()`, quoted, quoted, method, method))
+}
+
+// Type focuses the element that the CSS selector finds and types text
+// into it, as a keyboard would (input events and all).
+func (p *Tab) Type(t *testing.T, ctx context.Context, selector, text string) {
+	t.Helper()
+	p.onElement(t, ctx, selector, "focus")
+	_, err := p.b.call(ctx, p.sessionID, "Input.insertText", map[string]any{"text": text})
+	require.NoError(t, err)
+}
+
+// PressEnter presses and releases the Enter key in the focused element.
+func (p *Tab) PressEnter(t *testing.T, ctx context.Context) {
+	t.Helper()
+	for _, typ := range []string{"keyDown", "keyUp"} {
+		key := map[string]any{"type": typ, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "nativeVirtualKeyCode": 13}
+		if typ == "keyDown" {
+			key["text"] = "\r" // what makes a form submit
+		}
+		_, err := p.b.call(ctx, p.sessionID, "Input.dispatchKeyEvent", key)
+		require.NoError(t, err)
+	}
 }
 
 // WaitFor waits, inside the page, until the JavaScript expression
@@ -329,6 +433,15 @@ func (p *Tab) Eval(t *testing.T, ctx context.Context, expression string) json.Ra
 		t.Fatalf("%s: %s %s", expression, out.ExceptionDetails.Text, out.ExceptionDetails.Exception.Description)
 	}
 	return out.Result
+}
+
+// EvalInto runs JavaScript in the page, awaiting a returned promise, and
+// decodes the value it returns (as JSON) into v.
+func (p *Tab) EvalInto(t *testing.T, ctx context.Context, expression string, v any) {
+	t.Helper()
+	var result struct{ Value json.RawMessage }
+	require.NoError(t, json.Unmarshal(p.Eval(t, ctx, expression), &result))
+	require.NoError(t, json.Unmarshal(result.Value, v), "%s = %s", expression, result.Value)
 }
 
 // WaitForText waits, inside the page, until the element with id shows
