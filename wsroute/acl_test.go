@@ -20,16 +20,16 @@ import (
 // wsroute node under the default Prefix, word for word.
 var aclNode = []string{"-@all", "+hset", "+set", "+pexpire", "+multi", "+exec",
 	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel", "+hscan", "+xadd",
-	"+hincrby", "+xrange", "+time", "+publish", "+subscribe", "+unsubscribe", "+ping",
+	"+hincrby", "+xrange", "+time", "+info", "+hmget", "+publish", "+subscribe", "+unsubscribe", "+ping",
 	"resetkeys", "~wsroute:*", "resetchannels", "&wsroute:*"}
 
 // aclClusterNode is the rule set documented for a node on Redis Cluster,
 // with Prefix "{wsroute}:": shard channels, and the slot map. (+hscan
 // takes a dead node's presence entries in batches, +xadd records presence
-// events and histories, +hincrby +xrange +time keep and read histories.)
+// events and histories, +hincrby +xrange +time +info +hmget keep and read histories.)
 var aclClusterNode = []string{"-@all", "+hset", "+set", "+pexpire", "+multi", "+exec",
 	"+eval", "+evalsha", "+get", "+del", "+hget", "+hgetall", "+hdel", "+hscan", "+xadd",
-	"+hincrby", "+xrange", "+time", "+spublish", "+ssubscribe", "+sunsubscribe", "+ping", "+cluster|slots", "+command",
+	"+hincrby", "+xrange", "+time", "+info", "+hmget", "+spublish", "+ssubscribe", "+sunsubscribe", "+ping", "+cluster|slots", "+command",
 	"resetkeys", "~{wsroute}:*", "resetchannels", "&{wsroute}:*"}
 
 // The page shows the rules the tests use, word for word.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -101,7 +102,7 @@ type localConn struct {
 	fillers sync.WaitGroup
 
 	mu        sync.Mutex
-	queue     [][]byte
+	queue     []queued
 	closed    bool
 	wake      chan struct{}     // capacity 1: something was queued
 	space     chan struct{}     // capacity 1: the writer took something
@@ -315,28 +316,41 @@ func (c *localConn) enqueue(data []byte) {
 		return
 	}
 	c.node.stats.delivered.Add(1)
-	disconnect := c.queueLocked(data)
+	disconnect := c.queueLocked(data, false)
 	c.mu.Unlock()
 	if disconnect {
 		c.disconnectSlow()
 	}
 }
 
+// queued is a frame waiting for the writer. A kept one (a message of a
+// history, or a position frame) is never dropped to make room: it was
+// queued only when there was room (see receiveKept), and dropping it would
+// leave a hole in its stream that nobody fills.
+type queued struct {
+	data []byte
+	kept bool
+}
+
 // queueLocked appends data to the send queue of an open connection (c.mu
-// held), applying the slow-client policy when the queue is full: it drops
-// the oldest, or reports that the connection must be disconnected, which
-// the caller does once it released c.mu.
-func (c *localConn) queueLocked(data []byte) (disconnect bool) {
+// held). A frame that is not kept meets the slow-client policy when the
+// queue is full: it displaces the oldest frame that is not kept (or is
+// dropped itself, if all are), or it reports that the connection must be
+// disconnected, which the caller does once it released c.mu.
+func (c *localConn) queueLocked(data []byte, kept bool) (disconnect bool) {
 	n := c.node
-	if len(c.queue) >= n.config.SendQueueSize {
+	if len(c.queue) >= n.config.SendQueueSize && !kept {
 		if n.config.SlowClient == Disconnect {
 			return true
 		}
-		c.queue[0] = nil
-		c.queue = c.queue[1:]
 		n.stats.dropped.Add(1)
+		oldest := slices.IndexFunc(c.queue, func(q queued) bool { return !q.kept })
+		if oldest < 0 {
+			return false
+		}
+		c.queue = slices.Delete(c.queue, oldest, oldest+1)
 	}
-	c.queue = append(c.queue, data)
+	c.queue = append(c.queue, queued{data: data, kept: kept})
 	select {
 	case c.wake <- struct{}{}:
 	default:
@@ -355,7 +369,7 @@ func (c *localConn) queueWait(data []byte) bool {
 			return false
 		}
 		if len(c.queue) < c.node.config.SendQueueSize {
-			c.queueLocked(data)
+			c.queueLocked(data, true)
 			c.mu.Unlock()
 			return true
 		}
@@ -397,8 +411,8 @@ func (c *localConn) write() {
 				c.mu.Unlock()
 				break
 			}
-			data := c.queue[0]
-			c.queue[0] = nil
+			data := c.queue[0].data
+			c.queue[0] = queued{}
 			c.queue = c.queue[1:]
 			c.mu.Unlock()
 			select {

@@ -125,7 +125,9 @@ func WithoutHistory() SendOption {
 }
 
 // MetadataHistory on a message given to Send (or produced through Deliver)
-// is "true" or "false": WithHistory or WithoutHistory.
+// is "true" or "false" (or another of strconv.ParseBool's spellings):
+// WithHistory or WithoutHistory. Any other value is logged, and the
+// message sent as Config.History says.
 const MetadataHistory = "wsroute_history"
 
 // Position is where a client is in a stream: the epoch of its history and
@@ -147,9 +149,11 @@ func (k keys) historyMeta(kind, name string) string {
 }
 
 var (
+	//go:embed lua/history_lib.lua
+	historyLib string
 	//go:embed lua/history_read.lua
 	historyReadSource string
-	historyReadScript = redis.NewScript(historyReadSource)
+	historyReadScript = redis.NewScript(historyLib + historyReadSource)
 )
 
 // newEpoch names a new run of a stream's offsets: random, so that a

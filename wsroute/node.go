@@ -266,7 +266,7 @@ type counters struct {
 	registrationsRefused                           atomic.Uint64
 	pingTimeouts, tooManyConnections, rateLimited  atomic.Uint64
 	kept, recovered, recoveryFailed                atomic.Uint64
-	replayed, duplicates                           atomic.Uint64
+	replayed, duplicates, historiesDropped         atomic.Uint64
 }
 
 // Stats are counters since the node started, and its connections now.
@@ -318,6 +318,10 @@ type Stats struct {
 	// Duplicates counts the live messages not sent to a connection
 	// because it had them already (replayed at the seam, or routed twice).
 	Duplicates uint64
+	// HistoriesDropped counts the messages this node sent unkept because
+	// Redis was full: their histories were deleted, and their clients
+	// told of it by the next epoch.
+	HistoriesDropped uint64
 }
 
 // NewNode starts a node: it marks the node alive, subscribes to its
@@ -453,6 +457,7 @@ func (n *Node) Stats() Stats {
 		RecoveryFailed:        n.stats.recoveryFailed.Load(),
 		Replayed:              n.stats.replayed.Load(),
 		Duplicates:            n.stats.duplicates.Load(),
+		HistoriesDropped:      n.stats.historiesDropped.Load(),
 	}
 }
 

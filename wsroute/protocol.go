@@ -93,7 +93,7 @@ type positionFrame struct {
 	Offset    uint64 `json:"offset"`
 	Recovered *bool  `json:"recovered,omitempty"` // nil: the client gave no position
 	Reason    string `json:"reason,omitempty"`
-	Replayed  int    `json:"replayed,omitempty"`
+	Replayed  *int   `json:"replayed,omitempty"` // with recovered: true
 }
 
 // Reasons a stream did not recover.

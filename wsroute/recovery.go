@@ -2,6 +2,8 @@ package wsroute
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,6 +70,13 @@ func (c *localConn) follows(kind, name string) bool {
 	return presented || c.node.config.History.keeps(kind, name)
 }
 
+// followedStreams lists the streams the connection follows.
+func (c *localConn) followedStreams() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Collect(maps.Keys(c.streams))
+}
+
 // startFollowing marks a stream filling before the connection can receive
 // its live messages (c.mu held, or c not yet shared); startFilling then
 // sends it from the client's position.
@@ -118,47 +127,33 @@ func (c *localConn) receiveKept(stream string, m streamMessage, frame []byte) {
 		c.mu.Unlock()
 		return
 	}
-	disconnect := false
-	switch {
-	case m.epoch != st.epoch:
-		// The history was lost and started again (Redis restarted empty):
-		// what the client missed of the old one is gone.
-		// It goes on from this message.
-		disconnect = c.queueLocked(encodePosition(stream, m.epoch, m.offset-1, boolPtr(false), reasonEpoch, 0))
-		n.stats.recoveryFailed.Add(1)
-		st.epoch, st.last = m.epoch, m.offset-1
-		disconnect = c.handOn(stream, st, m, frame) || disconnect
-	default:
-		disconnect = c.handOn(stream, st, m, frame)
-	}
+	c.handOn(stream, st, m, frame)
 	c.mu.Unlock()
-	if disconnect {
-		c.disconnectSlow()
-	}
 }
 
 // handOn queues a live message that follows st.last, drops one it sent
-// already, and starts filling the gap before one further on. c.mu held.
-func (c *localConn) handOn(stream string, st *followed, m streamMessage, frame []byte) (disconnect bool) {
+// already, and otherwise hands the stream to a filler. c.mu held.
+func (c *localConn) handOn(stream string, st *followed, m streamMessage, frame []byte) {
 	switch {
-	case m.offset <= st.last:
+	case m.epoch == st.epoch && m.offset <= st.last:
 		c.node.stats.duplicates.Add(1) // replayed already, or routed twice
-		return false
-	case m.offset == st.last+1 && len(c.queue) < c.node.config.SendQueueSize:
+		return
+	case m.epoch == st.epoch && m.offset == st.last+1 && len(c.queue) < c.node.config.SendQueueSize:
 		st.last = m.offset
 		c.node.stats.delivered.Add(1)
-		return c.queueLocked(frame)
+		c.queueLocked(frame, true)
+		return
 	}
-	// Either messages before this one did not reach the node (its
-	// subscription dropped them), or the queue is full: kept messages are
-	// not dropped for a slow client, they wait in the history (for want of
-	// room, pending overflows into it), and the client falls behind by
-	// more than History.Size only if it is that slow.
+	// Messages before this one did not reach the node (its subscription
+	// dropped them); or the queue is full: kept messages are not dropped
+	// for a slow client, they wait in the history (for want of room,
+	// pending overflows into it), and the client falls behind by more than
+	// History.Size only if it is that slow; or the history was lost and
+	// started again (Redis restarted), which the filler finds and tells.
 	st.filling = true
 	st.pending = append(st.pending[:0], m)
 	c.fillers.Add(1)
 	go c.fill(stream, st, &Position{Epoch: st.epoch, Offset: st.last}, false)
-	return false
 }
 
 // catchUpAll makes every framed connection check the streams it follows
@@ -232,7 +227,6 @@ func (c *localConn) fill(stream string, st *followed, from *Position, start bool
 			c.mu.Unlock()
 			return
 		}
-		disconnect := false
 		if start && len(c.queue) >= n.config.SendQueueSize {
 			// Behind the replayed messages, which must not be dropped
 			// to make room for it.
@@ -252,7 +246,7 @@ func (c *localConn) fill(stream string, st *followed, from *Position, start bool
 		}
 		if start {
 			start = false
-			disconnect = c.queueLocked(encodePosition(stream, epoch, since, recovered, reason, replayed))
+			c.queueLocked(encodePosition(stream, epoch, since, recovered, reason, replayed), true)
 			switch {
 			case recovered == nil:
 			case *recovered:
@@ -275,7 +269,7 @@ func (c *localConn) fill(stream string, st *followed, from *Position, start bool
 				if full = len(c.queue) >= n.config.SendQueueSize; full {
 					break
 				}
-				disconnect = c.queueLocked(encodeMessage(stream, m, false)) || disconnect
+				c.queueLocked(encodeMessage(stream, m, false), true)
 				n.stats.delivered.Add(1)
 				since = m.offset
 			}
@@ -288,10 +282,6 @@ func (c *localConn) fill(stream string, st *followed, from *Position, start bool
 			st.epoch, st.last = epoch, since
 		}
 		c.mu.Unlock()
-		if disconnect {
-			c.disconnectSlow()
-			return
-		}
 		if done {
 			return
 		}
@@ -410,8 +400,11 @@ func (c *localConn) read(kind, name string, after int64) (historyPage, bool) {
 }
 
 func encodePosition(stream, epoch string, offset uint64, recovered *bool, reason string, replayed int) []byte {
-	return mustMarshal(positionFrame{Type: "position", Stream: stream, Epoch: epoch, Offset: offset,
-		Recovered: recovered, Reason: reason, Replayed: replayed})
+	f := positionFrame{Type: "position", Stream: stream, Epoch: epoch, Offset: offset, Recovered: recovered, Reason: reason}
+	if recovered != nil && *recovered {
+		f.Replayed = &replayed
+	}
+	return mustMarshal(f)
 }
 
 func boolPtr(b bool) *bool { return &b }

@@ -605,8 +605,7 @@ func TestSlowFramedClientCatchesUpFromTheHistory(t *testing.T) {
 }
 
 // Messages routed through Send (Deliver, DeliveryHandler) choose with
-// MetadataHistory; a value other than "true" or "false" is an error that
-// names it.
+// MetadataHistory.
 func TestSendChoosesHistoryByMetadata(t *testing.T) {
 	a, b := recoveryNodes(t, pubsubtest.NewClient(t), wsroute.HistoryConfig{})
 	bob := dialFramed(t, a.url, "bob", nil)
@@ -616,7 +615,7 @@ func TestSendChoosesHistoryByMetadata(t *testing.T) {
 	}, waitTimeout, 5*time.Millisecond)
 	require.Equal(t, "probe", bob.next(t).Data)
 
-	for value, kept := range map[string]bool{"true": true, "false": false, "": false} {
+	for value, kept := range map[string]bool{"true": true, "false": false, "": false, "1": true, "FALSE": false} {
 		msg := message.NewMessage(watermill.NewUUID(), []byte("via Send "+value))
 		msg.Metadata.Set(wsroute.MetadataToClient, "bob")
 		if value != "" {
@@ -629,9 +628,125 @@ func TestSendChoosesHistoryByMetadata(t *testing.T) {
 		assert.Equal(t, "via Send "+value, f.Data)
 		assert.Equal(t, kept, f.Offset > 0, value)
 	}
+	// Anything else is sent as Config.History says (not kept here), not
+	// refused: Deliver's Router would retry it for ever.
 	msg := message.NewMessage(watermill.NewUUID(), []byte("?"))
 	msg.Metadata.Set(wsroute.MetadataToClient, "bob")
 	msg.Metadata.Set(wsroute.MetadataHistory, "yes")
-	_, err := b.Send(t.Context(), msg)
-	assert.ErrorContains(t, err, `wsroute_history "yes"`)
+	result, err := b.Send(t.Context(), msg)
+	require.NoError(t, err)
+	assert.Zero(t, result.Offset)
+	assert.Equal(t, "?", bob.next(t).Data)
+}
+
+// A Redis restarted from an older snapshot (or a replica promoted before
+// it had the last writes) has lost the last offsets it gave, and would
+// give them again, to other messages, under the same epoch: a client away
+// would recover around them without a word. Every history of an earlier
+// Redis process starts a new epoch instead: the client away is told, and
+// so is one connected across the restart.
+func TestRecoveryAfterRedisWentBackInTime(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	client := server.Client(t)
+	a, b := recoveryNodes(t, client, keepAll)
+	bob := dialFramed(t, a.url, "bob", nil)
+	carol := dialFramed(t, a.url, "carol", nil)
+	bobAt, carolAt := bob.position(t, "client"), carol.position(t, "client")
+	sendMany(t, b, "client", "bob", 3, "saved")
+	bob.messages(t, "client", bobAt.Offset, 3, false)
+	require.NoError(t, client.Save(t.Context()).Err()) // the snapshot Redis restarts from
+	sendMany(t, b, "client", "bob", 3, "lost")
+	last := bob.messages(t, "client", bobAt.Offset+3, 3, false)[2]
+	sendMany(t, b, "client", "carol", 1, "before")
+	carol.messages(t, "client", carolAt.Offset, 1, false)
+	bob.close()
+
+	server.Restart(t) // from the snapshot: offsets 4 to 6 of bob are gone
+	// carol's node, subscribed and registered again, finds her history
+	// started by another Redis process.
+	p := carol.position(t, "client")
+	assert.False(t, p.recovered())
+	assert.Equal(t, "epoch", p.Reason)
+	// New messages to bob would have had offsets 4 to 6 again.
+	sendMany(t, b, "client", "bob", 3, "after")
+	back := dialFramed(t, b.url, "bob", map[string]wsroute.Position{"client": pos(last)})
+	p = back.position(t, "client")
+	assert.False(t, p.recovered(), "bob must not recover around messages given his old offsets")
+	assert.Equal(t, "epoch", p.Reason)
+	assert.NotEqual(t, last.Epoch, p.Epoch)
+}
+
+// A slow client under DropOldest loses messages sent without history, as
+// the policy says, and none of its kept ones: those are never dropped to
+// make room, in whatever mix the two come.
+func TestDropOldestKeepsKeptMessages(t *testing.T) {
+	for _, size := range []int{1, 4} {
+		t.Run(fmt.Sprint("queue=", size), func(t *testing.T) {
+			config := wsroute.Config{History: wsroute.HistoryConfig{Clients: true, Size: 5000}, SendQueueSize: size}
+			config.Prefix, config.NodeID = pubsubtest.Topic(t)+":", "a"
+			a := startNode(t, pubsubtest.NewClient(t), config)
+			ws, _, err := websocket.Dial(t.Context(), a.url+"?client=bob", &websocket.DialOptions{Subprotocols: []string{wsroute.Subprotocol}})
+			require.NoError(t, err)
+			defer ws.CloseNow()
+			ws.SetReadLimit(1 << 20)
+			readFrame := func() frame {
+				t.Helper()
+				var f frame
+				require.NoError(t, json.Unmarshal([]byte(read(t, ws)), &f))
+				return f
+			}
+			at := readFrame()
+			require.Equal(t, "position", at.Type)
+
+			big := strings.Repeat("x", 16<<10) // more than the sockets hold: the queue fills
+			for i := range 300 {
+				_, err := a.SendToClient(t.Context(), "bob", []byte(fmt.Sprint("kept ", i, " ", big)))
+				require.NoError(t, err)
+				_, err = a.SendToClient(t.Context(), "bob", []byte(fmt.Sprint("typing ", i)), wsroute.WithoutHistory())
+				require.NoError(t, err)
+			}
+			_, err = a.SendToClient(t.Context(), "bob", []byte("last"))
+			require.NoError(t, err)
+			next := at.Offset + 1
+			for next <= at.Offset+301 {
+				f := readFrame()
+				if f.Offset == 0 {
+					continue // unkept: may be dropped
+				}
+				require.Equal(t, next, f.Offset, "kept messages arrive all, in order")
+				next++
+			}
+			assert.Positive(t, a.Stats().Dropped, "the queue never filled: the test proves nothing")
+		})
+	}
+}
+
+// A connected client keeps its stream's offset and epoch alive: MetaTTL
+// counts from the last message or connection, so a client connected all
+// along, with nothing sent for longer than MetaTTL, still recovers.
+func TestConnectedClientKeepsItsHistoryMetaAlive(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	history := wsroute.HistoryConfig{Clients: true, TTL: 300 * time.Millisecond, MetaTTL: 300 * time.Millisecond}
+	prefix := pubsubtest.Topic(t) + ":"
+	a := startNode(t, client, wsroute.Config{Prefix: prefix, NodeID: "a", History: history})
+	bob := dialFramed(t, a.url, "bob", nil)
+	at := bob.position(t, "client")
+	meta := prefix + "history-meta:client:bob"
+	// Three MetaTTLs pass with nothing sent.
+	var start time.Time
+	require.Eventually(t, func() bool {
+		if start.IsZero() {
+			start = time.Now()
+		}
+		n, err := client.Exists(t.Context(), meta).Result()
+		require.NoError(t, err)
+		require.EqualValues(t, 1, n, "the meta key expired under a connected client")
+		return time.Since(start) > 900*time.Millisecond
+	}, waitTimeout, 20*time.Millisecond)
+	result, err := a.SendToClient(t.Context(), "bob", []byte("still the same epoch"))
+	require.NoError(t, err)
+	assert.Equal(t, at.Epoch, result.Epoch)
+	f := bob.next(t)
+	assert.Equal(t, "message", f.Type, "no position frame: nothing was lost")
+	assert.Equal(t, at.Offset+1, f.Offset)
 }

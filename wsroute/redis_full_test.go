@@ -18,7 +18,7 @@ import (
 // (its key replaces itself) and so its clients stay reachable, since
 // routing itself takes no memory; new connections, whose registration
 // would, are told to try again later (1013), and are taken again once
-// Redis has room. A message to keep in a history fails whole.
+// Redis has room.
 func TestNodeWhenRedisIsFull(t *testing.T) {
 	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
 	client := server.Client(t)
@@ -52,17 +52,14 @@ func TestNodeWhenRedisIsFull(t *testing.T) {
 	assert.Equal(t, wsroute.Delivered, result.Status)
 	assert.Equal(t, "still here", read(t, bob))
 
-	// A message to keep cannot be kept: it is not sent either, and the
-	// sender is told (a client recovering later would otherwise miss it
-	// without a word). One not to keep is sent.
-	_, err = keeper.SendToClient(t.Context(), "bob", []byte("to keep"))
-	assert.ErrorContains(t, err, "OOM")
-	_, err = keeper.SendToClient(t.Context(), "carol", []byte("to keep, a first"))
-	assert.ErrorContains(t, err, "OOM", "a history to start takes memory too")
-	result, err = keeper.SendToClient(t.Context(), "bob", []byte("not kept"), wsroute.WithoutHistory())
+	// A message to keep cannot be kept: it is sent unkept, and its
+	// history dropped (see TestHistoryWhenRedisIsFull).
+	result, err = keeper.SendToClient(t.Context(), "bob", []byte("to keep"))
 	require.NoError(t, err)
 	assert.Equal(t, wsroute.Delivered, result.Status)
-	assert.Equal(t, "not kept", read(t, bob), "the message that could not be kept was not delivered")
+	assert.Zero(t, result.Offset)
+	assert.Equal(t, "to keep", read(t, bob))
+	assert.EqualValues(t, 1, keeper.Stats().HistoriesDropped)
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
@@ -79,4 +76,50 @@ func TestNodeWhenRedisIsFull(t *testing.T) {
 
 	require.NoError(t, client.ConfigSet(t.Context(), "maxmemory", "0").Err())
 	holder.connect(t, "alice")
+}
+
+// When Redis is full, a message to keep is sent unkept: live delivery
+// goes on. Its history is deleted (which takes no memory), so that no
+// client can later recover around the hole: connected framed clients get
+// it without an offset, and once Redis has room the history starts a new
+// epoch, which tells every client of the stream that it missed messages.
+func TestHistoryWhenRedisIsFull(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	client := server.Client(t)
+	a, b := recoveryNodes(t, client, keepAll)
+	bob := dialFramed(t, a.url, "bob", nil)
+	at := bob.position(t, "client")
+	sendMany(t, b, "client", "bob", 2, "before")
+	before := bob.messages(t, "client", at.Offset, 2, false)
+	away := dialFramed(t, a.url, "carol", nil)
+	carolAt := away.position(t, "client")
+	away.close()
+
+	require.NoError(t, client.ConfigSet(t.Context(), "maxmemory", "1").Err())
+	t.Cleanup(func() { _ = client.ConfigSet(context.Background(), "maxmemory", "0").Err() })
+	result, err := b.SendToClient(t.Context(), "bob", []byte("while full"))
+	require.NoError(t, err)
+	assert.Equal(t, wsroute.Delivered, result.Status)
+	assert.Zero(t, result.Offset, "not kept")
+	f := bob.next(t)
+	assert.Equal(t, "while full", f.Data)
+	assert.Zero(t, f.Offset)
+	_, err = b.SendToClient(t.Context(), "carol", []byte("missed while full"))
+	require.NoError(t, err)
+	assert.EqualValues(t, 2, b.Stats().HistoriesDropped)
+
+	require.NoError(t, client.ConfigSet(t.Context(), "maxmemory", "0").Err())
+	result, err = b.SendToClient(t.Context(), "bob", []byte("kept again"))
+	require.NoError(t, err)
+	assert.NotEqual(t, before[0].Epoch, result.Epoch, "a new epoch")
+	p := bob.position(t, "client")
+	assert.Equal(t, "epoch", p.Reason)
+	assert.False(t, p.recovered())
+	assert.Equal(t, "kept again", bob.next(t).Data)
+
+	// carol, away, cannot recover around the message she missed.
+	back := dialFramed(t, b.url, "carol", map[string]wsroute.Position{"client": pos(carolAt)})
+	p = back.position(t, "client")
+	assert.False(t, p.recovered())
+	assert.Equal(t, "epoch", p.Reason)
 }

@@ -84,7 +84,7 @@ var (
 		"return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'GET')")
 
 	// routeScript publishes: go-redis must not send it twice (see sendonce).
-	routeScript = sendonce.NewScript(routeSource)
+	routeScript = sendonce.NewScript(historyLib + routeSource)
 
 	//go:embed lua/expire_node.lua
 	expireNodeSource string
@@ -146,7 +146,9 @@ func (n *Node) renewLiveness(ctx context.Context) (lapsed bool, err error) {
 func (n *Node) heartbeat() {
 	live := time.NewTicker(n.config.NodeTTL / 3)
 	defer live.Stop()
-	refresh := time.NewTicker(n.config.RegistrationTTL / 3)
+	// The histories' meta keys of the streams local connections follow
+	// are renewed with the registrations, so MetaTTL bounds this too.
+	refresh := time.NewTicker(min(n.config.RegistrationTTL, n.config.History.MetaTTL) / 3)
 	defer refresh.Stop()
 	for {
 		select {
@@ -222,13 +224,20 @@ func (n *Node) restore() {
 }
 
 // refresh extends the expiry of the client, room and presence entries
-// this node holds, in one pipeline.
+// this node holds, and of the meta keys of the histories its connections
+// follow, in one pipeline.
 func (n *Node) refresh() {
 	ctx, cancel := context.WithTimeout(context.Background(), n.config.NodeTTL)
 	defer cancel()
 	_, err := n.config.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, c := range n.localConns() {
 			pipe.PExpire(ctx, n.keys.client(c.clientID), n.config.RegistrationTTL)
+			// A client connected keeps its position valid: MetaTTL counts
+			// from the last message or connection.
+			for _, stream := range c.followedStreams() {
+				kind, name := c.streamKey(stream)
+				pipe.PExpire(ctx, n.keys.historyMeta(kind, name), n.config.History.MetaTTL)
+			}
 		}
 		rooms := n.localRooms()
 		for _, room := range rooms {

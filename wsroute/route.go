@@ -8,6 +8,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
 	"github.com/redisbus/watermill-redisbus/internal/slotmap"
 )
 
@@ -122,6 +123,16 @@ func (n *Node) route(ctx context.Context, kind, name, key string, data []byte, o
 		args = append(args, m)
 	}
 	out, err := routeScript.Run(ctx, n.retries, n.config.Client, keys, args...).Slice()
+	if keep && redis.IsOOMError(err) {
+		// Redis is full: refused whole, nothing was kept or sent. Live
+		// delivery goes on, the history is dropped (DEL takes no memory),
+		// and the stream's clients are told by its next epoch that they
+		// missed messages.
+		args[5] = "drop"
+		n.stats.historiesDropped.Add(1)
+		out, err = routeScript.Run(ctx, n.retries, n.config.Client, keys, args...).Slice()
+		keep = false
+	}
 	if err == nil && len(out) != 5 {
 		err = fmt.Errorf("unexpected reply from route.lua: %v", out)
 	}

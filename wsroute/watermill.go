@@ -3,6 +3,9 @@ package wsroute
 import (
 	"context"
 	"fmt"
+	"strconv"
+
+	"github.com/ThreeDotsLabs/watermill"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 )
@@ -27,14 +30,19 @@ func Addressed(msg *message.Message) bool {
 // error (see Stats); a Redis failure is.
 func (n *Node) Send(ctx context.Context, msg *message.Message) (Result, error) {
 	var opts []SendOption
-	switch msg.Metadata.Get(MetadataHistory) {
-	case "true":
-		opts = append(opts, WithHistory())
-	case "false":
-		opts = append(opts, WithoutHistory())
-	case "":
-	default:
-		return Result{}, fmt.Errorf("wsroute: message %s has %s %q: want \"true\" or \"false\"", msg.UUID, MetadataHistory, msg.Metadata.Get(MetadataHistory))
+	if value := msg.Metadata.Get(MetadataHistory); value != "" {
+		keep, err := strconv.ParseBool(value)
+		switch {
+		case err != nil:
+			// Sent as Config.History says: failing would make Deliver's
+			// Router retry the handler's input for ever.
+			n.logger.Error("Metadata wsroute_history is not true or false; sending as Config.History says", err,
+				watermill.LogFields{"message_uuid": msg.UUID, "value": value})
+		case keep:
+			opts = append(opts, WithHistory())
+		default:
+			opts = append(opts, WithoutHistory())
+		}
 	}
 	switch {
 	case msg.Metadata.Get(MetadataToClient) != "":

@@ -11,7 +11,10 @@
 -- ARGV[3]  "PUBLISH", or "SPUBLISH" on Redis Cluster (see Node.publish)
 -- ARGV[4]  message UUID
 -- ARGV[5]  payload
--- ARGV[6]  "1": keep the message in the history; "0": do not
+-- ARGV[6]  "1": keep the message in the history; "0": do not; "drop":
+--          Redis refused to keep it (full): delete the history, so that
+--          its clients are told they missed messages (a new epoch), and
+--          route the message unkept
 -- ARGV[7]  history: the most messages kept (XADD MAXLEN)
 -- ARGV[8]  history: its TTL in milliseconds
 -- ARGV[9]  history: the meta hash's TTL in milliseconds
@@ -54,16 +57,9 @@ end
 local common, offset, epoch = {}, 0, ''
 if ARGV[6] == '1' then
   local meta, history = KEYS[2], KEYS[3]
-  epoch = redis.call('HGET', meta, 'epoch')
-  -- Writes that take memory come first: a Redis over maxmemory refuses a
-  -- script's first write if it takes memory, and then nothing is written
-  -- or sent; once a script has written anything (DEL included), Redis
-  -- lets the rest through, full or not.
-  if not epoch then
-    epoch = ARGV[10]
-    redis.call('HSET', meta, 'epoch', epoch)
-    redis.call('DEL', history) -- see history_read.lua
-  end
+  -- Its first write takes memory (see history_lib.lua): refused whole
+  -- when Redis is full.
+  epoch = history_epoch(meta, history, ARGV[10])
   offset = redis.call('HINCRBY', meta, 'offset', 1)
   local t = redis.call('TIME')
   local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
@@ -73,6 +69,11 @@ if ARGV[6] == '1' then
   common['wsroute_epoch'] = epoch
   common['wsroute_offset'] = string.format('%d', offset)
   common['wsroute_sent_at'] = now
+end
+
+if ARGV[6] == 'drop' then
+  -- DEL takes no memory: Redis runs it full, and the rest after it.
+  redis.call('DEL', KEYS[2], KEYS[3])
 end
 
 -- Group the live entries by node.
