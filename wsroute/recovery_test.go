@@ -575,16 +575,7 @@ func TestSlowFramedClientCatchesUpFromTheHistory(t *testing.T) {
 	config := wsroute.Config{History: wsroute.HistoryConfig{Clients: true, Size: 5000}, SendQueueSize: 4, SlowClient: wsroute.Disconnect}
 	config.Prefix, config.NodeID = pubsubtest.Topic(t)+":", "a"
 	a := startNode(t, pubsubtest.NewClient(t), config)
-	ws, _, err := websocket.Dial(t.Context(), a.url+"?client=bob", &websocket.DialOptions{Subprotocols: []string{wsroute.Subprotocol}})
-	require.NoError(t, err)
-	defer ws.CloseNow()
-	ws.SetReadLimit(1 << 20)
-	readFrame := func() frame {
-		t.Helper()
-		var f frame
-		require.NoError(t, json.Unmarshal([]byte(read(t, ws)), &f))
-		return f
-	}
+	readFrame := dialUnread(t, a.url, "bob")
 	at := readFrame()
 	require.Equal(t, "position", at.Type)
 
@@ -685,16 +676,7 @@ func TestDropOldestKeepsKeptMessages(t *testing.T) {
 			config := wsroute.Config{History: wsroute.HistoryConfig{Clients: true, Size: 5000}, SendQueueSize: size}
 			config.Prefix, config.NodeID = pubsubtest.Topic(t)+":", "a"
 			a := startNode(t, pubsubtest.NewClient(t), config)
-			ws, _, err := websocket.Dial(t.Context(), a.url+"?client=bob", &websocket.DialOptions{Subprotocols: []string{wsroute.Subprotocol}})
-			require.NoError(t, err)
-			defer ws.CloseNow()
-			ws.SetReadLimit(1 << 20)
-			readFrame := func() frame {
-				t.Helper()
-				var f frame
-				require.NoError(t, json.Unmarshal([]byte(read(t, ws)), &f))
-				return f
-			}
+			readFrame := dialUnread(t, a.url, "bob")
 			at := readFrame()
 			require.Equal(t, "position", at.Type)
 
@@ -705,7 +687,7 @@ func TestDropOldestKeepsKeptMessages(t *testing.T) {
 				_, err = a.SendToClient(t.Context(), "bob", []byte(fmt.Sprint("typing ", i)), wsroute.WithoutHistory())
 				require.NoError(t, err)
 			}
-			_, err = a.SendToClient(t.Context(), "bob", []byte("last"))
+			_, err := a.SendToClient(t.Context(), "bob", []byte("last"))
 			require.NoError(t, err)
 			next := at.Offset + 1
 			for next <= at.Offset+301 {
@@ -749,4 +731,21 @@ func TestConnectedClientKeepsItsHistoryMetaAlive(t *testing.T) {
 	f := bob.next(t)
 	assert.Equal(t, "message", f.Type, "no position frame: nothing was lost")
 	assert.Equal(t, at.Offset+1, f.Offset)
+}
+
+// dialUnread connects a framed client that reads nothing until asked: the
+// returned function reads its next frame. A slow client, as far as the
+// node can tell.
+func dialUnread(t *testing.T, nodeURL, clientID string) func() frame {
+	t.Helper()
+	ws, _, err := websocket.Dial(t.Context(), nodeURL+"?client="+clientID, &websocket.DialOptions{Subprotocols: []string{wsroute.Subprotocol}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ws.CloseNow() })
+	ws.SetReadLimit(1 << 20)
+	return func() frame {
+		t.Helper()
+		var f frame
+		require.NoError(t, json.Unmarshal([]byte(read(t, ws)), &f))
+		return f
+	}
 }
