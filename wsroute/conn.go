@@ -325,7 +325,7 @@ func (c *localConn) enqueue(data []byte) {
 
 // queued is a frame waiting for the writer. A kept one (a message of a
 // history, or a position frame) is never dropped to make room: it was
-// queued only when there was room (see receiveKept), and dropping it would
+// queued only when there was room (see handOn), and dropping it would
 // leave a hole in its stream that nobody fills.
 type queued struct {
 	data []byte

@@ -28,8 +28,10 @@ type followed struct {
 	epoch string
 	last  uint64 // the offset of the last message queued
 	// filling is set while a filler owns the stream: live messages wait in
-	// pending, at most Config.SendQueueSize of them; more set overflow and
-	// are dropped, to be read from the history, where they are too.
+	// pending, in the order they came, at most Config.SendQueueSize of
+	// them; a kept one beyond sets overflow, and it and every message after
+	// it are dropped until pending is out: the kept ones are read from the
+	// history, where they are too, the others lost.
 	filling  bool
 	pending  []streamMessage
 	overflow bool
@@ -100,11 +102,11 @@ func (c *localConn) startFilling(stream string, st *followed) {
 		delete(c.recover, stream)
 	}
 	c.fillers.Add(1)
-	go c.fill(stream, st, from, true)
+	go c.fill(stream, st, from, fillStart)
 }
 
-// receiveKept hands a live message kept in the history to the connection.
-func (c *localConn) receiveKept(stream string, m streamMessage, frame []byte) {
+// receiveFramed hands a live message to a framed connection.
+func (c *localConn) receiveFramed(stream string, m streamMessage, frame []byte) {
 	n := c.node
 	c.mu.Lock()
 	if c.closed {
@@ -112,6 +114,28 @@ func (c *localConn) receiveKept(stream string, m streamMessage, frame []byte) {
 		return
 	}
 	st := c.streams[stream]
+	if m.offset == 0 {
+		// Not kept. While its stream catches up it waits behind the
+		// kept messages before it, so that one sender's messages keep
+		// their order; it is lost if pending overflows, as under
+		// DropOldest.
+		if st != nil && st.filling {
+			if !st.overflow && len(st.pending) < n.config.SendQueueSize {
+				st.pending = append(st.pending, m)
+			} else {
+				n.stats.dropped.Add(1) // behind kept ones that overflowed into the history
+			}
+			c.mu.Unlock()
+			return
+		}
+		n.stats.delivered.Add(1)
+		disconnect := c.queueLocked(frame, false)
+		c.mu.Unlock()
+		if disconnect {
+			c.disconnectSlow()
+		}
+		return
+	}
 	if st == nil {
 		// Kept by WithHistory in a stream not kept by default: the
 		// connection follows it from here.
@@ -119,7 +143,9 @@ func (c *localConn) receiveKept(stream string, m streamMessage, frame []byte) {
 		c.streams[stream] = st
 	}
 	if st.filling {
-		if len(st.pending) < n.config.SendQueueSize {
+		// Once one overflowed, the ones after it wait in the history too:
+		// pending must not hold messages from after a hole.
+		if !st.overflow && len(st.pending) < n.config.SendQueueSize {
 			st.pending = append(st.pending, m)
 		} else {
 			st.overflow = true
@@ -153,7 +179,7 @@ func (c *localConn) handOn(stream string, st *followed, m streamMessage, frame [
 	st.filling = true
 	st.pending = append(st.pending[:0], m)
 	c.fillers.Add(1)
-	go c.fill(stream, st, &Position{Epoch: st.epoch, Offset: st.last}, false)
+	go c.fill(stream, st, &Position{Epoch: st.epoch, Offset: st.last}, fillPending)
 }
 
 // catchUpAll makes every framed connection check the streams it follows
@@ -171,54 +197,82 @@ func (n *Node) catchUpAll() {
 			if !c.closed && !st.filling {
 				st.filling = true
 				c.fillers.Add(1)
-				go c.fill(stream, st, &Position{Epoch: st.epoch, Offset: st.last}, false)
+				go c.fill(stream, st, &Position{Epoch: st.epoch, Offset: st.last}, fillCheck)
 			}
 		}
 		c.mu.Unlock()
 	}
 }
 
-// fill owns a filling stream: it queues the kept messages after from (nil:
-// the client gave no position; it starts at the stream's last offset),
-// marked recovered, then the live ones that waited in pending, reading the
-// history again for any gap among them, and hands the stream back to live
-// delivery. When it starts following the stream (start), it queues a
-// position frame between the recovered messages and the live ones.
-func (c *localConn) fill(stream string, st *followed, from *Position, start bool) {
+// fillMode says how a filler starts.
+type fillMode int
+
+const (
+	// fillStart: the connection starts following the stream (connected,
+	// joined): the history after the client's position (nil: none) is
+	// read first, and a position frame ends the replay.
+	fillStart fillMode = iota
+	// fillCheck: the node may have missed messages (its subscription
+	// dropped): the history after the stream's position is read first.
+	fillCheck
+	// fillPending: live messages wait (a gap before them, or a full
+	// queue): they are sent first, in order, and the history read only
+	// for a gap among them, so that a message sent without history is not
+	// overtaken by kept ones that came after it.
+	fillPending
+)
+
+// fill owns a filling stream: it queues the kept messages after from,
+// marked recovered, and the live ones that waited in pending, reading the
+// history for any gap among them, and hands the stream back to live
+// delivery (see fillMode for how it starts).
+func (c *localConn) fill(stream string, st *followed, from *Position, mode fillMode) {
 	defer c.fillers.Done()
 	n := c.node
 	kind, name := c.streamKey(stream)
-	after := int64(-1)
-	if from != nil {
-		after = int64(from.Offset)
-	}
-	page, ok := c.read(kind, name, after)
-	if !ok {
-		return
-	}
-	epoch, since := page.epoch, page.top
-	var recovered *bool
-	reason, replayed := "", 0
-	if from != nil {
-		switch {
-		case from.Epoch != page.epoch:
-			reason = reasonEpoch
-		case from.Offset > page.top:
-			reason = reasonAhead
-		default:
-			since = from.Offset
-			if page, since, replayed, reason, ok = c.catchUp(stream, page, epoch, since); !ok {
-				return
-			}
-			if reason != "" {
-				since = page.top
-			}
+	start := mode == fillStart
+	var (
+		page      historyPage
+		ok        bool
+		epoch     string
+		since     uint64
+		recovered *bool
+		reason    string
+		replayed  int
+	)
+	if mode == fillPending {
+		epoch, since = from.Epoch, from.Offset
+	} else {
+		after := int64(-1)
+		if from != nil {
+			after = int64(from.Offset)
 		}
-		recovered = boolPtr(reason == "")
-	}
-	if !start && reason != "" {
-		// A gap the history no longer covers: say so, as for a start.
-		start, recovered = true, boolPtr(false)
+		if page, ok = c.read(kind, name, after); !ok {
+			return
+		}
+		epoch, since = page.epoch, page.top
+		if from != nil {
+			switch {
+			case from.Epoch != page.epoch:
+				reason = reasonEpoch
+			case from.Offset > page.top:
+				reason = reasonAhead
+			default:
+				since = from.Offset
+				if page, since, replayed, reason, ok = c.catchUp(stream, page, epoch, since); !ok {
+					return
+				}
+				if reason != "" {
+					since = page.top
+				}
+			}
+			recovered = boolPtr(reason == "")
+		}
+		if !start && reason != "" {
+			// Missed messages the history no longer covers: say so, as
+			// for a start.
+			start, recovered = true, boolPtr(false)
+		}
 	}
 
 	for {
@@ -240,8 +294,10 @@ func (c *localConn) fill(stream string, st *followed, from *Position, start bool
 			// Not replaying, the stream starts at the position frame: the
 			// live messages that reached the connection before it are
 			// after it, so that none is dropped as one the client had.
-			if p := st.pending[0]; p.epoch == epoch && p.offset <= since {
-				since = p.offset - 1
+			if i := slices.IndexFunc(st.pending, func(p streamMessage) bool { return p.offset > 0 }); i >= 0 {
+				if p := st.pending[i]; p.epoch == epoch && p.offset <= since {
+					since = p.offset - 1
+				}
 			}
 		}
 		if start {
@@ -255,17 +311,21 @@ func (c *localConn) fill(stream string, st *followed, from *Position, start bool
 				n.stats.recoveryFailed.Add(1)
 			}
 		}
-		gap, full := st.overflow, false
-		st.overflow = false
+		gap, full := false, false
 		for !gap && len(st.pending) > 0 {
 			m := st.pending[0]
-			if m.epoch != epoch || m.offset > since+1 {
+			switch {
+			case m.offset == 0: // not kept: in its place
+				if full = len(c.queue) >= n.config.SendQueueSize; full {
+					break
+				}
+				c.queueLocked(encodeMessage(stream, m, false), false)
+				n.stats.delivered.Add(1)
+			case m.epoch != epoch || m.offset > since+1:
 				gap = true
-				break
-			}
-			if m.offset <= since {
+			case m.offset <= since:
 				n.stats.duplicates.Add(1)
-			} else {
+			default:
 				if full = len(c.queue) >= n.config.SendQueueSize; full {
 					break
 				}
@@ -273,8 +333,15 @@ func (c *localConn) fill(stream string, st *followed, from *Position, start bool
 				n.stats.delivered.Add(1)
 				since = m.offset
 			}
+			if gap || full {
+				break
+			}
 			st.pending[0] = streamMessage{}
 			st.pending = st.pending[1:]
+		}
+		if !gap && !full && len(st.pending) == 0 && st.overflow {
+			// Pending is out; what overflowed it is in the history.
+			gap, st.overflow = true, false
 		}
 		done := !gap && !full && len(st.pending) == 0
 		if done {
@@ -362,7 +429,7 @@ func (c *localConn) dropOtherEpochs(st *followed, epoch string) {
 	defer c.mu.Unlock()
 	kept := st.pending[:0]
 	for _, m := range st.pending {
-		if m.epoch == epoch {
+		if m.epoch == epoch || m.offset == 0 {
 			kept = append(kept, m)
 		}
 	}

@@ -194,11 +194,7 @@ func (n *Node) deliver(msg *message.Message) {
 		if frame == nil {
 			frame = encodeMessage(stream, m, false)
 		}
-		if m.offset == 0 {
-			c.enqueue(frame)
-			continue
-		}
-		c.receiveKept(stream, m, frame)
+		c.receiveFramed(stream, m, frame)
 	}
 }
 
