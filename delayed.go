@@ -69,6 +69,12 @@ func dueOf(msg *message.Message, now time.Time) (time.Time, bool, error) {
 	return due, true, nil
 }
 
+// DelayedKey names the sorted set where a topic's delayed messages wait
+// (score: the due time in Unix milliseconds), for monitoring: ZCARD counts
+// them, ZRANGE key 0 0 WITHSCORES gives the next due. It is in the
+// stream's hash slot on Redis Cluster.
+func DelayedKey(topic string) string { return delayedKey(topic) }
+
 // delayedKey is a topic's delayed set, in its stream's hash slot. The
 // stream's name at the end tells "orders" from "{orders}", which share a
 // slot prefix.

@@ -321,3 +321,32 @@ func TestDelayedMessagesMovedOnceByManyProcesses(t *testing.T) {
 	t.Logf("lateness of %d messages moved by 3 processes (one killed): p50 %s, p99 %s, max %s",
 		n, lateness[n/2], lateness[n*99/100], lateness[n-1])
 }
+
+// On Redis Cluster a topic's delayed set and wake channel live in its
+// stream's slot: publishing, moving, waking and rescheduling work across
+// masters, for topics with and without hash tags.
+func TestDelayedMessagesOnACluster(t *testing.T) {
+	cluster := pubsubtest.StartCluster(t, 3)
+	client := cluster.Client(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g", DelayedPollInterval: time.Hour}, nil)
+	for _, topic := range []string{"plain-" + watermill.NewShortUUID(), "{tagged}:" + watermill.NewShortUUID(), "a}b-" + watermill.NewShortUUID()} {
+		messages, err := sub.Subscribe(t.Context(), topic)
+		require.NoError(t, err)
+		now, err := client.Time(t.Context()).Result()
+		require.NoError(t, err)
+		// Subscribed first, then scheduled: only a wake can tell the
+		// mover (it polls once an hour here).
+		require.Eventually(t, func() bool {
+			count, _, err := sub.Scheduled(t.Context(), topic)
+			return err == nil && count == 0
+		}, waitTimeout, 10*time.Millisecond)
+		require.NoError(t, pub.Publish(topic, delayedMessage("later "+topic, now.Add(200*time.Millisecond))))
+		msg := next(t, messages)
+		arrived, err := client.Time(t.Context()).Result()
+		require.NoError(t, err)
+		msg.Ack()
+		assert.Equal(t, "later "+topic, string(msg.Payload))
+		assert.False(t, arrived.Before(now.Add(200*time.Millisecond)))
+	}
+}
