@@ -159,6 +159,16 @@ var nodeSeries = []series[wsroute.Stats]{
 		func(s wsroute.Stats) float64 { return float64(s.TooManyConnections) }),
 	counter("redisbus_wsroute_rate_limited_clients_total", "Connections closed for sending frames faster than InboundRate.",
 		func(s wsroute.Stats) float64 { return float64(s.RateLimited) }),
+	counter("redisbus_wsroute_kept_messages_total", "Messages this node sent that were kept in a history (Config.History, WithHistory).",
+		func(s wsroute.Stats) float64 { return float64(s.Kept) }),
+	counter("redisbus_wsroute_recovered_streams_total", "Streams wsroute.v1 connections asked to recover and got everything they missed.",
+		func(s wsroute.Stats) float64 { return float64(s.Recovered) }),
+	counter("redisbus_wsroute_recovery_failed_streams_total", "Streams whose connections were told they could not recover (history trimmed, expired or lost).",
+		func(s wsroute.Stats) float64 { return float64(s.RecoveryFailed) }),
+	counter("redisbus_wsroute_replayed_messages_total", "Messages sent to connections from a history: recoveries and gaps filled.",
+		func(s wsroute.Stats) float64 { return float64(s.Replayed) }),
+	counter("redisbus_wsroute_duplicate_messages_total", "Live messages not sent to a connection because it had them already.",
+		func(s wsroute.Stats) float64 { return float64(s.Duplicates) }),
 }
 
 func collectPublisher(ch chan<- prometheus.Metric, name string, s redisbus.PublisherStats) {
