@@ -95,16 +95,18 @@ const maxScheduleBatch = 1000
 // delayedMember encodes an entry's fields as a member of the delayed set:
 // 32 hex characters, the time it was scheduled (ns) and 8 random bytes,
 // so that members never collide and messages due at the same time move in
-// the order they were scheduled; then the fields as a MessagePack array of
-// strings, which the move script decodes (cmsgpack) and gives to XADD.
+// the order they were scheduled; then each field as "<length>:<bytes>",
+// which the move script splits with plain string functions (any Lua of
+// any Redis, embedded ones included) and gives to XADD.
 func delayedMember(fields []any) []byte {
 	var prefix [16]byte
 	binary.BigEndian.PutUint64(prefix[:8], uint64(time.Now().UnixNano()))
 	_, _ = rand.Read(prefix[8:])
 	buf := hex.AppendEncode(make([]byte, 0, 64), prefix[:])
-	buf = appendMsgpackArrayHeader(buf, len(fields))
 	for _, f := range fields {
-		buf = appendMsgpackString(buf, fieldString(f))
+		v := fieldString(f)
+		buf = append(strconv.AppendInt(buf, int64(len(v)), 10), ':')
+		buf = append(buf, v...)
 	}
 	return buf
 }
@@ -125,16 +127,6 @@ func fieldString(v any) string {
 		return ""
 	}
 	return fmt.Sprint(v)
-}
-
-func appendMsgpackArrayHeader(buf []byte, n int) []byte {
-	switch {
-	case n < 16:
-		return append(buf, 0x90|byte(n))
-	case n <= 0xffff:
-		return binary.BigEndian.AppendUint16(append(buf, 0xdc), uint16(n))
-	}
-	return binary.BigEndian.AppendUint32(append(buf, 0xdd), uint32(n))
 }
 
 // scheduled is a message to store in a delayed set.

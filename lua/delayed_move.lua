@@ -12,14 +12,26 @@
 -- Returns {moved, the next due time ("" if none), Redis' time (ms), the
 -- lateness of each moved message (ms)…}.
 local key, stream = KEYS[1], KEYS[2]
+
+-- fields splits a member after its 32-character prefix: "<length>:<bytes>"…
+local function fields(member)
+  local out, pos = {}, 33
+  while pos <= #member do
+    local colon = string.find(member, ':', pos, true)
+    local length = tonumber(string.sub(member, pos, colon - 1))
+    out[#out + 1] = string.sub(member, colon + 1, colon + length)
+    pos = colon + length + 1
+  end
+  return out
+end
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
 local reply = {0, '', now}
 for i = 1, #due, 2 do
   local member = due[i]
-  local fields = cmsgpack.unpack(string.sub(member, 33))
-  redis.call('XADD', stream, '*', unpack(fields))
+  redis.call('XADD', stream, '*', unpack(fields(member)))
   redis.call('ZREM', key, member)
   reply[#reply + 1] = now - tonumber(due[i + 1])
 end

@@ -4,7 +4,7 @@
 --
 -- KEYS[1]  the topic's delayed set: score = due time (Unix ms), member =
 --          32 hex characters (when scheduled, and random) + the entry's
---          fields as a MessagePack array
+--          fields, each "<length>:<bytes>"
 -- ARGV[1]  the wake channel
 -- ARGV[2]  "PUBLISH", or "SPUBLISH" on Redis Cluster
 -- ARGV[3…] score, member, score, member…
