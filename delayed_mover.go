@@ -67,7 +67,8 @@ func (w *delayedWakes) close() {
 // clock), a wake says one is due sooner, or DelayedPollInterval passed.
 func (t *streamsTopic) moveDelayed() {
 	cfg := t.s.config
-	wakes := t.s.wakes.subscribe(t.s, t.name)
+	var wakes <-chan *message.Message
+	subscribed := false
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	backoff := minReconnectBackoff
@@ -87,6 +88,11 @@ func (t *streamsTopic) moveDelayed() {
 		wait := cfg.DelayedPollInterval
 		reply, err := t.moveDue()
 		switch {
+		case isRedisError(err, "NOPERM"):
+			// An ACL from before delayed messages: this subscriber goes
+			// on without moving them (see docs/operating-redis.md).
+			t.logger.Info("This subscriber's ACL does not allow moving delayed messages; it leaves them to others", watermill.LogFields{"error": err.Error()})
+			return
 		case err != nil:
 			slotmap.Refresh(err, cfg.Client)
 			if t.moveErrorLog.allow() {
@@ -101,6 +107,12 @@ func (t *streamsTopic) moveDelayed() {
 			if !reply.nextDue.IsZero() {
 				wait = min(wait, max(reply.nextDue.Sub(reply.now), 0))
 			}
+		}
+		if err == nil && !subscribed {
+			// Once moving is known to be allowed: a subscriber whose ACL
+			// forbids it does not subscribe either.
+			subscribed = true
+			wakes = t.s.wakes.subscribe(t.s, t.name)
 		}
 		timer.Reset(wait)
 	}

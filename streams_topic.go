@@ -174,9 +174,11 @@ func (t *streamsTopic) ensureGroup(ctx context.Context, start string) error {
 func (t *streamsTopic) start() {
 	t.s.wg.Go(t.inbox.run)
 	t.s.wg.Go(t.read)
-	t.s.wg.Go(t.moveDelayed)
 	if t.grouped() {
 		t.s.wg.Go(t.maintain)
+		// Fan-out subscribers only read: delayed messages are moved by
+		// the subscribers of consumer groups, which write anyway.
+		t.s.wg.Go(t.moveDelayed)
 	}
 }
 
