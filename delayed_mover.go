@@ -110,9 +110,13 @@ func (t *streamsTopic) moveDelayed() {
 		}
 		if err == nil && !subscribed {
 			// Once moving is known to be allowed: a subscriber whose ACL
-			// forbids it does not subscribe either.
+			// forbids it does not subscribe either. Subscribe returns once
+			// Redis confirmed it; a message scheduled before that woke
+			// nobody, so look again at once.
 			subscribed = true
-			wakes = t.s.wakes.subscribe(t.s, t.name)
+			if wakes = t.s.wakes.subscribe(t.s, t.name); wakes != nil {
+				wait = 0
+			}
 		}
 		timer.Reset(wait)
 	}
