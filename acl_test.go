@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
@@ -26,15 +27,20 @@ var (
 	aclShardedPublisher  = []string{"-@all", "+spublish", "resetchannels", "&app:*"}
 	aclShardedSubscriber = []string{"-@all", "+ssubscribe", "+sunsubscribe", "+ping", "resetchannels", "&app:*"}
 	aclStreamsPublisher  = []string{"-@all", "+xadd", "+eval", "+evalsha", "+xinfo|groups", "+xpending", "+xrange",
-		"+xtrim", "+xlen", "resetkeys", "~app:*"}
+		"+xtrim", "+xlen", "+zadd", "+zrange", "+publish", "+spublish",
+		"resetkeys", "~app:*", "~{app:*", "resetchannels", "&{app:*"}
 	aclStreamsSubscriber = []string{"-@all", "+xgroup|create", "+xgroup|delconsumer", "+xinfo|groups", "+xinfo|consumers",
 		"+xreadgroup", "+xack", "+xautoclaim", "+xclaim", "+xpending", "+xadd", "+xrange", "+xlen",
-		"+eval", "+evalsha", "+set", "+get", "+pexpire", "+del", "+ping", "resetkeys", "~app:*", "~{app:*"}
+		"+eval", "+evalsha", "+set", "+get", "+pexpire", "+del", "+ping",
+		"+zadd", "+zrange", "+zrangebyscore", "+zrem", "+time", "+publish", "+spublish",
+		"+subscribe", "+unsubscribe", "+ssubscribe", "+sunsubscribe",
+		"resetkeys", "~app:*", "~{app:*", "resetchannels", "&{app:*"}
 	aclStreamsFanOut = []string{"-@all", "+xread", "+xinfo|stream", "resetkeys", "~app:*"}
 	// aclStreamsPublisherWaiting is aclStreamsPublisher and +wait, for
 	// WaitReplicas.
 	aclStreamsPublisherWaiting = []string{"-@all", "+xadd", "+eval", "+evalsha", "+xinfo|groups", "+xpending", "+xrange",
-		"+xtrim", "+xlen", "+wait", "resetkeys", "~app:*"}
+		"+xtrim", "+xlen", "+zadd", "+zrange", "+publish", "+spublish", "+wait",
+		"resetkeys", "~app:*", "~{app:*", "resetchannels", "&{app:*"}
 )
 
 // The page shows each rule set the tests use, word for word, so that what
@@ -126,8 +132,9 @@ func TestStreamsFanOutWithTheDocumentedACL(t *testing.T) {
 
 // The Streams publisher and a consumer group's subscriber run as ACL
 // users with exactly the permissions docs/operating-redis.md lists: publishing and
-// trimming, reading, acking, nacking, dead-lettering, claiming, leasing
-// the consumer name, removing idle consumers and closing.
+// trimming, reading, acking, nacking, dead-lettering, delayed messages
+// (scheduling, waking, moving, rescheduling), claiming, leasing the
+// consumer name, removing idle consumers and closing.
 func TestStreamsWithTheDocumentedACL(t *testing.T) {
 	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
 	admin := server.Client(t)
@@ -150,6 +157,16 @@ func TestStreamsWithTheDocumentedACL(t *testing.T) {
 	poison.Nack() // its second delivery: dead-lettered
 	assert.Equal(t, []string{"good"}, receive(t, messages, 1))
 	require.Eventually(t, func() bool { return sub.Stats().DeadLettered == 1 }, waitTimeout, time.Millisecond)
+
+	// A delayed message is scheduled, woken up for, moved; nacked with a
+	// delay, it is rescheduled.
+	require.NoError(t, pub.Publish("app:orders", delayedMessage("later", time.Now().Add(50*time.Millisecond))))
+	later := next(t, messages)
+	require.Equal(t, "later", string(later.Payload))
+	later.Metadata.Set(delay.DelayedUntilKey, time.Now().Add(50*time.Millisecond).UTC().Format(time.RFC3339Nano))
+	later.Nack()
+	assert.Equal(t, []string{"later"}, receive(t, messages, 1))
+	assert.EqualValues(t, 1, sub.Stats().Rescheduled)
 
 	// The first closes with a message in its handler's hands: it hands it
 	// back, and a second consumer claims it.

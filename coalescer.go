@@ -374,23 +374,32 @@ type replicaWait struct {
 // replicas. Their commands did run: the entries are stored on the primary,
 // which a failover before the replicas caught up would lose.
 func (w *replicaWait) check(wait *redis.IntCmd, batch []*coalescedCall) {
-	confirmed, err := wait.Result()
-	if err == nil && confirmed >= int64(w.replicas) {
+	failure := w.confirmed(wait)
+	if failure == nil {
 		return
-	}
-	failure := fmt.Errorf("%w: %d of %d confirmed within %s", ErrNotReplicated, confirmed, w.replicas, w.timeout)
-	switch {
-	case err != nil && permanent(err):
-		// Not a replica falling behind but a refusal (an ACL without
-		// +wait, say) that every retry would meet, storing the entries
-		// again each time: not ErrNotReplicated.
-		failure = fmt.Errorf("redisbus: the entries are stored, but Redis refused WAIT: %w", err)
-	case err != nil:
-		failure = fmt.Errorf("%w: WAIT for %d failed: %w", ErrNotReplicated, w.replicas, err)
 	}
 	for _, call := range batch {
 		if call.sent && call.err == nil {
 			call.err = failure
 		}
 	}
+}
+
+// confirmed returns nil if WAIT confirmed enough replicas, and otherwise
+// why the writes before it are not confirmed.
+func (w *replicaWait) confirmed(wait *redis.IntCmd) error {
+	confirmed, err := wait.Result()
+	if err == nil && confirmed >= int64(w.replicas) {
+		return nil
+	}
+	switch {
+	case err != nil && permanent(err):
+		// Not a replica falling behind but a refusal (an ACL without
+		// +wait, say) that every retry would meet, storing the entries
+		// again each time: not ErrNotReplicated.
+		return fmt.Errorf("redisbus: the entries are stored, but Redis refused WAIT: %w", err)
+	case err != nil:
+		return fmt.Errorf("%w: WAIT for %d failed: %w", ErrNotReplicated, w.replicas, err)
+	}
+	return fmt.Errorf("%w: %d of %d confirmed within %s", ErrNotReplicated, confirmed, w.replicas, w.timeout)
 }

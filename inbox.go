@@ -77,6 +77,9 @@ type inboxEntry struct {
 	// happened yet; handing the entry back without delivering it takes
 	// that count back.
 	reserved bool
+	// prior is how many deliveries reached a handler before the entry was
+	// rescheduled by a Nack with a delay (a copy's metadata says so).
+	prior int
 	// isolate asks for the entry to be handled alone: an earlier delivery
 	// failed or died with its process, and it must not take other messages
 	// down with it again.
@@ -109,8 +112,9 @@ type inboxOwner interface {
 	delivered(e *inboxEntry)
 	acked(e *inboxEntry)
 	// nacked decides when e is offered again; redeliver false means the
-	// owner took it (e.g. to a dead-letter stream).
-	nacked(e *inboxEntry) (delay time.Duration, redeliver bool)
+	// owner took it (e.g. to a dead-letter stream, or to deliver later).
+	// msg is the message the handler nacked, with the metadata it set.
+	nacked(e *inboxEntry, msg *message.Message) (delay time.Duration, redeliver bool)
 	// overflowed reports an entry the overflow policy dropped.
 	overflowed(e *inboxEntry)
 	// stale reports that e waits for Redis to confirm it is still ours.
@@ -938,7 +942,7 @@ func (t *topicInbox) settle(d *delivery, acked bool) {
 		t.owner.acked(d.entry)
 		return
 	}
-	delay, redeliver := t.owner.nacked(d.entry)
+	delay, redeliver := t.owner.nacked(d.entry, d.msg)
 	if redeliver && delay > 0 && t.config.maxInFlight == 1 {
 		// Ordered: the message holds its consumer's queue until its delay
 		// ends, as long as work that took that long.

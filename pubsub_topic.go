@@ -108,7 +108,7 @@ func (t *pubsubTopic) delivered(e *inboxEntry) {
 
 func (t *pubsubTopic) acked(*inboxEntry) { t.s.stats.acked.Add(1) }
 
-func (t *pubsubTopic) nacked(e *inboxEntry) (time.Duration, bool) {
+func (t *pubsubTopic) nacked(e *inboxEntry, _ *message.Message) (time.Duration, bool) {
 	t.s.stats.nacked.Add(1)
 	if limit := t.s.config.MaxDeliveries; limit > 0 && e.deliveries >= limit {
 		total := t.s.stats.gaveUp.Add(1)

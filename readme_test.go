@@ -19,8 +19,10 @@ import (
 	"context"
 	"log"
 	"net/http"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
@@ -46,6 +48,8 @@ var (
 	_ = promhttp.Handler
 	_ = redisbusprom.NewCollector
 	_ = redisbusotel.NewPublisher
+	_ = delay.For
+	_ = time.Second
 )
 
 func main() {
@@ -57,6 +61,7 @@ func main() {
 		publisher    message.Publisher
 		frames       *gochannel.GoChannel
 		data         []byte
+		payload      []byte
 		orderJSON    []byte
 		processOrder func(*message.Message) error
 		sessionUser  func(*http.Request) (string, error)
@@ -65,7 +70,7 @@ func main() {
 		node         *wsroute.Node
 	)
 	_, _, _, _, _, _, _, _, _, _ = ctx, logger, client, router, publisher, frames, data, orderJSON, processOrder, sessionUser
-	_, _, _ = subscriber, streamsPublisher, node
+	_, _, _, _ = subscriber, streamsPublisher, node, payload
 `
 
 // The Go snippets of the README and docs/ are what a newcomer copies first:

@@ -33,6 +33,13 @@ var (
 	//go:embed lua/trim.lua
 	trimSource string
 
+	//go:embed lua/delayed_schedule.lua
+	delayedScheduleSource string
+
+	//go:embed lua/delayed_move.lua
+	delayedMoveSource string
+	delayedMoveScript = redis.NewScript(delayedMoveSource)
+
 	// setLeaseScript is SET NX PX for a lease when Redis is out of memory.
 	setLeaseScript = redis.NewScript(allowOOM + "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])")
 )

@@ -54,6 +54,7 @@ const (
 	opDeliveries                // record a delivery count after a Nack
 	opDeadLetter                // XADD a copy to the dead-letter stream; once stored, XACK
 	opRelease                   // hand an entry back to the group
+	opReschedule                // store a copy as a delayed message; once stored, XACK
 )
 
 // ackOp is one write the subscriber owes Redis for an entry.
@@ -63,8 +64,9 @@ type ackOp struct {
 	id    string
 	// entry is the held entry, held until the operation is done.
 	entry  *inboxEntry
-	count  string // opDeliveries: the count to record; opRelease: that or "-"
-	reason string // opDeadLetter
+	count  string    // opDeliveries: the count to record; opRelease: that or "-"
+	reason string    // opDeadLetter
+	later  scheduled // opReschedule
 	// counted says the ack is in its topic's acksUnsent.
 	counted bool
 	// idle says a release is for want of a consumer.
@@ -132,6 +134,11 @@ func (a *streamsAcker) recordDeliveries(t *streamsTopic, e *inboxEntry) {
 
 func (a *streamsAcker) deadLetter(t *streamsTopic, e *inboxEntry, reason string) {
 	a.add(ackOp{kind: opDeadLetter, topic: t, id: e.id, entry: e, reason: reason})
+}
+
+// reschedule stores a copy of e to come back later, and then acks e.
+func (a *streamsAcker) reschedule(t *streamsTopic, e *inboxEntry, later scheduled) {
+	a.add(ackOp{kind: opReschedule, topic: t, id: e.id, entry: e, later: later})
 }
 
 // release hands entries back to the group. It runs on the dispatcher,
@@ -263,7 +270,7 @@ func (a *streamsAcker) flush(final bool) bool {
 // send sends one batch; it returns the operations that follow from it
 // (acks of stored dead letters) and adds the failed ones to failed.
 func (a *streamsAcker) send(ops []ackOp, failed []ackOp) (next, _ []ackOp) {
-	var acks, deadLetters []ackOp
+	var acks, deadLetters, reschedules []ackOp
 	deliveries := map[*streamsTopic][]ackOp{}
 	releases := map[*streamsTopic][]ackOp{}
 	for _, op := range ops {
@@ -272,6 +279,8 @@ func (a *streamsAcker) send(ops []ackOp, failed []ackOp) (next, _ []ackOp) {
 			acks = append(acks, op)
 		case opDeadLetter:
 			deadLetters = append(deadLetters, op)
+		case opReschedule:
+			reschedules = append(reschedules, op)
 		case opDeliveries:
 			deliveries[op.topic] = append(deliveries[op.topic], op)
 		case opRelease:
@@ -279,6 +288,12 @@ func (a *streamsAcker) send(ops []ackOp, failed []ackOp) (next, _ []ackOp) {
 		}
 	}
 	next, failed = a.sendAcksAndDeadLetters(acks, deadLetters, failed)
+	for _, op := range reschedules {
+		var ack *ackOp
+		if ack, failed = a.sendReschedule(op, failed); ack != nil {
+			next = append(next, *ack)
+		}
+	}
 	for t, topicOps := range deliveries {
 		failed = a.sendDeliveryCounts(t, topicOps, failed)
 	}
@@ -369,6 +384,24 @@ func (a *streamsAcker) sendAcksAndDeadLetters(acks, deadLetters, failed []ackOp)
 	return next, failed
 }
 
+// sendReschedule stores the copy of a message nacked with a delay; once it
+// is stored, the entry's ack follows. Like a dead letter, a copy Redis
+// stored but answered late is stored again: twice, never lost.
+func (a *streamsAcker) sendReschedule(op ackOp, failed []ackOp) (*ackOp, []ackOp) {
+	ctx, cancel := context.WithTimeout(context.Background(), moveTimeout)
+	defer cancel()
+	cfg := a.s.config
+	if err := schedule(ctx, cfg.Client, sendonce.PolicyOf(cfg.Client), nil, op.topic.name, []scheduled{op.later}); err != nil {
+		if a.deadLetterErr[op.topic] != err.Error() {
+			a.deadLetterErr[op.topic] = err.Error()
+			op.topic.logger.Error("Cannot store a nacked message for its later delivery; the entry stays pending here and is tried again", err,
+				watermill.LogFields{"entry_id": op.id})
+		}
+		return nil, append(failed, retryLater(op, deadLetterRetryMin, deadLetterRetryMax))
+	}
+	return &ackOp{kind: opAck, topic: op.topic, id: op.id, entry: op.entry}, failed
+}
+
 func (a *streamsAcker) deadLetterFields(op ackOp) []any {
 	fields := fieldsOf(op.entry.values)
 	return append(fields,
@@ -377,7 +410,7 @@ func (a *streamsAcker) deadLetterFields(op ackOp) []any {
 		DeadLetterFieldID, op.id,
 		DeadLetterFieldGroup, a.s.config.ConsumerGroup,
 		DeadLetterFieldConsumer, op.topic.consumerName(),
-		DeadLetterFieldDeliveries, strconv.Itoa(op.entry.deliveries),
+		DeadLetterFieldDeliveries, strconv.Itoa(op.entry.prior+op.entry.deliveries),
 	)
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/redisbus/watermill-redisbus/internal/sendonce"
+	"github.com/redisbus/watermill-redisbus/internal/slotmap"
 )
 
 // StreamTrim bounds a stream.
@@ -179,6 +180,9 @@ type StreamsPublisher struct {
 	trimErrorLog, trimLossLog logThrottle
 
 	trimmed, trimmedUnconsumed atomic.Uint64
+	scheduled                  atomic.Uint64
+	// retries sends a schedule script again only when Redis did not run it.
+	retries sendonce.Policy
 }
 
 // topicTrim is when a topic was last trimmed and what was published since.
@@ -189,7 +193,10 @@ type topicTrim struct {
 
 // StreamsPublisherStats are counters since the publisher was created.
 type StreamsPublisherStats struct {
-	Trimmed uint64 // entries trimmed from streams
+	// Scheduled counts the messages stored to enter their stream later
+	// (Watermill's delay metadata; see delayed.go).
+	Scheduled uint64
+	Trimmed   uint64 // entries trimmed from streams
 	// TrimmedUnconsumed counts entries a MaxLen or MaxAge cap trimmed
 	// before some consumer group of the stream had read and acked them.
 	TrimmedUnconsumed uint64
@@ -211,6 +218,7 @@ func NewStreamsPublisher(config StreamsPublisherConfig, logger watermill.LoggerA
 		coalescer: newCoalescer(config.Client, config.MaxBatchSize, config.MaxBatchSize, false),
 		trims:     map[string]*topicTrim{},
 		closed:    make(chan struct{}),
+		retries:   sendonce.PolicyOf(config.Client),
 	}
 	if config.WaitReplicas > 0 {
 		// Before the first call: the flushers read it only after receiving one.
@@ -230,20 +238,22 @@ func (p *StreamsPublisher) Publish(topic string, msgs ...*message.Message) error
 }
 
 // PublishIDs is Publish with a context, returning the stream entry ID Redis
-// gave each message (e.g. "1779520329297-0").
+// gave each message (e.g. "1779520329297-0"); "" for a delayed message,
+// which gets its ID when it falls due.
 func (p *StreamsPublisher) PublishIDs(ctx context.Context, topic string, msgs ...*message.Message) ([]string, error) {
 	call, err := p.publish(ctx, topic, msgs)
 	if call == nil || err != nil {
 		return nil, err
 	}
-	ids := make([]string, len(call.cmds))
+	ids := make([]string, len(msgs))
 	for i, cmd := range call.cmds {
-		ids[i] = cmd.Val()
+		ids[call.index(i)] = cmd.Val()
 	}
 	return ids, nil
 }
 
-// publish appends msgs and returns their commands, all successful.
+// publish appends msgs, or schedules those with a delay still ahead, and
+// returns the commands of those appended, all successful.
 func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*message.Message) (*xaddCall, error) {
 	if len(msgs) == 0 {
 		return nil, nil
@@ -255,20 +265,55 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 	}
 
 	call := &xaddCall{ctx: ctx, stream: topic}
-	call.fields, call.cmds = call.one[:0], call.oneCmd[:]
+	call.fields = call.one[:0]
 	if len(msgs) > 1 {
-		call.fields, call.cmds = make([][]any, 0, len(msgs)), make([]*redis.StringCmd, len(msgs))
+		call.fields = make([][]any, 0, len(msgs))
 	}
-	for _, msg := range msgs {
+	var later []scheduled
+	now := time.Now()
+	for i, msg := range msgs {
 		f, err := p.config.Marshaler.Marshal(topic, msg)
 		if err != nil {
 			return nil, fmt.Errorf("redisbus: marshal message %s: %w", msg.UUID, err)
 		}
+		due, delayed, err := dueOf(msg, now)
+		if err != nil {
+			return nil, err
+		}
+		if delayed && due.After(now) {
+			later = append(later, scheduled{due: due, fields: f})
+			if call.indexes == nil {
+				call.indexes = make([]int, 0, len(msgs))
+				for j := range i {
+					call.indexes = append(call.indexes, j)
+				}
+			}
+			continue
+		}
+		if call.indexes != nil {
+			call.indexes = append(call.indexes, i)
+		}
 		call.fields = append(call.fields, f)
 	}
-	call.trim = p.trimDue(topic, len(msgs))
+	if len(later) > 0 {
+		// Stored before the others are appended: a Publish that fails
+		// may have stored some, never appended one out of turn.
+		if err := schedule(ctx, p.config.Client, p.retries, p.coalescer.wait, topic, later); err != nil {
+			slotmap.Refresh(err, p.config.Client)
+			return nil, fmt.Errorf("redisbus: publish to %q: schedule %d delayed messages: %w", topic, len(later), err)
+		}
+		p.scheduled.Add(uint64(len(later)))
+		if len(call.fields) == 0 {
+			return call, nil
+		}
+	}
+	call.cmds = call.oneCmd[:]
+	if len(call.fields) > 1 {
+		call.cmds = make([]*redis.StringCmd, len(call.fields))
+	}
+	call.trim = p.trimDue(topic, len(call.fields))
 
-	if err := p.coalescer.do(ctx, len(msgs), call); err != nil {
+	if err := p.coalescer.do(ctx, len(call.fields), call); err != nil {
 		if errors.Is(err, ErrNotReplicated) {
 			for _, cmd := range call.cmds {
 				if cmd.Err() != nil { // not stored at all: that is the news
@@ -294,14 +339,26 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 // Most calls publish one message, which one and oneCmd hold without
 // allocating slices.
 type xaddCall struct {
-	ctx     context.Context
-	stream  string
-	fields  [][]any
+	ctx    context.Context
+	stream string
+	fields [][]any
+	// indexes maps fields to the messages of the Publish call when some
+	// of them were delayed; nil when they are all here.
+	indexes []int
 	trim    []any // when set, lua/trim.lua's arguments: the stream is trimmed after the entries
 	cmds    []*redis.StringCmd
 	trimCmd *redis.Cmd
 	one     [1][]any
 	oneCmd  [1]*redis.StringCmd
+}
+
+// index returns the position in its Publish call of the i-th message
+// appended.
+func (c *xaddCall) index(i int) int {
+	if c.indexes == nil {
+		return i
+	}
+	return c.indexes[i]
 }
 
 // addTo adds an XADD per message, each sent at most once: see
@@ -382,7 +439,7 @@ var errUnconsumedTrimmed = errors.New("StreamTrim cap below a consumer group's b
 
 // Stats returns the publisher's counters.
 func (p *StreamsPublisher) Stats() StreamsPublisherStats {
-	return StreamsPublisherStats{Trimmed: p.trimmed.Load(), TrimmedUnconsumed: p.trimmedUnconsumed.Load()}
+	return StreamsPublisherStats{Scheduled: p.scheduled.Load(), Trimmed: p.trimmed.Load(), TrimmedUnconsumed: p.trimmedUnconsumed.Load()}
 }
 
 // String names the publisher in logs and metrics (Watermill's

@@ -157,6 +157,19 @@ type StreamsSubscriberConfig struct {
 	// pending and have been idle this long. Zero means 1h; negative means
 	// never.
 	ConsumerIdleTimeout time.Duration
+
+	// DelayedMoveBatch is the most delayed messages (Watermill's delay
+	// metadata, see StreamsPublisher) one round trip moves into a topic's
+	// stream once they are due; more due at once take more round trips,
+	// back to back. Every subscriber of a topic moves them, each message
+	// exactly once. Zero means 100.
+	DelayedMoveBatch int
+
+	// DelayedPollInterval is the longest a topic's mover sleeps: it wakes
+	// when the next delayed message is due, and when a publisher schedules
+	// one due sooner (a Pub/Sub message), and looks at least this often in
+	// case such a message was lost. Zero means 1s.
+	DelayedPollInterval time.Duration
 }
 
 func (c *StreamsSubscriberConfig) setDefaults() {
@@ -214,6 +227,12 @@ func (c *StreamsSubscriberConfig) setDefaults() {
 	if c.ConsumerIdleTimeout == 0 {
 		c.ConsumerIdleTimeout = time.Hour
 	}
+	if c.DelayedMoveBatch == 0 {
+		c.DelayedMoveBatch = 100
+	}
+	if c.DelayedPollInterval == 0 {
+		c.DelayedPollInterval = time.Second
+	}
 }
 
 // Validate reports the first invalid field, if any.
@@ -248,6 +267,14 @@ func (c StreamsSubscriberConfig) Validate() error {
 		return configError(field("ConsumerLease"), "must not be negative")
 	case c.ConsumerLease > 0 && c.ConsumerLease < 10*time.Millisecond:
 		return configError(field("ConsumerLease"), "must be at least 10ms")
+	case c.DelayedMoveBatch < 0:
+		return configError(field("DelayedMoveBatch"), "must not be negative")
+	case c.DelayedMoveBatch > maxScheduleBatch:
+		return configError(field("DelayedMoveBatch"), fmt.Sprintf("must be at most %d: one script holds Redis for all of them", maxScheduleBatch))
+	case c.DelayedPollInterval < 0:
+		return configError(field("DelayedPollInterval"), "must not be negative")
+	case c.DelayedPollInterval > 0 && c.DelayedPollInterval < time.Millisecond:
+		return configError(field("DelayedPollInterval"), "must be at least 1ms")
 	}
 	return nil
 }
@@ -294,10 +321,21 @@ type StreamsSubscriberStats struct {
 	// deleted before they were handled: nothing is left to deliver.
 	Trimmed uint64
 	Held    int // entries in memory now, read and not yet acked in Redis
+	// DelayedMoved counts the delayed messages this subscriber moved into
+	// their streams once due; MaxDelayedLateness is the latest any of
+	// them was moved after its due time (by Redis' clock).
+	DelayedMoved       uint64
+	MaxDelayedLateness time.Duration
+	// Rescheduled counts nacked messages whose handler asked for a later
+	// delivery (a delay in their metadata, e.g. middleware.DelayOnError):
+	// stored as delayed messages, and their entries acked.
+	Rescheduled uint64
 }
 
 type streamsCounters struct {
 	read, claimed, delivered, acked, nacked, deadLettered, deadLetterFailures, lost, released, trimmed atomic.Uint64
+	delayedMoved, rescheduled                                                                          atomic.Uint64
+	maxLateness                                                                                        atomic.Int64 // ns
 }
 
 // StreamsSubscriber is an at-least-once Watermill Subscriber over Redis
@@ -330,6 +368,7 @@ type StreamsSubscriber struct {
 	// observeRoundTrip).
 	rtt   atomic.Int64
 	acker *streamsAcker
+	wakes delayedWakes
 
 	mu      sync.Mutex
 	closed  bool
@@ -544,6 +583,9 @@ func (s *StreamsSubscriber) Stats() StreamsSubscriberStats {
 		Released:           s.stats.released.Load(),
 		Trimmed:            s.stats.trimmed.Load(),
 		Held:               held,
+		DelayedMoved:       s.stats.delayedMoved.Load(),
+		MaxDelayedLateness: time.Duration(s.stats.maxLateness.Load()),
+		Rescheduled:        s.stats.rescheduled.Load(),
 	}
 }
 
@@ -592,6 +634,7 @@ func (s *StreamsSubscriber) Close() error {
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
+		s.wakes.close()
 		if s.ownBlocking {
 			s.blockingMu.Lock()
 			s.blockingClosed = true

@@ -50,6 +50,7 @@ type streamsTopic struct {
 	renewNow      chan struct{} // capacity 1: the dispatcher waits for a renewal
 	renewErrorLog logThrottle   // failed renewals
 	readErrorLog  logThrottle   // failed reads
+	moveErrorLog  logThrottle   // failed moves of delayed messages
 
 	// Reader only.
 	resuming      bool     // reading the own pending list
@@ -175,6 +176,9 @@ func (t *streamsTopic) start() {
 	t.s.wg.Go(t.read)
 	if t.grouped() {
 		t.s.wg.Go(t.maintain)
+		// Fan-out subscribers only read: delayed messages are moved by
+		// the subscribers of consumer groups, which write anyway.
+		t.s.wg.Go(t.moveDelayed)
 	}
 }
 
@@ -651,8 +655,10 @@ func (t *streamsTopic) message(e *inboxEntry) *message.Message {
 }
 
 func (t *streamsTopic) prepare(e *inboxEntry, msg *message.Message) {
+	e.prior = priorDeliveries(msg)
+	delete(msg.Metadata, metadataPriorDeliveries)
 	msg.Metadata.Set(MetadataStreamID, e.id)
-	msg.Metadata.Set(MetadataDeliveryCount, strconv.Itoa(e.deliveries))
+	msg.Metadata.Set(MetadataDeliveryCount, strconv.Itoa(e.prior+e.deliveries))
 }
 
 func (t *streamsTopic) delivered(*inboxEntry) { t.s.stats.delivered.Add(1) }
@@ -671,10 +677,16 @@ func (t *streamsTopic) acked(e *inboxEntry) {
 // nacked schedules the next delivery with exponential backoff, recording
 // the count in the group so it survives a crash, or dead-letters the entry
 // once its handlers failed on it MaxDeliveries times.
-func (t *streamsTopic) nacked(e *inboxEntry) (time.Duration, bool) {
+//
+// A handler that set a delay on the message before it nacked it (directly,
+// or through middleware.DelayOnError) asks for it to come back then: in a
+// group, a copy is stored as a delayed message and the entry is acked, so
+// that it holds neither a handler nor a pending entry meanwhile; in
+// fan-out, it waits here.
+func (t *streamsTopic) nacked(e *inboxEntry, msg *message.Message) (time.Duration, bool) {
 	t.s.stats.nacked.Add(1)
 	cfg := t.s.config
-	failures := e.deliveries
+	failures := e.prior + e.deliveries
 	if !e.exact {
 		failures-- // the count may include a delivery that never happened
 	}
@@ -686,12 +698,36 @@ func (t *streamsTopic) nacked(e *inboxEntry) (time.Duration, bool) {
 		t.deadLetter(e, fmt.Sprintf("nacked %d %s (MaxDeliveries %d)", failures, times, cfg.MaxDeliveries))
 		return 0, false
 	}
+	if due, later := laterDelivery(msg); later {
+		if !t.grouped() {
+			return time.Until(due), true
+		}
+		fields, err := t.rescheduleFields(msg, failures)
+		if err == nil {
+			t.s.stats.rescheduled.Add(1)
+			t.s.acker.reschedule(t, e, scheduled{due: due, fields: fields})
+			return 0, false
+		}
+		t.logger.Error("Cannot reschedule a nacked message; it comes back with the usual backoff", err,
+			watermill.LogFields{"message_uuid": msg.UUID})
+	}
 	e.deliveries++
 	e.reserved = true
 	if t.grouped() {
 		t.s.acker.recordDeliveries(t, e)
 	}
 	return nackDelay(cfg.NackResendDelay, cfg.NackMaxDelay, e.deliveries-1), true
+}
+
+// rescheduleFields encodes the copy of a nacked message that comes back
+// later: its metadata as the handler left it, without what each delivery
+// sets, with the deliveries so far.
+func (t *streamsTopic) rescheduleFields(msg *message.Message, deliveries int) ([]any, error) {
+	c := msg.Copy()
+	delete(c.Metadata, MetadataStreamID)
+	delete(c.Metadata, MetadataDeliveryCount)
+	c.Metadata.Set(metadataPriorDeliveries, strconv.Itoa(deliveries))
+	return t.s.config.Marshaler.Marshal(t.name, c)
 }
 
 // nackDelay is base doubled for every Nack after the first, up to maxDelay.

@@ -228,6 +228,10 @@ func run(ctx context.Context, o options) error {
 		if selected(cWSRouteHistory, o.only) {
 			record(wsrouteReplay(ctx, e))
 		}
+		if selected(cDelayed, o.only) {
+			record(delayed(ctx, e, min(o.n, delayedMax), true))
+			record(delayed(ctx, e, min(o.n, delayedMax), false))
+		}
 		// The clusters take turns first, as the contenders do.
 		for i := range clusters {
 			bc := clusters[(i+round)%len(clusters)]

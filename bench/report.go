@@ -428,6 +428,7 @@ func (r *report) markdown(chart string) string {
 	}
 
 	r.wsrouteHistorySection(&b)
+	r.delayedSection(&b)
 
 	if len(r.contenders(w6)) > 0 {
 		w("\n## Workload 6: consumers of one group share a backlog\n\n")

@@ -81,6 +81,8 @@ var subscriberSeries = []series[redisbus.SubscriberStats]{
 }
 
 var streamsPublisherSeries = []series[redisbus.StreamsPublisherStats]{
+	counter("redisbus_streams_scheduled_messages_total", "Messages stored to enter their stream later (Watermill's delay metadata).",
+		func(s redisbus.StreamsPublisherStats) float64 { return float64(s.Scheduled) }),
 	counter("redisbus_streams_trimmed_entries_total", "Entries the StreamsPublisher trimmed from streams.",
 		func(s redisbus.StreamsPublisherStats) float64 { return float64(s.Trimmed) }),
 	counter("redisbus_streams_trimmed_unconsumed_entries_total", "Entries a MaxLen or MaxAge cap trimmed before every group consumed them.",
@@ -110,6 +112,12 @@ var streamsSubscriberSeries = []series[redisbus.StreamsSubscriberStats]{
 		func(s redisbus.StreamsSubscriberStats) float64 { return float64(s.Trimmed) }),
 	gauge("redisbus_streams_held_entries", "Entries in memory now, read and not yet acked in Redis.",
 		func(s redisbus.StreamsSubscriberStats) float64 { return float64(s.Held) }),
+	counter("redisbus_streams_delayed_moved_messages_total", "Delayed messages this subscriber moved into their streams once due.",
+		func(s redisbus.StreamsSubscriberStats) float64 { return float64(s.DelayedMoved) }),
+	gauge("redisbus_streams_delayed_max_lateness_seconds", "The latest any delayed message was moved after its due time, since the subscriber started.",
+		func(s redisbus.StreamsSubscriberStats) float64 { return s.MaxDelayedLateness.Seconds() }),
+	counter("redisbus_streams_rescheduled_messages_total", "Nacked messages whose handler asked for a later delivery (a delay in their metadata), stored as delayed messages.",
+		func(s redisbus.StreamsSubscriberStats) float64 { return float64(s.Rescheduled) }),
 }
 
 var nodeSeries = []series[wsroute.Stats]{

@@ -11,6 +11,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	redisbus "github.com/redisbus/watermill-redisbus"
 )
 
 var (
@@ -31,6 +33,11 @@ var (
 		[]string{"stream", "group"}, nil)
 	consumerPending = prometheus.NewDesc("redisbus_stream_consumer_pending_entries",
 		"Entries pending with each consumer of the group.", []string{"stream", "group", "consumer"}, nil)
+	delayedEntries = prometheus.NewDesc("redisbus_stream_delayed_entries",
+		"Delayed messages of the stream waiting for their due time (Watermill's delay metadata).", []string{"stream"}, nil)
+	delayedNextDue = prometheus.NewDesc("redisbus_stream_delayed_next_due_timestamp_seconds",
+		"Due time of the stream's earliest delayed message, Unix seconds (absent when none waits); time() minus it is how overdue it is.",
+		[]string{"stream"}, nil)
 	scrapeErrors = prometheus.NewDesc("redisbus_scrape_errors_total",
 		"Refreshes of the stream views that failed (Redis unreachable), and scrapes that stopped waiting for one after ScrapeTimeout.", nil, nil)
 	scrapeSuccess = prometheus.NewDesc("redisbus_scrape_success",
@@ -42,7 +49,7 @@ var (
 )
 
 func viewDescs() []*prometheus.Desc {
-	return []*prometheus.Desc{streamLength, deadLetterLength, groupLag, groupPending, groupConsumers,
+	return []*prometheus.Desc{streamLength, deadLetterLength, delayedEntries, delayedNextDue, groupLag, groupPending, groupConsumers,
 		groupOldestPending, consumerPending, scrapeErrors, scrapeSuccess, scrapeDuration, omittedStreams}
 }
 
@@ -168,13 +175,16 @@ func (v *streamViews) refresh() ([]prometheus.Metric, error) {
 	}
 
 	type read struct {
-		length, deadLetter *redis.IntCmd
-		groups             *redis.XInfoGroupsCmd
+		length, deadLetter, delayed *redis.IntCmd
+		nextDue                     *redis.ZSliceCmd
+		groups                      *redis.XInfoGroupsCmd
 	}
 	reads := make([]read, len(streams))
 	pipe := v.config.Client.Pipeline()
 	for i, s := range streams {
-		reads[i] = read{pipe.XLen(ctx, s.name), pipe.XLen(ctx, s.deadLetter), pipe.XInfoGroups(ctx, s.name)}
+		delayed := redisbus.DelayedKey(s.name)
+		reads[i] = read{pipe.XLen(ctx, s.name), pipe.XLen(ctx, s.deadLetter), pipe.ZCard(ctx, delayed),
+			pipe.ZRangeWithScores(ctx, delayed, 0, 0), pipe.XInfoGroups(ctx, s.name)}
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !isReplyError(err) {
 		return nil, err
@@ -196,6 +206,12 @@ func (v *streamViews) refresh() ([]prometheus.Metric, error) {
 		if r.deadLetter.Err() == nil {
 			metrics = append(metrics, prometheus.MustNewConstMetric(deadLetterLength, prometheus.GaugeValue,
 				float64(r.deadLetter.Val()), s.name, s.deadLetter))
+		}
+		if r.delayed.Err() == nil {
+			metrics = append(metrics, prometheus.MustNewConstMetric(delayedEntries, prometheus.GaugeValue, float64(r.delayed.Val()), s.name))
+		}
+		if next := r.nextDue.Val(); len(next) > 0 {
+			metrics = append(metrics, prometheus.MustNewConstMetric(delayedNextDue, prometheus.GaugeValue, next[0].Score/1000, s.name))
 		}
 		groups, err := r.groups.Result()
 		if err != nil { // no such stream (yet): no length either, which would read as an empty stream
