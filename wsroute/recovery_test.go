@@ -319,21 +319,26 @@ func TestRecoveryFillsAGapInLiveDelivery(t *testing.T) {
 	sendMany(t, b, "client", "bob", 3, "before")
 	bob.messages(t, "client", at.Offset, 3, false)
 
-	// Every subscription connection drops; messages sent at once find
-	// a's channel deaf until it subscribes and registers again.
-	require.NoError(t, client.Do(t.Context(), "CLIENT", "KILL", "TYPE", "pubsub").Err())
+	// Every subscription connection drops; a message sent at once finds
+	// a's channel deaf until it subscribes and registers again (kill
+	// again if it was back first).
 	sent := 3
-	deaf := false
-	for {
+	send := func() wsroute.Status {
+		t.Helper()
 		result, err := b.SendToClient(t.Context(), "bob", []byte(fmt.Sprintf("during %d", sent)))
 		require.NoError(t, err)
 		sent++
-		if result.Status != wsroute.Delivered {
-			deaf = true
-		} else if deaf {
-			break // delivered again, after some were not
+		return result.Status
+	}
+	for kills := 0; ; kills++ {
+		require.Less(t, kills, 100, "a's subscription never found deaf")
+		require.NoError(t, client.Do(t.Context(), "CLIENT", "KILL", "TYPE", "pubsub").Err())
+		if send() != wsroute.Delivered {
+			break
 		}
-		require.Less(t, sent, 100_000, "a's subscription never dropped")
+	}
+	for send() != wsroute.Delivered { // until a listens again
+		require.Less(t, sent, 100_000, "a's subscription never came back")
 	}
 	// Offsets 4 to sent: all of them, in order, once; the lost ones
 	// recovered from the history.
