@@ -29,6 +29,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/localcache"
 	"github.com/redisbus/watermill-redisbus/redisbusotel"
 	"github.com/redisbus/watermill-redisbus/redisbusprom"
 	"github.com/redisbus/watermill-redisbus/wsroute"
@@ -46,7 +47,20 @@ var (
 	_ = promhttp.Handler
 	_ = redisbusprom.NewCollector
 	_ = redisbusotel.NewPublisher
+	_ = localcache.New[Product]
 )
+
+// Product and database stand for an application's data and its database
+// in the localcache snippets.
+type Product struct {
+	Name, Category string
+	Price          float64
+}
+
+type database struct{}
+
+func (database) Product(context.Context, int) (Product, error) { return Product{}, nil }
+func (database) SetPrice(context.Context, int, float64) error  { return nil }
 
 func main() {
 	var (
@@ -63,9 +77,10 @@ func main() {
 		subscriber   *redisbus.StreamsSubscriber
 		streamsPublisher *redisbus.StreamsPublisher
 		node         *wsroute.Node
+		db           database
 	)
 	_, _, _, _, _, _, _, _, _, _ = ctx, logger, client, router, publisher, frames, data, orderJSON, processOrder, sessionUser
-	_, _, _ = subscriber, streamsPublisher, node
+	_, _, _, _ = subscriber, streamsPublisher, node, db
 `
 
 // The Go snippets of the README and docs/ are what a newcomer copies first:
