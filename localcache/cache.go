@@ -146,6 +146,7 @@ func New[V any](config Config[V], logger watermill.LoggerAdapter) (*Cache[V], er
 	var err error
 	c.pub, err = redisbus.NewPublisher(redisbus.PublisherConfig{Client: config.Client, Sharded: config.Sharded}, logger)
 	if err != nil {
+		c.cancel()
 		return nil, err
 	}
 	c.sub, err = redisbus.NewSubscriber(redisbus.SubscriberConfig{
@@ -158,6 +159,7 @@ func New[V any](config Config[V], logger watermill.LoggerAdapter) (*Cache[V], er
 		OnReconnect:         c.reconnected,
 	}, logger)
 	if err != nil {
+		c.cancel()
 		_ = c.pub.Close()
 		return nil, err
 	}
@@ -256,8 +258,9 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load func(context.
 			return zero, f.err
 		}
 		if f.staleAt == 0 || f.staleAt > joinedAt {
-			// The value was read during this call, and no invalidation
-			// that covers it had been applied when the call began.
+			// No invalidation that covers the value had been applied
+			// when this call began: it is as fresh as a hit would have
+			// been.
 			return f.value, nil
 		}
 	}
