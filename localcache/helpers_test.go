@@ -28,8 +28,17 @@ type db struct {
 	loads  atomic.Int64
 }
 
+// newDB returns a database of keys of the test's own, deleted when it
+// ends: the tests may run against a Redis of yours (REDIS_URL).
 func newDB(t *testing.T) *db {
-	return &db{client: pubsubtest.NewClient(t), prefix: "localcache-test:" + watermill.NewShortUUID() + ":"}
+	d := &db{client: pubsubtest.NewClient(t), prefix: "localcache-test:" + watermill.NewShortUUID() + ":"}
+	t.Cleanup(func() {
+		keys, err := d.client.Keys(context.Background(), d.prefix+"*").Result()
+		if assert.NoError(t, err) && len(keys) > 0 {
+			assert.NoError(t, d.client.Del(context.Background(), keys...).Err())
+		}
+	})
+	return d
 }
 
 // write stores a new version of key and returns it.
