@@ -31,6 +31,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/localcache"
 	"github.com/redisbus/watermill-redisbus/redisbusotel"
 	"github.com/redisbus/watermill-redisbus/redisbusprom"
 	"github.com/redisbus/watermill-redisbus/wsroute"
@@ -50,7 +51,20 @@ var (
 	_ = redisbusotel.NewPublisher
 	_ = delay.For
 	_ = time.Second
+	_ = localcache.New[Product]
 )
+
+// Product and database stand for an application's data and its database
+// in the localcache snippets.
+type Product struct {
+	Name, Category string
+	Price          float64
+}
+
+type database struct{}
+
+func (database) Product(context.Context, int) (Product, error) { return Product{}, nil }
+func (database) SetPrice(context.Context, int, float64) error  { return nil }
 
 func main() {
 	var (
@@ -68,9 +82,10 @@ func main() {
 		subscriber   *redisbus.StreamsSubscriber
 		streamsPublisher *redisbus.StreamsPublisher
 		node         *wsroute.Node
+		db           database
 	)
 	_, _, _, _, _, _, _, _, _, _ = ctx, logger, client, router, publisher, frames, data, orderJSON, processOrder, sessionUser
-	_, _, _, _ = subscriber, streamsPublisher, node, payload
+	_, _, _, _, _ = subscriber, streamsPublisher, node, payload, db
 `
 
 // The Go snippets of the README and docs/ are what a newcomer copies first:

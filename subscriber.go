@@ -83,6 +83,18 @@ type SubscriberConfig struct {
 	// back, with the window in which messages may have been missed. It runs
 	// on the connection's read loop: it must return quickly.
 	OnReconnect func(LossWindow)
+
+	// OnDisconnect, if set, is called when a subscription connection is
+	// found lost, before it is replaced, with the window so far: To is
+	// zero, and Topics are the topics that receive nothing until
+	// OnReconnect reports the same connection back. From then on messages
+	// are being missed, so that a process keeping state from them (a
+	// cache) can stop trusting it at once instead of when the connection
+	// is back, which may be much later. Each OnDisconnect is followed by
+	// one OnReconnect (unless the Subscriber closes first), whose From may
+	// be earlier. It runs on the connection's read loop: it must return
+	// quickly.
+	OnDisconnect func(LossWindow)
 }
 
 func (c *SubscriberConfig) setDefaults() {
@@ -542,6 +554,12 @@ func (s *Subscriber) removeRoute(topic string) {
 
 func (s *Subscriber) route(channel string) *pubsubTopic {
 	return (*s.routes.Load())[channel]
+}
+
+func (s *Subscriber) disconnected(w LossWindow) {
+	if s.config.OnDisconnect != nil {
+		s.config.OnDisconnect(w)
+	}
 }
 
 func (s *Subscriber) reconnected(w LossWindow) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -296,6 +297,67 @@ func TestSilentlyDeadConnectionIsReplaced(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("the silent connection was not replaced")
 	}
+	publish(t, pub, topic, "after")
+	assert.Equal(t, []string{"after"}, receive(t, ch, 1))
+}
+
+// OnDisconnect reports a lost connection when it is found lost, while it
+// stays down, so that state kept from the messages can stop being trusted
+// before OnReconnect, which comes only once Redis is reachable again.
+func TestOnDisconnectReportsTheLossWhileTheConnectionIsDown(t *testing.T) {
+	proxy := pubsubtest.NewProxy(t, pubsubtest.Redis(t).Addr)
+	subClient := redis.NewClient(&redis.Options{Addr: proxy.Addr(), DialTimeout: 200 * time.Millisecond, ReadTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { _ = subClient.Close() })
+	var order []string
+	var mu sync.Mutex
+	disconnects := make(chan redisbus.LossWindow, 1)
+	reconnects := make(chan redisbus.LossWindow, 1)
+	sub := newSubscriber(t, redisbus.SubscriberConfig{
+		Client:              subClient,
+		HealthCheckInterval: 100 * time.Millisecond,
+		OnDisconnect: func(w redisbus.LossWindow) {
+			mu.Lock()
+			order = append(order, "disconnect")
+			mu.Unlock()
+			disconnects <- w
+		},
+		OnReconnect: func(w redisbus.LossWindow) {
+			mu.Lock()
+			order = append(order, "reconnect")
+			mu.Unlock()
+			reconnects <- w
+		},
+	}, nil)
+	topic := pubsubtest.Topic(t)
+	ch, err := sub.Subscribe(t.Context(), topic)
+	require.NoError(t, err)
+
+	partitioned := time.Now()
+	proxy.Blackhole() // no connection gets through until Heal
+	var down redisbus.LossWindow
+	select {
+	case down = <-disconnects:
+	case <-time.After(waitTimeout):
+		t.Fatal("the lost connection was not reported")
+	}
+	assert.Equal(t, []string{topic}, down.Topics)
+	assert.False(t, down.From.After(partitioned), "the window starts no later than the partition")
+	assert.True(t, down.To.IsZero(), "the window is still open")
+	assert.ErrorContains(t, down.Err, "health-check")
+
+	proxy.Heal()
+	var back redisbus.LossWindow
+	select {
+	case back = <-reconnects:
+	case <-time.After(waitTimeout):
+		t.Fatal("the subscription did not come back")
+	}
+	assert.Equal(t, down.From, back.From)
+	assert.True(t, back.To.After(down.From))
+	mu.Lock()
+	assert.Equal(t, []string{"disconnect", "reconnect"}, order)
+	mu.Unlock()
+	pub := newPublisher(t, redisbus.PublisherConfig{})
 	publish(t, pub, topic, "after")
 	assert.Equal(t, []string{"after"}, receive(t, ch, 1))
 }

@@ -300,6 +300,10 @@ func (c *subscriptionConn) run() {
 			watermill.LogFields{"topics": lost.Topics, "from": lost.From, "to": lost.To, "window": lost.To.Sub(lost.From).String()})
 		c.s.reconnected(*lost)
 	}
+	// lose reports the loss window opened: the connection was found lost.
+	lose := func(w *LossWindow) {
+		c.s.disconnected(LossWindow{Topics: c.topics(), From: w.From, Err: w.Err})
+	}
 	for {
 		broken, ready := c.state()
 		if broken {
@@ -371,17 +375,22 @@ func (c *subscriptionConn) run() {
 				if since.Before(from) {
 					from = since
 				}
+				opened := lost == nil
 				if lost == nil || from.Before(lost.From) {
 					lost = &LossWindow{From: from}
 				}
 				lost.Err = err
 				c.s.logger.Error("The subscription connection is on a node that no longer serves its channels; subscribing again; messages published meanwhile are not received", err,
 					watermill.LogFields{"topics": c.topics()})
+				if opened {
+					lose(lost)
+				}
 			}
 			if lost == nil {
 				lost = &LossWindow{From: lastAlive, Err: err}
 				c.s.logger.Error("Redis subscription connection lost; messages published until it is back are not received", err,
 					watermill.LogFields{"topics": c.topics()})
+				lose(lost)
 			}
 			pinged = false
 			c.s.reloadSlots(err) // the node may have failed over
@@ -409,6 +418,7 @@ func (c *subscriptionConn) run() {
 					lost = &LossWindow{From: lastAlive, Err: errSlotMoved}
 					c.s.logger.Error("Redis unsubscribed the shard channel; subscribing again on its slot's owner; messages published until then are not received",
 						errSlotMoved, watermill.LogFields{"topics": c.topics()})
+					lose(lost)
 				}
 				c.s.reloadSlots(errSlotMoved)
 				c.breaks(errSlotMoved)

@@ -71,6 +71,13 @@ func (p *Proxy) Blackhole() {
 	p.FreezeOpenConnections()
 }
 
+// Heal ends a Blackhole: new connections are served again. The
+// connections frozen so far stay frozen, as connections broken by a
+// partition stay broken: a client must notice and connect again.
+func (p *Proxy) Heal() {
+	p.blackhole.Store(false)
+}
+
 // FreezeOpenConnections stops forwarding on every connection open now, in
 // both directions, without closing them. New connections work normally.
 func (p *Proxy) FreezeOpenConnections() {
