@@ -23,12 +23,14 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
 	redisbus "github.com/redisbus/watermill-redisbus"
+	"github.com/redisbus/watermill-redisbus/dedup"
 	"github.com/redisbus/watermill-redisbus/redisbusotel"
 	"github.com/redisbus/watermill-redisbus/redisbusprom"
 	"github.com/redisbus/watermill-redisbus/wsroute"
@@ -46,6 +48,8 @@ var (
 	_ = promhttp.Handler
 	_ = redisbusprom.NewCollector
 	_ = redisbusotel.NewPublisher
+	_ = dedup.NewMiddleware
+	_ = middleware.Deduplicator{}
 )
 
 func main() {
