@@ -3,6 +3,8 @@ package dedup
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -87,8 +89,12 @@ func (r *Repository) Stats() RepositoryStats {
 // held before ("" when nothing).
 func setNXGet(ctx context.Context, client redis.UniversalClient, k, value string, ttl time.Duration) (string, error) {
 	found, err := client.Do(ctx, "set", k, value, "nx", "get", "px", ttl.Milliseconds()).Text()
-	if errors.Is(err, redis.Nil) {
+	switch {
+	case errors.Is(err, redis.Nil):
 		return "", nil
+	case err != nil && strings.Contains(err.Error(), "syntax error"):
+		// Redis 6.2 takes GET but not with NX.
+		return "", fmt.Errorf("%w (dedup needs Redis 7.0 or newer: SET with NX and GET)", err)
 	}
 	return found, err
 }
