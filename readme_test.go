@@ -33,6 +33,7 @@ import (
 
 	redisbus "github.com/redisbus/watermill-redisbus"
 	"github.com/redisbus/watermill-redisbus/localcache"
+	"github.com/redisbus/watermill-redisbus/dedup"
 	"github.com/redisbus/watermill-redisbus/redisbusotel"
 	"github.com/redisbus/watermill-redisbus/redisbusprom"
 	"github.com/redisbus/watermill-redisbus/wsroute"
@@ -54,6 +55,7 @@ var (
 	_ = time.Second
 	_ = middleware.Retry{}
 	_ = localcache.New[Product]
+	_ = dedup.NewMiddleware
 )
 
 // Product and database stand for an application's data and its database

@@ -40,6 +40,10 @@ var (
 	delayedMoveSource string
 	delayedMoveScript = redis.NewScript(delayedMoveSource)
 
+	//go:embed lua/xadd_once.lua
+	xaddOnceSource string
+	xaddOnceScript = redis.NewScript(xaddOnceSource)
+
 	// setLeaseScript is SET NX PX for a lease when Redis is out of memory.
 	setLeaseScript = redis.NewScript(allowOOM + "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])")
 )

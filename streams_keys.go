@@ -1,6 +1,8 @@
 package redisbus
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +14,22 @@ import (
 // length keeps "g:x" + "c" apart from "g" + "x:c".
 func leaseKey(stream, group, consumer string) string {
 	return sameSlotPrefix(stream) + ":redisbus:consumer:" + strconv.Itoa(len(group)) + ":" + group + ":" + consumer
+}
+
+// maxDedupUUID is the longest message UUID that a dedup mark's key holds
+// as it is; a longer one is hashed, so that a hostile UUID cannot make the
+// keys big. Watermill's UUIDs have 36 bytes.
+const maxDedupUUID = 128
+
+// dedupKey is where StreamsPublisher.PublishOnce marks a message it stored
+// (see lua/xadd_once.lua): in the stream's hash slot, so that one script
+// can read the mark and write both on Redis Cluster.
+func dedupKey(stream, uuid string) string {
+	if len(uuid) > maxDedupUUID {
+		sum := sha256.Sum256([]byte(uuid))
+		uuid = "sha256:" + base64.RawURLEncoding.EncodeToString(sum[:])
+	}
+	return sameSlotPrefix(stream) + ":redisbus:dedup:" + uuid
 }
 
 // sameSlotPrefix returns a key prefix that Redis Cluster puts in the same

@@ -233,7 +233,7 @@ func NewStreamsPublisher(config StreamsPublisherConfig, logger watermill.LoggerA
 func (p *StreamsPublisher) Publish(topic string, msgs ...*message.Message) error {
 	ctx, release := messagesContext(msgs)
 	defer release()
-	_, err := p.publish(ctx, topic, msgs)
+	_, err := p.publish(ctx, topic, msgs, 0)
 	return err
 }
 
@@ -241,7 +241,7 @@ func (p *StreamsPublisher) Publish(topic string, msgs ...*message.Message) error
 // gave each message (e.g. "1779520329297-0"); "" for a delayed message,
 // which gets its ID when it falls due.
 func (p *StreamsPublisher) PublishIDs(ctx context.Context, topic string, msgs ...*message.Message) ([]string, error) {
-	call, err := p.publish(ctx, topic, msgs)
+	call, err := p.publish(ctx, topic, msgs, 0)
 	if call == nil || err != nil {
 		return nil, err
 	}
@@ -252,9 +252,68 @@ func (p *StreamsPublisher) PublishIDs(ctx context.Context, topic string, msgs ..
 	return ids, nil
 }
 
+// PublishedOnce is what PublishOnce did with one message.
+type PublishedOnce struct {
+	// ID is the message's stream entry ID: of the entry stored now or, for
+	// a duplicate, of the entry stored earlier.
+	ID string
+	// Duplicate reports that the stream had stored a message of the same
+	// UUID within the window, so that nothing was stored now.
+	Duplicate bool
+}
+
+// PublishOnce is Publish for messages that must be stored once: a message
+// whose UUID the topic's stream stored, through PublishOnce, within window
+// is not stored again, and its result names the earlier entry. It returns
+// once Redis has answered for every message, with a result per message.
+//
+// The check and the XADD are one Lua script (lua/xadd_once.lua), so "once"
+// holds however the call is repeated: by another process, concurrently, or
+// after an error that left its outcome unknown (a lost reply, Close giving
+// up, ErrNotReplicated). Publish makes no such promise: retrying it after
+// such an error may store the messages twice.
+//
+// Each message leaves a mark of about 150 bytes in Redis for window
+// ({topic}:redisbus:dedup:<uuid>, in the stream's hash slot; a UUID over
+// 128 bytes is hashed). The ACL user needs +get and +set on those keys
+// besides what Publish needs. window must be at least a millisecond.
+func (p *StreamsPublisher) PublishOnce(topic string, window time.Duration, msgs ...*message.Message) ([]PublishedOnce, error) {
+	if window < time.Millisecond {
+		return nil, fmt.Errorf("redisbus: PublishOnce window %s is below a millisecond", window)
+	}
+	ctx, release := messagesContext(msgs)
+	defer release()
+	call, err := p.publish(ctx, topic, msgs, window)
+	if isRedisError(err, "NOSCRIPT") {
+		// Redis does not have the script (it restarted, or failed over):
+		// nothing ran. Load it, on every master of a cluster, and send the
+		// call again; doing so is safe whatever ran, as the script finds
+		// the marks of what did.
+		if loadErr := p.config.Client.ScriptLoad(ctx, xaddOnceSource).Err(); loadErr != nil {
+			return nil, fmt.Errorf("redisbus: publish to %q: load the publish-once script: %w", topic, loadErr)
+		}
+		call, err = p.publish(ctx, topic, msgs, window)
+	}
+	if call == nil || err != nil {
+		return nil, err
+	}
+	results := make([]PublishedOnce, len(call.onceCmds))
+	for i, cmd := range call.onceCmds {
+		reply, err := cmd.Slice()
+		if err != nil || len(reply) != 2 {
+			return nil, fmt.Errorf("redisbus: publish to %q: unexpected reply %v: %w", topic, reply, err)
+		}
+		id, _ := reply[0].(string)
+		duplicate, _ := reply[1].(int64)
+		results[i] = PublishedOnce{ID: id, Duplicate: duplicate == 1}
+	}
+	return results, nil
+}
+
 // publish appends msgs, or schedules those with a delay still ahead, and
-// returns the commands of those appended, all successful.
-func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*message.Message) (*xaddCall, error) {
+// returns the commands of those appended, all successful. A positive once
+// makes each XADD a PublishOnce with that window.
+func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*message.Message, once time.Duration) (*xaddCall, error) {
 	if len(msgs) == 0 {
 		return nil, nil
 	}
@@ -266,7 +325,14 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 
 	call := &xaddCall{ctx: ctx, stream: topic}
 	call.fields = call.one[:0]
-	if len(msgs) > 1 {
+	switch {
+	case once > 0:
+		call.fields = make([][]any, 0, len(msgs))
+		call.onceWindow, call.onceKeys, call.onceCmds = once.Milliseconds(), make([]string, len(msgs)), make([]*redis.Cmd, len(msgs))
+		for i, msg := range msgs {
+			call.onceKeys[i] = dedupKey(topic, msg.UUID)
+		}
+	case len(msgs) > 1:
 		call.fields = make([][]any, 0, len(msgs))
 	}
 	var later []scheduled
@@ -279,6 +345,11 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 		due, delayed, err := dueOf(msg, now)
 		if err != nil {
 			return nil, err
+		}
+		if delayed && due.After(now) && once > 0 {
+			// The publish-once script checks and appends in one step; a
+			// delayed message would need the same for its move.
+			return nil, fmt.Errorf("redisbus: PublishOnce to %q: message %s is delayed (%s); publish delayed messages with Publish", topic, msg.UUID, delayedUntilKey)
 		}
 		if delayed && due.After(now) {
 			later = append(later, scheduled{due: due, fields: f})
@@ -307,27 +378,25 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 			return call, nil
 		}
 	}
-	call.cmds = call.oneCmd[:]
-	if len(call.fields) > 1 {
-		call.cmds = make([]*redis.StringCmd, len(call.fields))
+	if once == 0 {
+		call.cmds = call.oneCmd[:]
+		if len(call.fields) > 1 {
+			call.cmds = make([]*redis.StringCmd, len(call.fields))
+		}
 	}
 	call.trim = p.trimDue(topic, len(call.fields))
 
 	if err := p.coalescer.do(ctx, len(call.fields), call); err != nil {
 		if errors.Is(err, ErrNotReplicated) {
-			for _, cmd := range call.cmds {
-				if cmd.Err() != nil { // not stored at all: that is the news
-					return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, cmd.Err())
-				}
+			if cmdErr := call.firstErr(); cmdErr != nil {
+				err = cmdErr // not stored at all: that is the news
 			}
 		}
 		// The entries may still be written: at-least-once.
 		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
 	}
-	for _, cmd := range call.cmds {
-		if err := cmd.Err(); err != nil {
-			return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
-		}
+	if err := call.firstErr(); err != nil {
+		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
 	}
 	if call.trimCmd != nil {
 		p.trimDone(topic, call.trimCmd)
@@ -350,6 +419,27 @@ type xaddCall struct {
 	trimCmd *redis.Cmd
 	one     [1][]any
 	oneCmd  [1]*redis.StringCmd
+
+	// For PublishOnce: each entry is added by lua/xadd_once.lua, with
+	// its mark's key and the window in milliseconds, instead of cmds.
+	onceWindow int64
+	onceKeys   []string
+	onceCmds   []*redis.Cmd
+}
+
+// firstErr returns the error of the first command that failed, if any.
+func (c *xaddCall) firstErr() error {
+	for _, cmd := range c.cmds {
+		if err := cmd.Err(); err != nil {
+			return err
+		}
+	}
+	for _, cmd := range c.onceCmds {
+		if err := cmd.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // index returns the position in its Publish call of the i-th message
@@ -365,6 +455,14 @@ func (c *xaddCall) index(i int) int {
 // coalescer.send.
 func (c *xaddCall) addTo(pipe redis.Pipeliner) {
 	for i, f := range c.fields {
+		if c.onceCmds != nil {
+			// EVALSHA: a pipeline cannot fall back to EVAL by itself;
+			// PublishOnce loads the script and sends the call again when
+			// Redis answers NOSCRIPT.
+			c.onceCmds[i] = redis.NewCmd(c.ctx, append([]any{"evalsha", xaddOnceScript.Hash(), 2, c.stream, c.onceKeys[i], c.onceWindow}, f...)...)
+			_ = pipe.Process(c.ctx, sendonce.Cmd{Cmd: c.onceCmds[i]})
+			continue
+		}
 		c.cmds[i] = redis.NewStringCmd(c.ctx, append([]any{"xadd", c.stream, "*"}, f...)...)
 		_ = pipe.Process(c.ctx, sendonce.StringCmd{StringCmd: c.cmds[i]})
 	}
