@@ -208,6 +208,44 @@ func TestBrowserClientScript(t *testing.T) {
 			streams = append(streams, strings.Replace(stream, long, "<3000 x>", 1))
 		}
 		assert.ElementsMatch(t, []string{"room:<3000 x>1", "room:<3000 x>2"}, streams, "the two newest fit in 8 KiB")
+
+		// A stream left out that the node starts afresh is reported as
+		// not recovered, never as a silent fresh start.
+		third.send(t, ctx, fakePosition("room:r5", "E", 9))
+		tab.WaitFor(t, ctx, `events.some((e) => e.type === 'position' && e.stream === 'room:r5' && e.recovered === false && e.reason === 'not presented')`,
+			"room:r5 reported not recovered")
+	})
+
+	t.Run("a left room's position is forgotten", func(t *testing.T) {
+		node, tab, first := connectClient(t, ctx, browser, "hal")
+		first.send(t, ctx, fakePosition("client", "E", 1))
+		first.send(t, ctx, fakePosition("room:lobby", "R", 4))
+		first.send(t, ctx, map[string]any{"type": "left", "stream": "room:lobby"})
+		tab.WaitFor(t, ctx, `client.position('room:lobby') === undefined`, "the room forgotten")
+		first.ws.CloseNow()
+		second := node.accept(t, ctx)
+		assert.JSONEq(t, `{"client": {"epoch": "E", "offset": 1}}`, second.query.Get("recover"))
+	})
+
+	t.Run("a connection silent for two ping intervals is closed and replaced", func(t *testing.T) {
+		node, tab, first := connectClient(t, ctx, browser, "ida")
+		first.send(t, ctx, map[string]any{"type": "ping", "interval": 100})
+		first.send(t, ctx, fakePosition("client", "E", 3))
+		// Nothing more from the node: the path is dead, though open.
+		assert.Equal(t, websocket.StatusCode(4002), first.closed(t, ctx))
+		second := node.accept(t, ctx)
+		assert.JSONEq(t, `{"client": {"epoch": "E", "offset": 3}}`, second.query.Get("recover"))
+		tab.WaitFor(t, ctx, `events.some((e) => e.type === 'state' && e.code === 4002)`, "the reason told")
+	})
+
+	t.Run("a stored position the node would refuse is not presented", func(t *testing.T) {
+		node := startFakeNode(t)
+		tab := browser.Open(t, ctx, node.server.URL+"/", "ready")
+		tab.Eval(t, ctx, `sessionStorage.setItem('test', JSON.stringify({"client": {"epoch": "", "offset": 1, "at": 1},
+			"room:ok": {"epoch": "E", "offset": 2, "at": 2}, "queue": {"epoch": "E", "offset": 3, "at": 3}}))`)
+		tab.Eval(t, ctx, `start('/ws?client=jo')`)
+		first := node.accept(t, ctx)
+		assert.JSONEq(t, `{"room:ok": {"epoch": "E", "offset": 2}}`, first.query.Get("recover"))
 	})
 }
 

@@ -70,6 +70,9 @@ func dialFramed(t *testing.T, nodeURL, clientID string, positions map[string]wsr
 				c.closed <- fmt.Errorf("not a wsroute.v1 frame: %q: %w", data, err)
 				return
 			}
+			if f.Type == "ping" {
+				continue // the node's keepalive, for clients that watch for it
+			}
 			c.frames <- f
 		}
 	}()

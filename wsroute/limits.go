@@ -25,6 +25,11 @@ type keepalive struct {
 // can be read, and a ping timing out then says nothing of the client. It
 // is not held against it; the next ping asks again.
 func (c *localConn) keepalive(k keepalive) {
+	// A framed connection also gets a ping frame with every ping, and one
+	// at once: a browser answers WebSocket pings without telling the page,
+	// so a client that wants to notice a dead path (the JavaScript client
+	// does) watches for these frames instead.
+	c.pingFrame(k.interval)
 	timer := time.NewTimer(k.interval)
 	defer timer.Stop()
 	for {
@@ -33,6 +38,7 @@ func (c *localConn) keepalive(k keepalive) {
 			return
 		case <-timer.C:
 		}
+		c.pingFrame(k.interval)
 		sent := monotonic()
 		ctx, cancel := context.WithTimeout(context.Background(), k.timeout)
 		err := k.ping(ctx)
@@ -94,4 +100,23 @@ func (n *Node) inboundLimit() *tokenBucket {
 		burst = math.Max(1, math.Ceil(n.config.InboundRate)) // one second's worth
 	}
 	return newTokenBucket(n.config.InboundRate, burst, time.Now())
+}
+
+// pingFrame queues a wsroute.v1 ping frame on a framed connection. It is
+// not kept: under DropOldest a full queue drops it, which is fine, as the
+// client is receiving other frames then.
+func (c *localConn) pingFrame(interval time.Duration) {
+	if !c.framed {
+		return
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	disconnect := c.queueLocked(encodePing(interval), false)
+	c.mu.Unlock()
+	if disconnect {
+		c.disconnectSlow()
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -94,6 +95,22 @@ type positionFrame struct {
 	Recovered *bool  `json:"recovered,omitempty"` // nil: the client gave no position
 	Reason    string `json:"reason,omitempty"`
 	Replayed  *int   `json:"replayed,omitempty"` // with recovered: true
+}
+
+// encodePing is a ping frame: the node pings every interval.
+func encodePing(interval time.Duration) []byte {
+	return mustMarshal(struct {
+		Type     string `json:"type"`
+		Interval int64  `json:"interval"` // ms
+	}{"ping", interval.Milliseconds()})
+}
+
+// encodeLeft tells a framed connection that it left a room.
+func encodeLeft(stream string) []byte {
+	return mustMarshal(struct {
+		Type   string `json:"type"`
+		Stream string `json:"stream"`
+	}{"left", stream})
 }
 
 // Reasons a stream did not recover.

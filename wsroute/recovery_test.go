@@ -749,9 +749,13 @@ func dialUnread(t *testing.T, nodeURL, clientID string) func() frame {
 	ws.SetReadLimit(1 << 20)
 	return func() frame {
 		t.Helper()
-		var f frame
-		require.NoError(t, json.Unmarshal([]byte(read(t, ws)), &f))
-		return f
+		for {
+			var f frame
+			require.NoError(t, json.Unmarshal([]byte(read(t, ws)), &f))
+			if f.Type != "ping" {
+				return f
+			}
+		}
 	}
 }
 
@@ -789,4 +793,42 @@ func TestUnkeptMessagesKeepTheirPlaceBehindKeptOnes(t *testing.T) {
 	}
 	stats := a.Stats()
 	assert.Positive(t, stats.Replayed+stats.Dropped, "the queue never filled: the test proves nothing")
+}
+
+// A framed connection taken out of a room is told (a "left" frame), so
+// that its client forgets its position there: a later join starts afresh.
+func TestFramedConnectionIsToldItLeftARoom(t *testing.T) {
+	a, _ := recoveryNodes(t, pubsubtest.NewClient(t), keepAll)
+	bob := dialFramed(t, a.url, "bob", nil)
+	bob.position(t, "client")
+	require.NoError(t, a.Join(t.Context(), "bob", "lobby"))
+	bob.position(t, "room:lobby")
+	require.NoError(t, a.Leave(t.Context(), "bob", "lobby"))
+	f := bob.next(t)
+	assert.Equal(t, "left", f.Type)
+	assert.Equal(t, "room:lobby", f.Stream)
+}
+
+// The node's keepalive sends framed connections a ping frame at once and
+// with every ping, saying how often: a browser cannot see WebSocket pings,
+// and its client watches for these to notice a dead path.
+func TestFramedConnectionsGetPingFrames(t *testing.T) {
+	prefix := pubsubtest.Topic(t) + ":"
+	a := startNodeWith(t, pubsubtest.NewClient(t), wsroute.Config{Prefix: prefix, NodeID: "a", History: keepAll},
+		nodeOptions{handler: wsroute.HandlerConfig{PingInterval: 50 * time.Millisecond}})
+	ws, _, err := websocket.Dial(t.Context(), a.url+"?client=bob", &websocket.DialOptions{Subprotocols: []string{wsroute.Subprotocol}})
+	require.NoError(t, err)
+	defer ws.CloseNow()
+	pings := 0
+	for pings < 3 {
+		var f struct {
+			Type     string `json:"type"`
+			Interval int64  `json:"interval"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(read(t, ws)), &f))
+		if f.Type == "ping" {
+			assert.EqualValues(t, 50, f.Interval)
+			pings++
+		}
+	}
 }

@@ -76,7 +76,7 @@ func (n *Node) JoinWithInfo(ctx context.Context, clientID, room string, info []b
 		// Redis may have run the script and lost only its reply: take back
 		// the connections this call added, here and (now or later) there.
 		n.mu.Lock()
-		n.dropMembers(room, added)
+		n.dropMembers(room, added, false)
 		n.mu.Unlock()
 		_ = n.sendLeave(ctx, room, added)
 		return fmt.Errorf("wsroute: join room %q: %w", room, err)
@@ -104,7 +104,7 @@ func (n *Node) Leave(ctx context.Context, clientID, room string) error {
 			leaving = append(leaving, c)
 		}
 	}
-	n.dropMembers(room, leaving)
+	n.dropMembers(room, leaving, true)
 	n.mu.Unlock()
 	if len(leaving) == 0 {
 		return nil
@@ -125,19 +125,26 @@ func (n *Node) leave(ctx context.Context, c *localConn, room string) error {
 		n.mu.Unlock()
 		return nil
 	}
-	n.dropMembers(room, []*localConn{c})
+	n.dropMembers(room, []*localConn{c}, true)
 	n.mu.Unlock()
 	return n.sendLeave(ctx, room, []*localConn{c})
 }
 
-// dropMembers takes conns out of room here. The caller holds n.mu.
-func (n *Node) dropMembers(room string, conns []*localConn) {
+// dropMembers takes conns out of room here, telling framed ones that
+// they left (tell; not for a join taken back, which never began). The
+// caller holds n.mu.
+func (n *Node) dropMembers(room string, conns []*localConn, tell bool) {
 	members := n.rooms[room]
 	for _, c := range conns {
 		delete(members, c)
 		delete(c.rooms, room)
 		c.mu.Lock()
 		delete(c.streams, streamName("room", room)) // a filler of it stops
+		if tell && c.framed && !c.closed {
+			// Its position in the room means nothing any more: a later join
+			// starts afresh, and must not be compared with it.
+			c.queueLocked(encodeLeft(streamName("room", room)), true)
+		}
 		c.mu.Unlock()
 	}
 	if len(members) == 0 {

@@ -20,6 +20,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -217,7 +218,11 @@ func startNode(ctx context.Context, config nodeConfig, printMu *sync.Mutex) (_ *
 	}
 	// Frames from this node's clients are handled here; what the handler
 	// addresses to clients or rooms is routed by wsroute.Deliver.
-	n.router.AddHandler("frames", framesTopic, n.frames, "demo:audit", n.publisher, n.route.Deliver(n.handleFrame))
+	frames := n.router.AddHandler("frames", framesTopic, n.frames, "demo:audit", n.publisher, n.route.Deliver(n.handleFrame))
+	// A frame that cannot be handled (Redis down, say) is tried a few
+	// times, then dropped with a log line: the in-process bus would hand
+	// it back at once, for ever, and every later frame waits behind it.
+	frames.AddMiddleware(n.dropAfterRetries, middleware.Retry{MaxRetries: 3, InitialInterval: 100 * time.Millisecond, Multiplier: 2}.Middleware)
 	n.router.AddConsumerHandler("events", eventsTopic, n.subscriber, n.handleEvent("pubsub"))
 	n.router.AddConsumerHandler("orders", ordersTopic, n.streamsSub, n.handleEvent("streams"))
 	n.router.AddConsumerHandler("greetings", greetingTopic, n.subscriber, n.handleGreeting)
@@ -311,6 +316,18 @@ func (n *node) metrics() (*prometheus.Registry, error) {
 	return registry, registry.Register(collector)
 }
 
+// dropAfterRetries logs and drops a frame its handler failed on.
+func (n *node) dropAfterRetries(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		out, err := h(msg)
+		if err != nil {
+			n.printf("%s: dropped a frame from %s after retries: %v\n", n.name, msg.Metadata.Get(wsroute.MetadataFrom), err)
+			return nil, nil
+		}
+		return out, nil
+	}
+}
+
 // handleFrame turns a client's frame into what it asks for. Replies and
 // messages for other clients are returned addressed (wsroute metadata);
 // the rest goes to demo:audit.
@@ -329,7 +346,7 @@ func (n *node) handleFrame(msg *message.Message) ([]*message.Message, error) {
 		// recipient offline now gets it when it comes back.
 		result, err := n.route.SendToClient(ctx, f.To, mustJSON(reply{Kind: "direct", ID: f.ID, From: from, Text: f.Text, Node: n.name, Sent: f.Sent}))
 		if err != nil {
-			return nil, err
+			return []*message.Message{n.toClient(from, reply{Kind: "sent", ID: f.ID, To: f.To, Status: "failed: " + err.Error()})}, nil
 		}
 		n.printf("%s: %s -> %s (%s, %d node(s)): %s\n", n.name, from, f.To, result.Status, result.Nodes, f.Text)
 		return []*message.Message{n.toClient(from, reply{Kind: "sent", ID: f.ID, To: f.To, Status: result.Status.String(), Offset: result.Offset, Nodes: result.Nodes})}, nil

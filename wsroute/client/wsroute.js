@@ -25,10 +25,12 @@ export const SUBPROTOCOL = 'wsroute.v1';
 // The node's bounds on the recover parameter: at most 64 streams and 8 KiB.
 const MAX_STREAMS = 64;
 const MAX_RECOVER_BYTES = 8 << 10;
+const MAX_EPOCH = 64;
 
 // Close codes this client uses (4000-4999 are the application's).
 export const CLOSE_DROPPED = 4000; // drop(): the application cut the connection
 export const CLOSE_GAP = 4001; //     an offset was skipped: reconnect to recover it
+export const CLOSE_SILENT = 4002; //  no ping frame from the node for too long
 
 export class WsrouteClient {
   // url is the node's WebSocket endpoint, absolute (ws:, wss:, http:, https:)
@@ -65,6 +67,9 @@ export class WsrouteClient {
     this.saving = false; //        a save is scheduled
     this.closed = true;
     this.dropped = false; //       waiting out a drop(), which coming online does not cut short
+    this.omitted = new Set(); //   streams with a position left out of the last recover
+    this.pingInterval = 0; //      ms between the node's ping frames, once it said
+    this.watchdog = 0; //          closes a connection silent for too long
     this.online = () => { if (this.state === 'waiting' && !this.dropped) this.reopenNow(); };
     this.pagehide = () => this.save(); // a save scheduled may not run before the page goes
     this.load();
@@ -145,7 +150,11 @@ export class WsrouteClient {
     ws.onclose = (e) => {
       if (this.ws !== ws) return; // replaced or stopped on purpose
       this.ws = null;
+      clearTimeout(this.watchdog);
       if (openedAt && Date.now() - openedAt >= this.options.stableAfter) this.attempt = 0;
+      // Refused for too many connections or too many frames: coming back
+      // at once would be refused again.
+      if (e.code === 4409 || e.code === 4429) this.attempt = Math.max(this.attempt, 4);
       this.retry({code: e.code, reason: e.reason});
     };
   }
@@ -174,12 +183,30 @@ export class WsrouteClient {
     this.open();
   }
 
+  // watch notes that ws is alive: the node sends a ping frame every
+  // interval ms (it says how often), so a connection silent for two of
+  // them and a margin has lost its path (a phone that changed networks, a
+  // load balancer that dropped it) though the browser still calls it open:
+  // close it and reconnect, as the node has by then.
+  watch(ws, interval) {
+    if (Number.isFinite(interval) && interval > 0) this.pingInterval = interval;
+    clearTimeout(this.watchdog);
+    if (!this.pingInterval || this.ws !== ws) return;
+    this.watchdog = setTimeout(() => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      ws.close(CLOSE_SILENT, 'no ping from the node');
+      this.retry({code: CLOSE_SILENT, reason: 'no ping from the node'});
+    }, 2 * this.pingInterval + 5000);
+  }
+
   // stop closes the current socket, if any, without reconnecting: its
   // events are stale from now on.
   stop(code, reason) {
     const ws = this.ws;
     this.ws = null;
     clearTimeout(this.timer);
+    clearTimeout(this.watchdog);
     if (!ws) return;
     // Closing a socket still connecting makes the browser log an error:
     // let it open, then close it.
@@ -194,8 +221,10 @@ export class WsrouteClient {
     } catch {
       return; // not from a wsroute.v1 node
     }
+    this.watch(ws, f.type === 'ping' ? f.interval : undefined);
     if (f.type === 'message') this.message(ws, f);
     else if (f.type === 'position') this.positionFrame(f);
+    else if (f.type === 'left') this.leftFrame(f);
   }
 
   message(ws, f) {
@@ -225,13 +254,28 @@ export class WsrouteClient {
   }
 
   positionFrame(f) {
+    let {recovered, reason} = f;
+    // A stream the client had a position in but left out of recover (the
+    // node's bounds): the node starts it afresh, and the client says what
+    // that means, never a silent fresh start.
+    if (recovered === undefined && this.omitted.has(f.stream)) {
+      recovered = false;
+      reason = 'not presented';
+    }
+    this.omitted.delete(f.stream);
     // The node's position wins, whatever the client had: after "epoch" or
     // "ahead" the old one means nothing.
     this.store(f.stream, f.epoch, f.offset);
     this.emit('onPosition', {
       stream: f.stream, epoch: f.epoch, offset: f.offset,
-      recovered: f.recovered, reason: f.reason, replayed: f.replayed ?? 0,
+      recovered, reason, replayed: f.replayed ?? 0,
     });
+  }
+
+  // left: the node took the connection out of a room; a later join starts
+  // afresh, so the room's position must not be presented or compared.
+  leftFrame(f) {
+    if (typeof f.stream === 'string') this.forget(f.stream);
   }
 
   store(stream, epoch, offset) {
@@ -244,15 +288,22 @@ export class WsrouteClient {
   }
 
   // recoverParam is the JSON of the most recently updated positions that
-  // fit the node's bounds; the oldest are left out.
+  // fit the node's bounds; the oldest are left out, and remembered in
+  // omitted, so that their fresh start is reported as not recovered.
   recoverParam() {
-    const newest = [...this.positions].sort((a, b) => b[1].at - a[1].at).slice(0, MAX_STREAMS);
+    const all = [...this.positions].sort((a, b) => b[1].at - a[1].at);
+    const newest = all.slice(0, MAX_STREAMS);
+    let json = '';
     while (newest.length) {
-      const json = JSON.stringify(Object.fromEntries(newest.map(([s, p]) => [s, {epoch: p.epoch, offset: p.offset}])));
-      if (new TextEncoder().encode(json).length <= MAX_RECOVER_BYTES) return json;
+      const candidate = JSON.stringify(Object.fromEntries(newest.map(([s, p]) => [s, {epoch: p.epoch, offset: p.offset}])));
+      if (new TextEncoder().encode(candidate).length <= MAX_RECOVER_BYTES) {
+        json = candidate;
+        break;
+      }
       newest.pop();
     }
-    return '';
+    this.omitted = new Set(all.slice(newest.length).map(([stream]) => stream));
+    return json;
   }
 
   load() {
@@ -262,7 +313,8 @@ export class WsrouteClient {
       const saved = JSON.parse(storage.getItem(storageKey) || '{}');
       for (const [stream, p] of Object.entries(saved)) {
         // A malformed position would make the node refuse the connection.
-        if (typeof p?.epoch === 'string' && Number.isSafeInteger(p.offset) && p.offset >= 0) {
+        if (typeof p?.epoch === 'string' && p.epoch.length >= 1 && p.epoch.length <= MAX_EPOCH &&
+            Number.isSafeInteger(p.offset) && p.offset >= 0 && validStream(stream)) {
           const at = Number(p.at) || 0;
           this.positions.set(stream, {epoch: p.epoch, offset: p.offset, at});
           this.tick = Math.max(this.tick, at);
@@ -291,6 +343,11 @@ export class WsrouteClient {
   emit(name, ...args) {
     this.options[name]?.(...args);
   }
+}
+
+// validStream is the node's rule for a stream name in recover.
+function validStream(stream) {
+  return stream === 'client' || (stream.startsWith('room:') && stream.length > 5);
 }
 
 function fromBase64(s) {

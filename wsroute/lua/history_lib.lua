@@ -5,10 +5,15 @@
 -- offset (the last given), run (the run_id of the Redis process that
 -- started the epoch).
 
--- history_run returns this Redis process's run_id ('' where INFO has
--- none, as in embedded test servers).
+-- history_run returns this Redis process's run_id, or '' where a script
+-- cannot read it: embedded servers for tests and demos (miniredis) refuse
+-- INFO server, and have no snapshot to restart from either.
 local function history_run()
-  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+  local info = redis.pcall('INFO', 'server')
+  if type(info) ~= 'string' then
+    return ''
+  end
+  return string.match(info, 'run_id:(%x+)') or ''
 end
 
 -- history_epoch returns the stream's epoch, starting a new one (offset 0,
