@@ -175,7 +175,10 @@ func TestRoomBroadcastReachesOnlyMemberNodes(t *testing.T) {
 func TestSlowClientDoesNotSlowOthers(t *testing.T) {
 	for _, policy := range []wsroute.SlowClientPolicy{wsroute.DropOldest, wsroute.Disconnect} {
 		t.Run(fmt.Sprint(policy), func(t *testing.T) {
-			nodes := cluster(t, 2, wsroute.Config{SendQueueSize: 8, SlowClient: policy, WriteTimeout: time.Minute})
+			// A queue of 64: the slow client fills it, the fast one's
+			// writer would need a 10 ms stall to (on 2 loaded cores, 8
+			// was once too few).
+			nodes := cluster(t, 2, wsroute.Config{SendQueueSize: 64, SlowClient: policy, WriteTimeout: time.Minute})
 			slow := nodes[1].connect(t, "slow") // never reads
 			fast := nodes[1].connect(t, "fast")
 
