@@ -35,6 +35,11 @@ import (
 // before, so that MaxDeliveries counts them too.
 const metadataPriorDeliveries = "redisbus_prior_deliveries"
 
+// metadataForGroup is on a rescheduled copy: the consumer group whose
+// handler nacked it with a delay. Other groups and fan-out subscribers
+// skip it: they had the message already.
+const metadataForGroup = "redisbus_for_group"
+
 // delayedUntilKey is Watermill's metadata of a delayed message's due time.
 const delayedUntilKey = delay.DelayedUntilKey
 
@@ -155,7 +160,10 @@ func schedule(ctx context.Context, client redis.UniversalClient, retries sendonc
 		for _, m := range batch {
 			// Rounded up: moved once Redis' clock, in whole milliseconds,
 			// has reached it, never before.
-			dueMs := (m.due.UnixNano() + int64(time.Millisecond) - 1) / int64(time.Millisecond)
+			dueMs := m.due.UnixMilli() // not UnixNano: it overflows after 2262
+			if m.due.Nanosecond()%int(time.Millisecond) != 0 {
+				dueMs++
+			}
 			args = append(args, dueMs, delayedMember(m.fields))
 		}
 		keys := []string{delayedKey(topic)}

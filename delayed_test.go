@@ -348,3 +348,52 @@ func TestDelayedMessagesOnACluster(t *testing.T) {
 		assert.False(t, arrived.Before(now.Add(200*time.Millisecond)))
 	}
 }
+
+// A Nack with a delay in one consumer group brings the message back to
+// that group only: the copy enters the stream every group reads, and the
+// others (and fan-out readers) skip it, having had the message already.
+func TestNackWithADelayComesBackToItsGroupOnly(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic := pubsubtest.Topic(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	billing := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "billing"}, nil)
+	email := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "email"}, nil)
+	tail := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, StartID: "0"}, nil)
+	router, err := message.NewRouter(message.RouterConfig{}, nil)
+	require.NoError(t, err)
+	type got struct{ group, count string }
+	deliveries := make(chan got, 10)
+	router.AddConsumerHandler("billing", topic, billing, func(msg *message.Message) error {
+		deliveries <- got{"billing", msg.Metadata.Get(redisbus.MetadataDeliveryCount)}
+		if msg.Metadata.Get(redisbus.MetadataDeliveryCount) == "1" {
+			delay.Message(msg, delay.For(100*time.Millisecond))
+			return errors.New("card declined")
+		}
+		return nil
+	})
+	router.AddConsumerHandler("email", topic, email, func(msg *message.Message) error {
+		deliveries <- got{"email", msg.Metadata.Get(redisbus.MetadataDeliveryCount)}
+		return nil
+	})
+	router.AddConsumerHandler("tail", topic, tail, func(msg *message.Message) error {
+		deliveries <- got{"tail", ""}
+		return nil
+	})
+	startRouter(t, router)
+	publish(t, pub, topic, "order-1")
+
+	seen := map[got]int{}
+	for range 4 { // billing twice, email once, tail once
+		seen[nextAttempt(t, deliveries)]++
+	}
+	assert.Equal(t, map[got]int{{"billing", "1"}: 1, {"billing", "2"}: 1, {"email", "1"}: 1, {"tail", ""}: 1}, seen)
+	require.Eventually(t, func() bool {
+		length, err := client.XLen(t.Context(), topic).Result()
+		return err == nil && length == 2 // the message and billing's copy
+	}, waitTimeout, 10*time.Millisecond)
+	select {
+	case d := <-deliveries:
+		t.Fatalf("delivered again: %+v", d)
+	case <-time.After(300 * time.Millisecond):
+	}
+}

@@ -517,6 +517,10 @@ func (t *streamsTopic) accept(e *inboxEntry) bool {
 		return false
 	}
 	e.uuid = msg.UUID
+	if t.forAnotherGroup(msg) {
+		t.skip(e)
+		return false
+	}
 	t.prepare(e, msg)
 	e.first = msg
 	t.inbox.push(e)
@@ -650,13 +654,39 @@ func (t *streamsTopic) message(e *inboxEntry) *message.Message {
 		return nil
 	}
 	msg.UUID = e.uuid // a fresh UUID for entries without one must stay the same
+	if t.forAnotherGroup(msg) {
+		t.skip(e)
+		return nil
+	}
 	t.prepare(e, msg)
 	return msg
+}
+
+// forAnotherGroup reports whether msg is a copy a handler of another
+// consumer group asked to get again later (a Nack with a delay): this
+// group, and fan-out, had the message already.
+func (t *streamsTopic) forAnotherGroup(msg *message.Message) bool {
+	group, copied := msg.Metadata[metadataForGroup]
+	// In a dead-letter stream it is for whoever reads that.
+	deadLetter := msg.Metadata.Get(DeadLetterFieldReason) != ""
+	return copied && !deadLetter && group != t.s.config.ConsumerGroup
+}
+
+// skip settles an entry that is not for this subscriber, without a
+// delivery: acked in a group, passed in fan-out.
+func (t *streamsTopic) skip(e *inboxEntry) {
+	if !t.grouped() {
+		t.held.release(e.id)
+		return
+	}
+	e.acked.Store(true)
+	t.s.acker.ack(t, e)
 }
 
 func (t *streamsTopic) prepare(e *inboxEntry, msg *message.Message) {
 	e.prior = priorDeliveries(msg)
 	delete(msg.Metadata, metadataPriorDeliveries)
+	delete(msg.Metadata, metadataForGroup)
 	msg.Metadata.Set(MetadataStreamID, e.id)
 	msg.Metadata.Set(MetadataDeliveryCount, strconv.Itoa(e.prior+e.deliveries))
 }
@@ -727,6 +757,9 @@ func (t *streamsTopic) rescheduleFields(msg *message.Message, deliveries int) ([
 	delete(c.Metadata, MetadataStreamID)
 	delete(c.Metadata, MetadataDeliveryCount)
 	c.Metadata.Set(metadataPriorDeliveries, strconv.Itoa(deliveries))
+	// The copy enters the stream every group reads: only this group's
+	// subscribers deliver it.
+	c.Metadata.Set(metadataForGroup, t.s.config.ConsumerGroup)
 	return t.s.config.Marshaler.Marshal(t.name, c)
 }
 
