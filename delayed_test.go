@@ -397,3 +397,25 @@ func TestNackWithADelayComesBackToItsGroupOnly(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 }
+
+// A due time far ahead (a "never" of year 9999) waits, in its place.
+func TestDelayedMessageFarAhead(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic := pubsubtest.Topic(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g"}, nil)
+	for _, year := range []int{2263, 9999, 2500} {
+		require.NoError(t, pub.Publish(topic, delayedMessage(fmt.Sprint(year), time.Date(year, 1, 1, 0, 0, 0, 0, time.UTC))))
+	}
+	count, first, err := sub.Scheduled(t.Context(), topic)
+	require.NoError(t, err)
+	assert.EqualValues(t, 3, count)
+	assert.Equal(t, 2263, first.Year())
+	scores, err := client.ZRangeWithScores(t.Context(), redisbus.DelayedKey(topic), 0, -1).Result()
+	require.NoError(t, err)
+	var years []int
+	for _, z := range scores {
+		years = append(years, time.UnixMilli(int64(z.Score)).UTC().Year())
+	}
+	assert.Equal(t, []int{2263, 2500, 9999}, years)
+}
