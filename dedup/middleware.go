@@ -253,6 +253,12 @@ func (m *Middleware) release(c *claim) {
 // redelivery runs the handler). Each message's side effect then happens
 // exactly once, even across SIGKILLs.
 //
+// Redis does not roll back a transaction whose commands fail one by one
+// (WRONGTYPE, a value that is not a number): when one does, Commit takes
+// the mark back and returns the error, so that the message comes again,
+// and the commands that did apply may apply twice. Queue commands that
+// cannot fail that way, or check the keys first.
+//
 // The transaction runs only if the message's claim is still this
 // delivery's (WATCH on its key); otherwise nothing runs and Commit returns
 // ErrClaimLost. Return the error Commit returns: a failed Commit must make
@@ -291,12 +297,23 @@ func (m *Middleware) Commit(ctx context.Context, msg *message.Message, fn func(p
 		})
 		return err
 	}, c.key)
+	var replyErr redis.Error
 	switch {
 	case errors.Is(err, redis.TxFailedErr), errors.Is(err, ErrClaimLost):
 		if !c.lost.Swap(true) {
 			m.claimsLost.Add(1)
 		}
 		return fmt.Errorf("%w: message %s", ErrClaimLost, msg.UUID)
+	case errors.As(err, &replyErr):
+		// EXEC ran, and a command in it failed (a key of another type, a
+		// value that is not a number): Redis does not roll back the others,
+		// the mark among them. Take the mark back, so that the message
+		// comes again; the commands that did apply may apply twice.
+		if delErr := m.client.Del(ctx, c.key).Err(); delErr != nil {
+			m.errors.Add(1)
+			m.logger.Error("Cannot take back the mark of a failed Commit; its redelivery will be dropped", delErr, watermill.LogFields{"key": c.key})
+		}
+		return fmt.Errorf("dedup: commit message %s: a command failed in the transaction, which Redis does not roll back: %w", msg.UUID, err)
 	case err != nil:
 		return fmt.Errorf("dedup: commit message %s: %w", msg.UUID, err)
 	}

@@ -348,3 +348,32 @@ func newStreamsPublisher(t *testing.T, client redis.UniversalClient) *redisbus.S
 	t.Cleanup(func() { _ = pub.Close() })
 	return pub
 }
+
+// A command that fails inside the transaction (here: INCRBY on a list)
+// does not undo the others, Redis having no rollback: Commit takes the mark
+// back, so that the redelivery runs the handler again, and says so.
+func TestMiddlewareCommitWithACommandThatFailsInTheTransaction(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	config := testConfig(t, client)
+	counter, seen := config.Prefix+"revenue", config.Prefix+"seen"
+	require.NoError(t, client.RPush(t.Context(), counter, "not a number").Err())
+	m := newMiddleware(t, config)
+	charge := m.Middleware(func(msg *message.Message) ([]*message.Message, error) {
+		return nil, m.Commit(msg.Context(), msg, func(pipe redis.Pipeliner) error {
+			pipe.SAdd(msg.Context(), seen, msg.UUID)
+			pipe.IncrBy(msg.Context(), counter, 42)
+			return nil
+		})
+	})
+	msg := newMessage("order")
+	_, err := charge(msg)
+	require.ErrorContains(t, err, "WRONGTYPE")
+	assert.NotEqual(t, "d", client.Get(t.Context(), keyOf(config, msg)).Val(), "the mark is taken back")
+
+	// The key is fixed; the redelivery runs, and commits.
+	require.NoError(t, client.Del(t.Context(), counter).Err())
+	_, err = charge(msg.Copy())
+	require.NoError(t, err)
+	assert.Equal(t, "42", client.Get(t.Context(), counter).Val())
+	assert.Equal(t, "d", client.Get(t.Context(), keyOf(config, msg)).Val())
+}
