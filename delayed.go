@@ -35,6 +35,13 @@ import (
 // before, so that MaxDeliveries counts them too.
 const metadataPriorDeliveries = "redisbus_prior_deliveries"
 
+// metadataDue records the due time a publisher worked out for a message
+// whose until has no fraction of a second ("<until>|<for>|<Unix ms>"), so
+// that the message published again with the same delay (Watermill's
+// requeuer, after its delay in a poison topic) is due then, not up to a
+// second later.
+const metadataDue = "redisbus_due"
+
 // metadataForGroup is on a rescheduled copy: the consumer group whose
 // handler nacked it with a delay. Other groups and fan-out subscribers
 // skip it: they had the message already.
@@ -52,6 +59,13 @@ const delayedUntilKey = delay.DelayedUntilKey
 // (a message published again long after it was delayed is not delayed
 // again). A time with a fraction of a second is taken as it is.
 func dueOf(msg *message.Message, now time.Time) (time.Time, bool, error) {
+	return dueOfStamped(msg, now, true)
+}
+
+// dueOfStamped is dueOf, ignoring metadataDue when stamped is false: a
+// handler that nacks a message with a delay has just set it, however like
+// the one it arrived with it looks.
+func dueOfStamped(msg *message.Message, now time.Time, stamped bool) (time.Time, bool, error) {
 	until := msg.Metadata.Get(delayedUntilKey)
 	if until == "" {
 		return time.Time{}, false, nil
@@ -63,7 +77,15 @@ func dueOf(msg *message.Message, now time.Time) (time.Time, bool, error) {
 	if strings.Contains(until, ".") {
 		return due, true, nil
 	}
-	if d, err := time.ParseDuration(msg.Metadata.Get(delay.DelayedForKey)); err == nil {
+	delayedFor := msg.Metadata.Get(delay.DelayedForKey)
+	// Scheduled before (by a publisher that knew the due time to the
+	// millisecond): that time, as long as the delay is the same one.
+	if stamp, ok := strings.CutPrefix(msg.Metadata.Get(metadataDue), until+"|"+delayedFor+"|"); ok && stamped {
+		if ms, err := strconv.ParseInt(stamp, 10, 64); err == nil {
+			return time.UnixMilli(ms), true, nil
+		}
+	}
+	if d, err := time.ParseDuration(delayedFor); err == nil {
 		switch precise, latest := now.Add(d), due.Add(time.Second-time.Millisecond); {
 		case precise.After(latest):
 			due = latest

@@ -186,7 +186,7 @@ func scheduledOf(ctx context.Context, client redis.UniversalClient, topic string
 // which the handler's Nack then repeats once (see dueOf).
 func laterDelivery(msg *message.Message) (time.Time, bool) {
 	now := time.Now()
-	due, delayed, err := dueOf(msg, now)
+	due, delayed, err := dueOfStamped(msg, now, false)
 	if err != nil || !delayed || !due.After(now) {
 		return time.Time{}, false
 	}

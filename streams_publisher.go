@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
@@ -338,13 +340,16 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 	var later []scheduled
 	now := time.Now()
 	for i, msg := range msgs {
-		f, err := p.config.Marshaler.Marshal(topic, msg)
-		if err != nil {
-			return nil, fmt.Errorf("redisbus: marshal message %s: %w", msg.UUID, err)
-		}
 		due, delayed, err := dueOf(msg, now)
 		if err != nil {
 			return nil, err
+		}
+		if until := msg.Metadata.Get(delayedUntilKey); delayed && !strings.Contains(until, ".") {
+			msg.Metadata.Set(metadataDue, until+"|"+msg.Metadata.Get(delay.DelayedForKey)+"|"+strconv.FormatInt(due.UnixMilli(), 10))
+		}
+		f, err := p.config.Marshaler.Marshal(topic, msg)
+		if err != nil {
+			return nil, fmt.Errorf("redisbus: marshal message %s: %w", msg.UUID, err)
 		}
 		if delayed && due.After(now) && once > 0 {
 			// The publish-once script checks and appends in one step; a
