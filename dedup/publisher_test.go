@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
@@ -200,4 +201,26 @@ func TestPublisherDecorator(t *testing.T) {
 
 	_, err = dedup.PublisherDecorator(testConfig(t, pubsubtest.NewClient(t)), nil)(nil)
 	require.Error(t, err)
+}
+
+// A delayed message through the Publisher over a StreamsPublisher goes the
+// general way (PublishOnce does not cover delays): published once, and
+// held until it is due.
+func TestPublisherWithADelayedMessage(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	config := testConfig(t, client)
+	streams, err := redisbus.NewStreamsPublisher(redisbus.StreamsPublisherConfig{Client: client}, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = streams.Close() })
+	pub, err := dedup.NewPublisher(streams, config, nil)
+	require.NoError(t, err)
+	topic := pubsubtest.Topic(t)
+	msg := newMessage("later")
+	delay.Message(msg, delay.For(time.Hour))
+	require.NoError(t, pub.Publish(topic, msg))
+	require.NoError(t, pub.Publish(topic, msg.Copy()), "a retry")
+	scheduled, err := client.ZCard(t.Context(), redisbus.DelayedKey(topic)).Result()
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, scheduled, "stored once, for later")
+	assert.Zero(t, client.Exists(t.Context(), topic).Val(), "not in the stream yet")
 }
