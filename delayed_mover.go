@@ -157,14 +157,10 @@ func (c *streamsCounters) observeLateness(d time.Duration) {
 // Scheduled returns how many delayed messages of topic wait to enter its
 // stream, and when the first of them is due (zero if none).
 func (s *StreamsSubscriber) Scheduled(ctx context.Context, topic string) (int64, time.Time, error) {
-	return scheduledOf(ctx, s.config.Client, topic)
-}
-
-func scheduledOf(ctx context.Context, client redis.UniversalClient, topic string) (int64, time.Time, error) {
 	key := delayedKey(topic)
 	var card *redis.IntCmd
 	var head *redis.ZSliceCmd
-	_, err := client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+	_, err := s.config.Client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		card = pipe.ZCard(ctx, key)
 		head = pipe.ZRangeWithScores(ctx, key, 0, 0)
 		return nil

@@ -2,8 +2,6 @@ package dedup_test
 
 import (
 	"context"
-	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -170,25 +168,14 @@ func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 }
 
 // redisMicros is the time Redis spent in the named commands since the
-// last CONFIG RESETSTAT (INFO commandstats), in microseconds. Name only
-// the commands the client sends: Redis also counts the commands a script
-// or a transaction runs under their own names, inside the script's or
-// EXEC's time.
+// last CONFIG RESETSTAT, in microseconds. Name only the commands the
+// client sends: Redis also counts the commands a script or a transaction
+// runs under their own names, inside the script's or EXEC's time.
 func redisMicros(b *testing.B, admin *redis.Client, commands []string) float64 {
-	info, err := admin.Info(context.Background(), "commandstats").Result()
-	mustBench(b, err)
+	stats := pubsubtest.CommandStats(b, admin)
 	total := 0.0
-	for _, line := range strings.Split(info, "\n") {
-		name, stats, ok := strings.Cut(strings.TrimSpace(strings.TrimPrefix(line, "cmdstat_")), ":")
-		if !ok || !slices.Contains(commands, name) {
-			continue
-		}
-		for _, field := range strings.Split(stats, ",") {
-			if v, ok := strings.CutPrefix(field, "usec="); ok {
-				usec, _ := strconv.ParseFloat(v, 64)
-				total += usec
-			}
-		}
+	for _, name := range commands {
+		total += stats[name].Usec
 	}
 	return total
 }

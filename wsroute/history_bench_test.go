@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -141,32 +140,15 @@ func historyBenchNodes(b *testing.B, history wsroute.HistoryConfig) (admin *redi
 }
 
 // scriptMicros is the mean time of EVALSHA and EVAL calls since the last
-// CONFIG RESETSTAT, in µs, from INFO commandstats.
+// CONFIG RESETSTAT, in µs.
 func scriptMicros(b *testing.B, admin *redis.Client) float64 {
 	b.Helper()
-	info, err := admin.Info(context.Background(), "commandstats").Result()
-	mustBench(b, err)
-	var usec, calls float64
-	for _, line := range strings.Split(info, "\n") {
-		name, stats, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || (name != "cmdstat_evalsha" && name != "cmdstat_eval") {
-			continue
-		}
-		for _, field := range strings.Split(stats, ",") {
-			key, value, _ := strings.Cut(field, "=")
-			v, _ := strconv.ParseFloat(value, 64)
-			switch key {
-			case "calls":
-				calls += v
-			case "usec":
-				usec += v
-			}
-		}
-	}
-	if calls == 0 {
+	stats := pubsubtest.CommandStats(b, admin)
+	evalsha, eval := stats["evalsha"], stats["eval"]
+	if evalsha.Calls+eval.Calls == 0 {
 		b.Fatal("no script ran")
 	}
-	return usec / calls
+	return (evalsha.Usec + eval.Usec) / float64(evalsha.Calls+eval.Calls)
 }
 
 func mustBench(b *testing.B, err error) {

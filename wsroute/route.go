@@ -181,17 +181,23 @@ func (n *Node) deliver(msg *message.Message) {
 	if len(conns) == 0 {
 		return
 	}
-	stream := streamName(msg.Metadata.Get(metadataKind), msg.Metadata.Get(metadataRoom))
-	m := streamMessage{epoch: msg.Metadata.Get(metadataEpoch), data: msg.Payload}
-	m.offset, _ = strconv.ParseUint(msg.Metadata.Get(metadataOffset), 10, 64)
-	m.sentAt, _ = strconv.ParseInt(msg.Metadata.Get(metadataSentAt), 10, 64)
-	var frame []byte // made once, for the framed connections
+	// What framed connections need is made once, for the first of them:
+	// plain ones take the payload as it is.
+	var (
+		stream string
+		m      streamMessage
+		frame  []byte
+	)
 	for _, c := range conns {
 		if !c.framed {
 			c.enqueue(msg.Payload)
 			continue
 		}
 		if frame == nil {
+			stream = streamName(msg.Metadata.Get(metadataKind), msg.Metadata.Get(metadataRoom))
+			m = streamMessage{epoch: msg.Metadata.Get(metadataEpoch), data: msg.Payload}
+			m.offset, _ = strconv.ParseUint(msg.Metadata.Get(metadataOffset), 10, 64)
+			m.sentAt, _ = strconv.ParseInt(msg.Metadata.Get(metadataSentAt), 10, 64)
 			frame = encodeMessage(stream, m, false)
 		}
 		c.receiveFramed(stream, m, frame)
