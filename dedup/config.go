@@ -122,11 +122,12 @@ func bounded(s string) string {
 	return "sha256:" + base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
-// Values of the keys. A key holding done (or doneBy's "d…") is a message
-// handled or published; one holding a claim ("c…") is one in progress.
-// Each claim and each Repository mark carries a token of its own, so that
-// a command go-redis sends again after a lost reply recognises what its
-// first attempt wrote (see the SET … GET commands).
+// Values of the keys. A key holding done or "d" and a token is a message
+// handled or published; one holding a claim ("c" and a token) is one in
+// progress. Each claim, each Middleware mark (the claim's token) and each
+// Repository mark carries a token of its own, so that a command go-redis
+// sends again after a lost reply recognises what its first attempt wrote
+// (see the SET … GET commands).
 const done = "d"
 
 var (

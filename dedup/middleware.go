@@ -78,11 +78,13 @@ type Middleware struct {
 
 // claim is a delivery's hold on its message's key.
 type claim struct {
-	key, value string
-	failed     chan struct{} // closed once the handler failed and the claim was released
-	committed  atomic.Bool   // Commit marked the key: nothing to do at the ack
-	finish     sync.Once     // the claim ends once: marked, or released
-	lost       atomic.Bool   // counted in ClaimsLost: once per claim
+	key       string
+	value     string        // the claim: "c" and the token
+	mark      string        // the mark once handled: "d" and the same token
+	failed    chan struct{} // closed once the handler failed and the claim was released
+	committed atomic.Bool   // Commit marked the key: nothing to do at the ack
+	finish    sync.Once     // the claim ends once: marked, or released
+	lost      atomic.Bool   // counted in ClaimsLost: once per claim
 }
 
 // MiddlewareStats are counters since the Middleware was created.
@@ -135,7 +137,8 @@ func (m *Middleware) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		if err != nil {
 			return nil, fmt.Errorf("dedup: key of message %s: %w", msg.UUID, err)
 		}
-		c := &claim{key: m.prefix + bounded(name), value: claimValue(newToken()), failed: make(chan struct{})}
+		token := newToken()
+		c := &claim{key: m.prefix + bounded(name), value: claimValue(token), mark: done + token, failed: make(chan struct{})}
 		found, err := setNXGet(msg.Context(), m.client, c.key, c.value, m.lease)
 		switch {
 		case err != nil:
@@ -220,17 +223,19 @@ func (m *Middleware) renew(c *claim) {
 // markDone marks the message handled for the Window. It overwrites
 // whatever is there: should the claim have lapsed and another delivery
 // claimed the message, that one is handling it too, and the mark keeps a
-// third copy out.
+// third copy out. The mark carries the claim's token: a SET go-redis sends
+// again after a lost reply finds its first attempt's mark, which is not a
+// lost claim.
 func (m *Middleware) markDone(c *claim) {
 	ctx, cancel := context.WithTimeout(context.Background(), m.finishWithin)
 	defer cancel()
-	found, err := m.client.Do(ctx, "set", c.key, done, "get", "px", m.window.Milliseconds()).Text()
+	found, err := m.client.Do(ctx, "set", c.key, c.mark, "get", "px", m.window.Milliseconds()).Text()
 	switch {
 	case err != nil && !errors.Is(err, redis.Nil):
 		m.errors.Add(1)
 		m.logger.Error("Cannot mark a message handled; its copies are kept out only until its claim lapses", err, watermill.LogFields{"key": c.key})
 		return
-	case found != c.value && !c.lost.Swap(true):
+	case found != c.value && found != c.mark && !c.lost.Swap(true):
 		m.claimsLost.Add(1) // lapsed, or taken by another delivery, or handled by it
 	}
 	m.marked.Add(1)
@@ -293,7 +298,7 @@ func (m *Middleware) Commit(ctx context.Context, msg *message.Message, fn func(p
 			}
 			// Sent once: go-redis must not send the transaction again after
 			// a lost reply, on a connection that no longer WATCHes.
-			return pipe.Process(ctx, sendonce.Cmd{Cmd: redis.NewCmd(ctx, "set", c.key, done, "px", m.window.Milliseconds())})
+			return pipe.Process(ctx, sendonce.Cmd{Cmd: redis.NewCmd(ctx, "set", c.key, c.mark, "px", m.window.Milliseconds())})
 		})
 		return err
 	}, c.key)
