@@ -24,6 +24,18 @@ func testConfig(t *testing.T, client redis.UniversalClient) dedup.Config {
 	return dedup.Config{Client: client, Prefix: pubsubtest.Topic(t) + ":"}
 }
 
+// clientBehindProxy returns a client of the test Redis through a proxy
+// that can delay replies, with a read timeout (200 ms) short enough for a
+// test to make go-redis give a reply up, and maxRetries as go-redis takes
+// it (0: its default, -1: none).
+func clientBehindProxy(t *testing.T, maxRetries int) (*pubsubtest.Proxy, *redis.Client) {
+	t.Helper()
+	proxy := pubsubtest.NewProxy(t, pubsubtest.Redis(t).Addr)
+	client := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ReadTimeout: 200 * time.Millisecond, MaxRetries: maxRetries})
+	t.Cleanup(func() { _ = client.Close() })
+	return proxy, client
+}
+
 func newMessage(payload string) *message.Message {
 	return message.NewMessage(watermill.NewUUID(), []byte(payload))
 }

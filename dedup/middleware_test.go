@@ -292,9 +292,7 @@ func TestMiddlewareCommitMarksWithTheSideEffect(t *testing.T) {
 // delivery's own, not a claim that lapsed (ClaimsLost would tell an
 // operator to raise Lease for a slow network).
 func TestMiddlewareMarkRetriedAfterALostReplyIsNotALostClaim(t *testing.T) {
-	proxy := pubsubtest.NewProxy(t, pubsubtest.Redis(t).Addr)
-	client := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ReadTimeout: 200 * time.Millisecond})
-	t.Cleanup(func() { _ = client.Close() })
+	proxy, client := clientBehindProxy(t, 0)
 	config := testConfig(t, client)
 	m := newMiddleware(t, config)
 	msg := newMessage("order")

@@ -8,7 +8,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -171,9 +170,7 @@ func TestPublisherRefusesAMessageAnotherPublishHolds(t *testing.T) {
 // Over a StreamsPublisher the check and the XADD are one script: a retry
 // after a lost reply (the entry was stored, Publish failed) stores nothing.
 func TestPublisherOverStreamsStoresARetryOnce(t *testing.T) {
-	proxy := pubsubtest.NewProxy(t, pubsubtest.Redis(t).Addr)
-	client := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ReadTimeout: 200 * time.Millisecond})
-	t.Cleanup(func() { _ = client.Close() })
+	proxy, client := clientBehindProxy(t, 0)
 	streams, err := redisbus.NewStreamsPublisher(redisbus.StreamsPublisherConfig{Client: client}, nil)
 	require.NoError(t, err)
 	pub := newGuard(t, streams, testConfig(t, client))

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -89,9 +88,7 @@ func TestRepositoryHasOneWinnerAmongConcurrentChecks(t *testing.T) {
 // dropped, never handled. The token in the mark tells the retry it is its
 // own.
 func TestRepositoryCheckRetriedAfterALostReplyIsNotADuplicate(t *testing.T) {
-	proxy := pubsubtest.NewProxy(t, pubsubtest.Redis(t).Addr)
-	client := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ReadTimeout: 200 * time.Millisecond})
-	t.Cleanup(func() { _ = client.Close() })
+	proxy, client := clientBehindProxy(t, 0)
 	config := testConfig(t, client)
 	repo := newRepository(t, config)
 	_, err := repo.IsDuplicate(t.Context(), "warm-up") // opens the connection that turns slow
@@ -111,9 +108,7 @@ func TestRepositoryCheckRetriedAfterALostReplyIsNotADuplicate(t *testing.T) {
 // deletes the mark it may have made, so that the message's redelivery is
 // handled rather than dropped for a check that never answered.
 func TestRepositoryCheckThatFailsLeavesNoMark(t *testing.T) {
-	proxy := pubsubtest.NewProxy(t, pubsubtest.Redis(t).Addr)
-	client := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ReadTimeout: 200 * time.Millisecond, MaxRetries: -1})
-	t.Cleanup(func() { _ = client.Close() })
+	proxy, client := clientBehindProxy(t, -1)
 	config := testConfig(t, client)
 	repo := newRepository(t, config)
 	_, err := repo.IsDuplicate(t.Context(), "warm-up")
