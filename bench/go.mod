@@ -9,6 +9,7 @@ require (
 	github.com/ThreeDotsLabs/watermill-redisstream v1.4.5
 	github.com/coder/websocket v1.8.15
 	github.com/redis/go-redis/v9 v9.23.0
+	github.com/redis/rueidis v1.0.79
 	github.com/redisbus/watermill-redisbus v0.0.0-00010101000000-000000000000
 	github.com/stretchr/testify v1.12.1
 )

@@ -232,6 +232,7 @@ func run(ctx context.Context, o options) error {
 			record(delayed(ctx, e, min(o.n, delayedMax), true))
 			record(delayed(ctx, e, min(o.n, delayedMax), false))
 		}
+		runCaches(ctx, e, o, record)
 		// The clusters take turns first, as the contenders do.
 		for i := range clusters {
 			bc := clusters[(i+round)%len(clusters)]
@@ -308,6 +309,8 @@ func startClusters(ctx context.Context, o options) ([]*benchCluster, string) {
 
 func line(s sample) string {
 	switch {
+	case s.family == "cache" && s.p50 == 0:
+		return fmt.Sprintf("  %-36s %-28s reads %8.0f/s %s", s.contender, s.workload, s.subRate, s.failed())
 	case s.p50 > 0:
 		return fmt.Sprintf("  %-36s %-28s p50 %v p99 %v p999 %v %s", s.contender, s.workload, s.p50, s.p99, s.p999, s.failed())
 	case len(s.masterTopics) > 0:

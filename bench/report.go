@@ -429,6 +429,7 @@ func (r *report) markdown(chart string) string {
 
 	r.wsrouteHistorySection(&b)
 	r.delayedSection(&b)
+	r.cacheSection(&b)
 
 	if len(r.contenders(w6)) > 0 {
 		w("\n## Workload 6: consumers of one group share a backlog\n\n")
