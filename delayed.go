@@ -30,10 +30,16 @@ import (
 // message on the topic's wake channel), and looks at least every
 // DelayedPollInterval in case such a message was lost.
 
-// metadataPriorDeliveries is on a message rescheduled by a Nack with a
-// delay (see streamsTopic.nacked): how many times it had reached a handler
-// before, so that MaxDeliveries counts them too.
-const metadataPriorDeliveries = "redisbus_prior_deliveries"
+// fieldPriorDeliveries is an entry field of a copy rescheduled by a Nack
+// with a delay (see streamsTopic.nacked): how many times the message had
+// reached a handler before, so that MaxDeliveries counts them too.
+//
+// It and fieldForGroup are entry fields beside the Marshaler's, not
+// metadata: a producer cannot set them through Watermill (metadata of that
+// name is the application's, and means nothing here), and a dead letter
+// leaves them out, so that a replayed dead letter is a new message for
+// every group, with every delivery ahead of it.
+const fieldPriorDeliveries = "redisbus_prior_deliveries"
 
 // metadataDue records the due time a publisher worked out for a message
 // whose until has no fraction of a second ("<until>|<for>|<Unix ms>"), so
@@ -42,13 +48,16 @@ const metadataPriorDeliveries = "redisbus_prior_deliveries"
 // second later.
 const metadataDue = "redisbus_due"
 
-// metadataForGroup is on a rescheduled copy: the consumer group whose
-// handler nacked it with a delay. Other groups and fan-out subscribers
-// skip it: they had the message already.
-const metadataForGroup = "redisbus_for_group"
+// fieldForGroup is an entry field of a rescheduled copy: the consumer
+// group whose handler nacked it with a delay. Other groups and fan-out
+// subscribers skip it: they had the message already.
+const fieldForGroup = "redisbus_for_group"
 
 // delayedUntilKey is Watermill's metadata of a delayed message's due time.
-const delayedUntilKey = delay.DelayedUntilKey
+const (
+	delayedUntilKey = delay.DelayedUntilKey
+	delayedForKey   = delay.DelayedForKey
+)
 
 // dueOf returns when msg asks to enter its stream, and whether it asks:
 // Watermill's _watermill_delayed_until, an RFC 3339 time. Watermill's

@@ -176,11 +176,19 @@ func (s *StreamsSubscriber) Scheduled(ctx context.Context, topic string) (int64,
 }
 
 // laterDelivery reports when a nacked message asks to come back: its
-// metadata holds a delay still ahead (its handler set one, directly or
-// through middleware.DelayOnError). A delay it arrived with is behind it
-// by then, except a delay under a second in Watermill's delay metadata,
-// which the handler's Nack then repeats once (see dueOf).
-func laterDelivery(msg *message.Message) (time.Time, bool) {
+// handler set a delay on it still ahead, directly or through
+// middleware.DelayOnError. arrived is the delay the message was delivered
+// with (delayOf): left as it was, it is no new delay, and the Nack a
+// plain one. Except a delay under a second: DelayOnError may set one that
+// reads exactly like it (the same for, the until in the same second), so
+// it is taken as set again, and delays the message once more, to the end
+// of the second its until names at most (see dueOf).
+func laterDelivery(msg *message.Message, arrived string) (time.Time, bool) {
+	if arrived != "" && delayOf(msg) == arrived {
+		if d, err := time.ParseDuration(msg.Metadata.Get(delayedForKey)); err != nil || d >= time.Second {
+			return time.Time{}, false
+		}
+	}
 	now := time.Now()
 	due, delayed, err := dueOfStamped(msg, now, false)
 	if err != nil || !delayed || !due.After(now) {
@@ -189,9 +197,19 @@ func laterDelivery(msg *message.Message) (time.Time, bool) {
 	return due, true
 }
 
-// priorDeliveries reads metadataPriorDeliveries.
-func priorDeliveries(msg *message.Message) int {
-	n, err := strconv.Atoi(msg.Metadata.Get(metadataPriorDeliveries))
+// delayOf is msg's delay metadata as one string, "" when it has none.
+func delayOf(msg *message.Message) string {
+	until := msg.Metadata.Get(delayedUntilKey)
+	if until == "" {
+		return ""
+	}
+	return until + "|" + msg.Metadata.Get(delayedForKey)
+}
+
+// priorDeliveries reads fieldPriorDeliveries of an entry's fields.
+func priorDeliveries(values map[string]any) int {
+	s, _ := values[fieldPriorDeliveries].(string)
+	n, err := strconv.Atoi(s)
 	if err != nil || n < 0 {
 		return 0
 	}

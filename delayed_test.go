@@ -15,6 +15,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/components/requeuer"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -30,6 +31,19 @@ func delayedMessage(payload string, due time.Time) *message.Message {
 	return msg
 }
 
+// delayedTopic returns a client, a topic, a Streams publisher and a
+// subscriber of group "g" with its messages of the topic.
+func delayedTopic(t *testing.T) (redis.UniversalClient, string, *redisbus.StreamsPublisher, *redisbus.StreamsSubscriber, <-chan *message.Message) {
+	t.Helper()
+	client := pubsubtest.NewClient(t)
+	topic := pubsubtest.Topic(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g"}, nil)
+	messages, err := sub.Subscribe(t.Context(), topic)
+	require.NoError(t, err)
+	return client, topic, pub, sub, messages
+}
+
 // redisNow is Redis' clock, by which messages fall due.
 func redisNow(t *testing.T) time.Time {
 	t.Helper()
@@ -42,12 +56,7 @@ func redisNow(t *testing.T) time.Time {
 // enters its stream no earlier than its due time, while messages without
 // a delay go straight in.
 func TestDelayedMessageEntersItsStreamWhenDue(t *testing.T) {
-	client := pubsubtest.NewClient(t)
-	topic := pubsubtest.Topic(t)
-	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
-	sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g"}, nil)
-	messages, err := sub.Subscribe(t.Context(), topic)
-	require.NoError(t, err)
+	_, topic, pub, sub, messages := delayedTopic(t)
 
 	due := redisNow(t).Add(300 * time.Millisecond)
 	ids, err := pub.PublishIDs(t.Context(), topic, delayedMessage("later", due), message.NewMessage(watermill.NewUUID(), []byte("now")))
@@ -78,12 +87,7 @@ func TestDelayedMessageEntersItsStreamWhenDue(t *testing.T) {
 // they were published in, and messages due at once in publish order; a
 // due time already past means at once.
 func TestDelayedMessagesArriveInDueOrder(t *testing.T) {
-	client := pubsubtest.NewClient(t)
-	topic := pubsubtest.Topic(t)
-	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
-	sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g"}, nil)
-	messages, err := sub.Subscribe(t.Context(), topic)
-	require.NoError(t, err)
+	_, topic, pub, _, messages := delayedTopic(t)
 
 	start := redisNow(t).Add(200 * time.Millisecond)
 	var want []string
@@ -349,24 +353,23 @@ func TestDelayedMessagesOnACluster(t *testing.T) {
 	}
 }
 
-// A Nack with a delay in one consumer group brings the message back to
-// that group only: the copy enters the stream every group reads, and the
-// others (and fan-out readers) skip it, having had the message already.
-func TestNackWithADelayComesBackToItsGroupOnly(t *testing.T) {
-	client := pubsubtest.NewClient(t)
-	topic := pubsubtest.Topic(t)
-	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
-	billing := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "billing"}, nil)
+// got is a delivery of a message to a consumer group, and its count.
+type got struct{ group, count string }
+
+// billingAndEmail returns a Router, not started, with two consumer groups
+// of topic: billing (maxDeliveries), whose handler fails a delivery when
+// fails says so (after setting what delay it likes), and email, which
+// succeeds; each reports its deliveries on the channel returned.
+func billingAndEmail(t *testing.T, client redis.UniversalClient, topic string, maxDeliveries int, fails func(*message.Message) bool) (*message.Router, chan got, *redisbus.StreamsSubscriber) {
+	t.Helper()
+	billing := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "billing", MaxDeliveries: maxDeliveries}, nil)
 	email := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "email"}, nil)
-	tail := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, StartID: "0"}, nil)
 	router, err := message.NewRouter(message.RouterConfig{}, nil)
 	require.NoError(t, err)
-	type got struct{ group, count string }
 	deliveries := make(chan got, 10)
 	router.AddConsumerHandler("billing", topic, billing, func(msg *message.Message) error {
 		deliveries <- got{"billing", msg.Metadata.Get(redisbus.MetadataDeliveryCount)}
-		if msg.Metadata.Get(redisbus.MetadataDeliveryCount) == "1" {
-			delay.Message(msg, delay.For(100*time.Millisecond))
+		if fails(msg) {
 			return errors.New("card declined")
 		}
 		return nil
@@ -375,6 +378,24 @@ func TestNackWithADelayComesBackToItsGroupOnly(t *testing.T) {
 		deliveries <- got{"email", msg.Metadata.Get(redisbus.MetadataDeliveryCount)}
 		return nil
 	})
+	return router, deliveries, billing
+}
+
+// A Nack with a delay in one consumer group brings the message back to
+// that group only: the copy enters the stream every group reads, and the
+// others (and fan-out readers) skip it, having had the message already.
+func TestNackWithADelayComesBackToItsGroupOnly(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic := pubsubtest.Topic(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	router, deliveries, _ := billingAndEmail(t, client, topic, 0, func(msg *message.Message) bool {
+		if msg.Metadata.Get(redisbus.MetadataDeliveryCount) != "1" {
+			return false
+		}
+		delay.Message(msg, delay.For(100*time.Millisecond))
+		return true
+	})
+	tail := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, StartID: "0"}, nil)
 	router.AddConsumerHandler("tail", topic, tail, func(msg *message.Message) error {
 		deliveries <- got{"tail", ""}
 		return nil
@@ -396,6 +417,106 @@ func TestNackWithADelayComesBackToItsGroupOnly(t *testing.T) {
 		t.Fatalf("delivered again: %+v", d)
 	case <-time.After(300 * time.Millisecond):
 	}
+}
+
+// A dead letter of a rescheduled copy is the message's, not the copy's:
+// replayed as the console does (its fields without the dead-letter ones),
+// every group gets it again, the one that gave up with every delivery
+// ahead of it.
+func TestDeadLetterOfARescheduledCopyIsANewMessageForEveryGroup(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic := pubsubtest.Topic(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	router, deliveries, billing := billingAndEmail(t, client, topic, 2, func(msg *message.Message) bool {
+		delay.Message(msg, delay.For(50*time.Millisecond))
+		return true
+	})
+	startRouter(t, router)
+	publish(t, pub, topic, "order-1")
+
+	seen := map[got]int{}
+	for range 3 { // billing: the message, its copy (then a dead letter); email: the message
+		seen[nextAttempt(t, deliveries)]++
+	}
+	assert.Equal(t, map[got]int{{"billing", "1"}: 1, {"billing", "2"}: 1, {"email", "1"}: 1}, seen)
+	dead := billing.DeadLetterTopic(topic)
+	var letter redis.XMessage
+	require.Eventually(t, func() bool {
+		letters, err := client.XRange(t.Context(), dead, "-", "+").Result()
+		if err != nil || len(letters) == 0 {
+			return false
+		}
+		letter = letters[0]
+		return true
+	}, waitTimeout, 10*time.Millisecond)
+	assert.Equal(t, "2", letter.Values[redisbus.DeadLetterFieldDeliveries])
+	assert.NotContains(t, letter.Values, "redisbus_for_group", "a dead letter is for whoever reads it")
+	assert.NotContains(t, letter.Values, "redisbus_prior_deliveries")
+
+	// Replayed: the console re-adds its fields without the dead-letter ones.
+	var fields []any
+	for k, v := range letter.Values {
+		switch k {
+		case redisbus.DeadLetterFieldReason, redisbus.DeadLetterFieldStream, redisbus.DeadLetterFieldID,
+			redisbus.DeadLetterFieldGroup, redisbus.DeadLetterFieldConsumer, redisbus.DeadLetterFieldDeliveries:
+			continue
+		}
+		fields = append(fields, k, v)
+	}
+	require.NoError(t, client.XAdd(t.Context(), &redis.XAddArgs{Stream: topic, Values: fields}).Err())
+	seen = map[got]int{}
+	for range 3 {
+		seen[nextAttempt(t, deliveries)]++
+	}
+	assert.Equal(t, map[got]int{{"billing", "1"}: 1, {"billing", "2"}: 1, {"email", "1"}: 1}, seen, "as new, for both groups")
+}
+
+// Metadata named like a rescheduled copy's fields is the application's: a
+// producer that sets it neither hides its message from a group nor
+// changes its delivery count, and the handlers see it.
+func TestMetadataNamedLikeACopysFieldsIsTheApplications(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic := pubsubtest.Topic(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	msg := message.NewMessage(watermill.NewUUID(), []byte("order-1"))
+	msg.Metadata.Set("redisbus_for_group", "email")
+	msg.Metadata.Set("redisbus_prior_deliveries", "5")
+	require.NoError(t, pub.Publish(topic, msg))
+	for _, group := range []string{"billing", "email", ""} {
+		sub := newStreamsSubscriber(t, redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: group, StartID: "0"}, nil)
+		messages, err := sub.Subscribe(t.Context(), topic)
+		require.NoError(t, err)
+		got := next(t, messages)
+		assert.Equal(t, "email", got.Metadata.Get("redisbus_for_group"), "group %q", group)
+		assert.Equal(t, "5", got.Metadata.Get("redisbus_prior_deliveries"), "group %q", group)
+		if group != "" {
+			assert.Equal(t, "1", got.Metadata.Get(redisbus.MetadataDeliveryCount), "group %q", group)
+		}
+		got.Ack()
+	}
+}
+
+// A plain Nack of a message that arrived delayed brings it back with the
+// usual backoff: the delay it arrived with is behind it, whatever part of
+// a second its due time fell in (Watermill writes the until to the
+// second, and for beside it).
+func TestPlainNackOfADelayedMessageIsNotDelayedAgain(t *testing.T) {
+	client, topic, pub, sub, messages := delayedTopic(t)
+	for _, d := range []time.Duration{1200 * time.Millisecond, 1700 * time.Millisecond} {
+		msg := message.NewMessage(watermill.NewUUID(), []byte(d.String()))
+		delay.Message(msg, delay.For(d))
+		require.NoError(t, pub.Publish(topic, msg))
+	}
+	for range 2 {
+		first := next(t, messages)
+		first.Nack()
+		again := next(t, messages)
+		assert.Equal(t, first.UUID, again.UUID)
+		assert.Equal(t, "2", again.Metadata.Get(redisbus.MetadataDeliveryCount))
+		again.Ack()
+	}
+	assert.Zero(t, sub.Stats().Rescheduled)
+	assert.EqualValues(t, 2, client.XLen(t.Context(), topic).Val(), "no copy was stored")
 }
 
 // A due time far ahead (a "never" of year 9999) waits, in its place.

@@ -78,8 +78,11 @@ type inboxEntry struct {
 	// that count back.
 	reserved bool
 	// prior is how many deliveries reached a handler before the entry was
-	// rescheduled by a Nack with a delay (a copy's metadata says so).
+	// rescheduled by a Nack with a delay (a copy's fields say so).
 	prior int
+	// arrivedDelay is the delay metadata the message was delivered with
+	// (delayOf): a Nack that leaves it is no Nack with a new delay.
+	arrivedDelay string
 	// isolate asks for the entry to be handled alone: an earlier delivery
 	// failed or died with its process, and it must not take other messages
 	// down with it again.

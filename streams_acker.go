@@ -403,7 +403,14 @@ func (a *streamsAcker) sendReschedule(op ackOp, failed []ackOp) (*ackOp, []ackOp
 }
 
 func (a *streamsAcker) deadLetterFields(op ackOp) []any {
-	fields := fieldsOf(op.entry.values)
+	// A rescheduled copy's fields stay out: the dead letter is the
+	// message's, and replayed, a new message for every group.
+	fields := make([]any, 0, 2*len(op.entry.values)+12)
+	for k, v := range op.entry.values {
+		if !slices.Contains(copyFields, k) {
+			fields = append(fields, k, v)
+		}
+	}
 	return append(fields,
 		DeadLetterFieldReason, op.reason,
 		DeadLetterFieldStream, op.topic.name,

@@ -509,6 +509,10 @@ func (t *streamsTopic) accept(e *inboxEntry) bool {
 	if !t.held.tryHold(e) {
 		return false
 	}
+	if t.forAnotherGroup(e) {
+		t.skip(e)
+		return false
+	}
 	msg, err := t.decode(e.values)
 	if err != nil {
 		// No handler will ever see it.
@@ -517,10 +521,6 @@ func (t *streamsTopic) accept(e *inboxEntry) bool {
 		return false
 	}
 	e.uuid = msg.UUID
-	if t.forAnotherGroup(msg) {
-		t.skip(e)
-		return false
-	}
 	t.prepare(e, msg)
 	e.first = msg
 	t.inbox.push(e)
@@ -569,16 +569,6 @@ func (t *streamsTopic) trimmed(n int) {
 	t.s.stats.trimmed.Add(uint64(n))
 	t.logger.Error("Pending entries were trimmed or deleted from the stream before they were handled; they are lost", errEntriesGone,
 		watermill.LogFields{"entries": n})
-}
-
-// fieldsOf turns entry values back into XADD fields, for the dead-letter
-// stream.
-func fieldsOf(values map[string]any) []any {
-	fields := make([]any, 0, 2*len(values))
-	for k, v := range values {
-		fields = append(fields, k, v)
-	}
-	return fields
 }
 
 // deadLetter moves a held entry to the dead-letter stream: the acker
@@ -654,7 +644,7 @@ func (t *streamsTopic) message(e *inboxEntry) *message.Message {
 		return nil
 	}
 	msg.UUID = e.uuid // a fresh UUID for entries without one must stay the same
-	if t.forAnotherGroup(msg) {
+	if t.forAnotherGroup(e) {
 		t.skip(e)
 		return nil
 	}
@@ -662,14 +652,12 @@ func (t *streamsTopic) message(e *inboxEntry) *message.Message {
 	return msg
 }
 
-// forAnotherGroup reports whether msg is a copy a handler of another
+// forAnotherGroup reports whether e is a copy a handler of another
 // consumer group asked to get again later (a Nack with a delay): this
 // group, and fan-out, had the message already.
-func (t *streamsTopic) forAnotherGroup(msg *message.Message) bool {
-	group, copied := msg.Metadata[metadataForGroup]
-	// In a dead-letter stream it is for whoever reads that.
-	deadLetter := msg.Metadata.Get(DeadLetterFieldReason) != ""
-	return copied && !deadLetter && group != t.s.config.ConsumerGroup
+func (t *streamsTopic) forAnotherGroup(e *inboxEntry) bool {
+	group, copied := e.values[fieldForGroup].(string)
+	return copied && group != t.s.config.ConsumerGroup
 }
 
 // skip settles an entry that is not for this subscriber, without a
@@ -684,9 +672,13 @@ func (t *streamsTopic) skip(e *inboxEntry) {
 }
 
 func (t *streamsTopic) prepare(e *inboxEntry, msg *message.Message) {
-	e.prior = priorDeliveries(msg)
-	delete(msg.Metadata, metadataPriorDeliveries)
-	delete(msg.Metadata, metadataForGroup)
+	e.prior = priorDeliveries(e.values)
+	for _, f := range copyFields {
+		if _, ok := e.values[f]; ok { // a Marshaler made it metadata
+			delete(msg.Metadata, f)
+		}
+	}
+	e.arrivedDelay = delayOf(msg)
 	msg.Metadata.Set(MetadataStreamID, e.id)
 	msg.Metadata.Set(MetadataDeliveryCount, strconv.Itoa(e.prior+e.deliveries))
 }
@@ -728,7 +720,7 @@ func (t *streamsTopic) nacked(e *inboxEntry, msg *message.Message) (time.Duratio
 		t.deadLetter(e, fmt.Sprintf("nacked %d %s (MaxDeliveries %d)", failures, times, cfg.MaxDeliveries))
 		return 0, false
 	}
-	if due, later := laterDelivery(msg); later {
+	if due, later := laterDelivery(msg, e.arrivedDelay); later {
 		if !t.grouped() {
 			return time.Until(due), true
 		}
@@ -751,17 +743,22 @@ func (t *streamsTopic) nacked(e *inboxEntry, msg *message.Message) (time.Duratio
 
 // rescheduleFields encodes the copy of a nacked message that comes back
 // later: its metadata as the handler left it, without what each delivery
-// sets, with the deliveries so far.
+// sets; and beside it, the deliveries so far and, since the copy enters
+// the stream every group reads, the group whose subscribers deliver it.
 func (t *streamsTopic) rescheduleFields(msg *message.Message, deliveries int) ([]any, error) {
 	c := msg.Copy()
 	delete(c.Metadata, MetadataStreamID)
 	delete(c.Metadata, MetadataDeliveryCount)
-	c.Metadata.Set(metadataPriorDeliveries, strconv.Itoa(deliveries))
-	// The copy enters the stream every group reads: only this group's
-	// subscribers deliver it.
-	c.Metadata.Set(metadataForGroup, t.s.config.ConsumerGroup)
-	return t.s.config.Marshaler.Marshal(t.name, c)
+	fields, err := t.s.config.Marshaler.Marshal(t.name, c)
+	if err != nil {
+		return nil, err
+	}
+	return append(fields, fieldPriorDeliveries, strconv.Itoa(deliveries), fieldForGroup, t.s.config.ConsumerGroup), nil
 }
+
+// copyFields are the entry fields of a rescheduled copy, beside the
+// Marshaler's.
+var copyFields = []string{fieldPriorDeliveries, fieldForGroup}
 
 // nackDelay is base doubled for every Nack after the first, up to maxDelay.
 func nackDelay(base, maxDelay time.Duration, nacks int) time.Duration {
