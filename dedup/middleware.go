@@ -34,6 +34,11 @@ var ErrClaimLost = errors.New("dedup: the message's claim lapsed and another del
 // handling.
 var errNotClaimed = errors.New("dedup: Commit called for a message outside its Middleware's handler")
 
+// errCommitted is what a second Commit of one delivery returns: the first
+// marked the message handled, and another transaction would be a second
+// side effect. Queue every command in one Commit.
+var errCommitted = errors.New("dedup: Commit called twice for one delivery of a message; queue every command in one Commit")
+
 // Middleware is a Watermill handler middleware that drops the copies of a
 // message it has already handled, across any number of processes, and marks
 // a message handled only once it was: at-least-once delivery stays at least
@@ -84,7 +89,10 @@ type claim struct {
 	failed    chan struct{} // closed once the handler failed and the claim was released
 	committed atomic.Bool   // Commit marked the key: nothing to do at the ack
 	finish    sync.Once     // the claim ends once: marked, or released
-	lost      atomic.Bool   // counted in ClaimsLost: once per claim
+	// turn keeps a renewal out of a Commit's transaction: its PEXPIRE of
+	// the WATCHed key would fail the transaction as if the claim were lost.
+	turn sync.Mutex
+	lost atomic.Bool // counted in ClaimsLost: once per claim
 }
 
 // MiddlewareStats are counters since the Middleware was created.
@@ -207,6 +215,8 @@ func (m *Middleware) hold(msg *message.Message, c *claim) {
 }
 
 func (m *Middleware) renew(c *claim) {
+	c.turn.Lock()
+	defer c.turn.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), m.lease/3)
 	defer cancel()
 	held, err := renewScript.Run(ctx, m.client, []string{c.key}, c.value, m.lease.Milliseconds()).Int()
@@ -267,7 +277,10 @@ func (m *Middleware) release(c *claim) {
 // The transaction runs only if the message's claim is still this
 // delivery's (WATCH on its key); otherwise nothing runs and Commit returns
 // ErrClaimLost. Return the error Commit returns: a failed Commit must make
-// the message come again. Three round trips: WATCH, the check, MULTI/EXEC.
+// the message come again. Three round trips: WATCH, the check, MULTI/EXEC;
+// the claim's renewals wait meanwhile (one would fail the transaction).
+// Once per delivery: queue every command in fn, a second Commit after one
+// that succeeded returns an error.
 //
 // On Redis Cluster the transaction's keys must share a slot: give Prefix
 // the hash tag of the keys fn writes ("{shop}:dedup:" with "{shop}:…").
@@ -283,6 +296,11 @@ func (m *Middleware) Commit(ctx context.Context, msg *message.Message, fn func(p
 	m.mu.Unlock()
 	if c == nil {
 		return errNotClaimed
+	}
+	c.turn.Lock()
+	defer c.turn.Unlock()
+	if c.committed.Load() {
+		return fmt.Errorf("%w: message %s", errCommitted, msg.UUID)
 	}
 	err := m.client.Watch(ctx, func(tx *redis.Tx) error {
 		found, err := tx.Get(ctx, c.key).Result()

@@ -3,6 +3,7 @@ package dedup_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -309,6 +310,45 @@ func TestMiddlewareMarkRetriedAfterALostReplyIsNotALostClaim(t *testing.T) {
 	assert.Zero(t, stats.ClaimsLost)
 	assert.Zero(t, stats.Errors, "go-redis sent the mark again on a new connection")
 	assert.True(t, isMark(pubsubtest.NewClient(t).Get(t.Context(), keyOf(config, msg)).Val()))
+}
+
+// A handler that runs for longer than Lease/3 has its claim renewed: a
+// renewal during a Commit (here, fn itself takes longer than a renewal
+// period) touches the WATCHed key, which must not fail the transaction as
+// if the claim were lost. A second Commit of the delivery is refused, and
+// is no lost claim either.
+func TestMiddlewareCommitWhileTheClaimIsRenewed(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	config := testConfig(t, client)
+	config.Lease = 300 * time.Millisecond // renewed every 100 ms
+	counter := config.Prefix + "revenue"
+	m := newMiddleware(t, config)
+	for i := range 3 {
+		msg := newMessage(fmt.Sprint("order ", i))
+		_, err := m.Middleware(func(msg *message.Message) ([]*message.Message, error) {
+			err := m.Commit(msg.Context(), msg, func(pipe redis.Pipeliner) error {
+				time.Sleep(config.Lease/3 + 10*time.Millisecond) // a renewal falls due meanwhile
+				pipe.IncrBy(msg.Context(), counter, 10)
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+			again := m.Commit(msg.Context(), msg, func(pipe redis.Pipeliner) error {
+				pipe.IncrBy(msg.Context(), counter, 10)
+				return nil
+			})
+			require.Error(t, again)
+			assert.NotErrorIs(t, again, dedup.ErrClaimLost)
+			return nil, nil
+		})(msg)
+		require.NoError(t, err)
+		msg.Ack()
+	}
+	assert.Equal(t, "30", client.Get(t.Context(), counter).Val())
+	stats := m.Stats()
+	assert.EqualValues(t, 3, stats.Committed)
+	assert.Zero(t, stats.ClaimsLost)
 }
 
 // A Commit whose claim is gone (it lapsed, and another delivery claimed the
