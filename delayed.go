@@ -169,6 +169,8 @@ func fieldString(v any) string {
 type scheduled struct {
 	due    time.Time
 	fields []any
+	// mark is the message's PublishOnce mark (dedupKey); "" for Publish.
+	mark string
 }
 
 // scheduleScript stores delayed messages; go-redis must not send it twice
@@ -177,17 +179,23 @@ var scheduleScript = sendonce.NewScript(delayedScheduleSource)
 
 // schedule stores msgs in topic's delayed set, in batches of
 // maxScheduleBatch; with WaitReplicas, each batch is confirmed by WAIT on
-// the same connection.
-func schedule(ctx context.Context, client redis.UniversalClient, retries sendonce.Policy, wait *replicaWait, topic string, msgs []scheduled) error {
+// the same connection. With a window (PublishOnce; every message has a
+// mark), a message marked within it is not stored: schedule returns, per
+// message, whether it was, and what its mark held (see
+// delayed_schedule.lua).
+func schedule(ctx context.Context, client redis.UniversalClient, retries sendonce.Policy, wait *replicaWait, topic string, msgs []scheduled, window time.Duration) ([]PublishedOnce, error) {
 	publish := "PUBLISH"
 	if _, cluster := client.(*redis.ClusterClient); cluster {
 		publish = "SPUBLISH"
 	}
+	var results []PublishedOnce
 	for len(msgs) > 0 {
 		batch := msgs[:min(len(msgs), maxScheduleBatch)]
 		msgs = msgs[len(batch):]
-		args := make([]any, 0, 2+2*len(batch))
-		args = append(args, delayedWakeChannel(topic), publish)
+		keys := make([]string, 1, 1+len(batch))
+		keys[0] = delayedKey(topic)
+		args := make([]any, 0, 3+2*len(batch))
+		args = append(args, delayedWakeChannel(topic), publish, window.Milliseconds())
 		for _, m := range batch {
 			// Rounded up: moved once Redis' clock, in whole milliseconds,
 			// has reached it, never before.
@@ -196,31 +204,48 @@ func schedule(ctx context.Context, client redis.UniversalClient, retries sendonc
 				dueMs++
 			}
 			args = append(args, dueMs, delayedMember(m.fields))
-		}
-		keys := []string{delayedKey(topic)}
-		if wait == nil {
-			if err := scheduleScript.Run(ctx, retries, client, keys, args...).Err(); err != nil {
-				return err
+			if window > 0 {
+				keys = append(keys, m.mark)
 			}
-			continue
 		}
 		var run *redis.Cmd
-		var confirm *redis.IntCmd
-		_, _ = client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			run = redis.NewCmd(ctx, append([]any{"eval", delayedScheduleSource, len(keys), keys[0]}, args...)...)
-			_ = pipe.Process(ctx, sendonce.Cmd{Cmd: run})
-			confirm = redis.NewIntCmd(ctx, "wait", wait.replicas, wait.timeout.Milliseconds())
-			_ = pipe.Process(ctx, confirm)
-			return nil
-		})
-		if err := run.Err(); err != nil {
-			return err
+		if wait == nil {
+			run = scheduleScript.Run(ctx, retries, client, keys, args...)
+		} else {
+			var confirm *redis.IntCmd
+			_, _ = client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+				evalArgs := append([]any{"eval", delayedScheduleSource, len(keys)}, stringsToAny(keys)...)
+				run = redis.NewCmd(ctx, append(evalArgs, args...)...)
+				_ = pipe.Process(ctx, sendonce.Cmd{Cmd: run})
+				confirm = redis.NewIntCmd(ctx, "wait", wait.replicas, wait.timeout.Milliseconds())
+				_ = pipe.Process(ctx, confirm)
+				return nil
+			})
+			if err := run.Err(); err != nil {
+				return nil, err
+			}
+			if err := wait.confirmed(confirm); err != nil {
+				return nil, err
+			}
 		}
-		if err := wait.confirmed(confirm); err != nil {
-			return err
+		found, err := run.Slice()
+		if err != nil {
+			return nil, err
+		}
+		for _, earlier := range found {
+			id, duplicate := earlier.(string)
+			results = append(results, PublishedOnce{ID: id, Duplicate: duplicate})
 		}
 	}
-	return nil
+	return results, nil
+}
+
+func stringsToAny(s []string) []any {
+	a := make([]any, len(s))
+	for i, v := range s {
+		a[i] = v
+	}
+	return a
 }
 
 // moveReply is what delayed_move.lua returns.

@@ -343,7 +343,11 @@ func TestDelayedMessagesOnACluster(t *testing.T) {
 		// The mover polls once an hour here: a message scheduled before
 		// its wake subscription is found by the move it makes once
 		// subscribed, one scheduled after by a wake.
-		require.NoError(t, pub.Publish(topic, delayedMessage("later "+topic, now.Add(200*time.Millisecond))))
+		// PublishOnce's marks share the slot too.
+		once := delayedMessage("later "+topic, now.Add(200*time.Millisecond))
+		results, err := pub.PublishOnce(topic, time.Minute, once, once.Copy())
+		require.NoError(t, err)
+		assert.Equal(t, []redisbus.PublishedOnce{{}, {Duplicate: true}}, results)
 		msg := next(t, messages)
 		arrived, err := client.Time(t.Context()).Result()
 		require.NoError(t, err)

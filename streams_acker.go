@@ -391,7 +391,7 @@ func (a *streamsAcker) sendReschedule(op ackOp, failed []ackOp) (*ackOp, []ackOp
 	ctx, cancel := context.WithTimeout(context.Background(), moveTimeout)
 	defer cancel()
 	cfg := a.s.config
-	if err := schedule(ctx, cfg.Client, sendonce.PolicyOf(cfg.Client), nil, op.topic.name, []scheduled{op.later}); err != nil {
+	if _, err := schedule(ctx, cfg.Client, sendonce.PolicyOf(cfg.Client), nil, op.topic.name, []scheduled{op.later}, 0); err != nil {
 		if a.deadLetterErr[op.topic] != err.Error() {
 			a.deadLetterErr[op.topic] = err.Error()
 			op.topic.logger.Error("Cannot store a nacked message for its later delivery; the entry stays pending here and is tried again", err,

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -53,6 +54,52 @@ func TestStreamsPublishOnceStoresAMessageOnce(t *testing.T) {
 	require.NoError(t, err)
 	assert.Greater(t, ttl, window-10*time.Second)
 	assert.LessOrEqual(t, ttl, window)
+}
+
+// PublishOnce of delayed messages: the check and the scheduling are one
+// step, and a delayed message and a plain one of the same UUID share the
+// mark, in either order, within a call and across calls; a lost reply's
+// retry schedules nothing again.
+func TestStreamsPublishOnceWithDelayedMessages(t *testing.T) {
+	client, slowDown := lateRepliesClient(t)
+	pub, err := redisbus.NewStreamsPublisher(redisbus.StreamsPublisherConfig{Client: client}, nil)
+	require.NoError(t, err)
+	defer pub.Close()
+	topic := pubsubtest.Topic(t)
+	const window = time.Minute
+	later := func(msg *message.Message) *message.Message {
+		c := msg.Copy()
+		delay.Message(c, delay.For(time.Hour))
+		return c
+	}
+	plain, delayed := message.NewMessage(watermill.NewUUID(), []byte("a")), message.NewMessage(watermill.NewUUID(), []byte("b"))
+
+	first, err := pub.PublishOnce(topic, window, plain, later(delayed), later(delayed), delayed.Copy())
+	require.NoError(t, err)
+	require.Len(t, first, 4)
+	assert.False(t, first[0].Duplicate)
+	assert.NotEmpty(t, first[0].ID)
+	assert.Equal(t, redisbus.PublishedOnce{}, first[1], "scheduled: no entry ID yet")
+	assert.Equal(t, redisbus.PublishedOnce{Duplicate: true}, first[2], "a repeat within the call")
+	assert.Equal(t, redisbus.PublishedOnce{Duplicate: true}, first[3], "the same message without its delay")
+
+	again, err := pub.PublishOnce(topic, window, later(plain), later(delayed))
+	require.NoError(t, err)
+	assert.Equal(t, []redisbus.PublishedOnce{{ID: first[0].ID, Duplicate: true}, {Duplicate: true}}, again)
+
+	// A scheduling whose reply was lost, and its retry.
+	lost := message.NewMessage(watermill.NewUUID(), []byte("c"))
+	slowDown()
+	_, err = pub.PublishOnce(topic, window, later(lost))
+	require.Error(t, err, "the reply was lost")
+	retried, err := pub.PublishOnce(topic, window, later(lost))
+	require.NoError(t, err)
+	assert.Equal(t, []redisbus.PublishedOnce{{Duplicate: true}}, retried)
+
+	admin := pubsubtest.NewClient(t)
+	assert.EqualValues(t, 1, admin.XLen(t.Context(), topic).Val())
+	assert.EqualValues(t, 2, admin.ZCard(t.Context(), redisbus.DelayedKey(topic)).Val(), "b and c, once each")
+	assert.EqualValues(t, 1, pub.Stats().Scheduled, "b; c's scheduling returned an error, its retry found the mark")
 }
 
 // The point of PublishOnce: a retry of a publish whose reply was lost (the

@@ -275,6 +275,13 @@ type PublishedOnce struct {
 // up, ErrNotReplicated). Publish makes no such promise: retrying it after
 // such an error may store the messages twice.
 //
+// A delayed message is checked and scheduled in one step the same way
+// (lua/delayed_schedule.lua); its result has no ID (it gets one when it
+// falls due), nor has a later duplicate's. A delayed message and one
+// without a delay share the mark: either one stored first keeps the other
+// out. The mark runs from the scheduling: a copy published after the
+// window, even before the first falls due, is stored again.
+//
 // Each message leaves a mark of about 150 bytes in Redis for window
 // ({topic}:redisbus:dedup:<uuid>, in the stream's hash slot; a UUID over
 // 128 bytes is hashed). The ACL user needs +get and +set on those keys
@@ -299,7 +306,7 @@ func (p *StreamsPublisher) PublishOnce(topic string, window time.Duration, msgs 
 	if call == nil || err != nil {
 		return nil, err
 	}
-	results := make([]PublishedOnce, len(call.onceCmds))
+	results := make([]PublishedOnce, len(msgs))
 	for i, cmd := range call.onceCmds {
 		reply, err := cmd.Slice()
 		if err != nil || len(reply) != 2 {
@@ -307,7 +314,10 @@ func (p *StreamsPublisher) PublishOnce(topic string, window time.Duration, msgs 
 		}
 		id, _ := reply[0].(string)
 		duplicate, _ := reply[1].(int64)
-		results[i] = PublishedOnce{ID: id, Duplicate: duplicate == 1}
+		results[call.index(i)] = PublishedOnce{ID: id, Duplicate: duplicate == 1}
+	}
+	for i, r := range call.laterResults {
+		results[call.laterIndexes[i]] = r
 	}
 	return results, nil
 }
@@ -330,10 +340,7 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 	switch {
 	case once > 0:
 		call.fields = make([][]any, 0, len(msgs))
-		call.onceWindow, call.onceKeys, call.onceCmds = once.Milliseconds(), make([]string, len(msgs)), make([]*redis.Cmd, len(msgs))
-		for i, msg := range msgs {
-			call.onceKeys[i] = dedupKey(topic, msg.UUID)
-		}
+		call.onceWindow, call.onceKeys = once.Milliseconds(), make([]string, 0, len(msgs))
 	case len(msgs) > 1:
 		call.fields = make([][]any, 0, len(msgs))
 	}
@@ -351,13 +358,12 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 		if err != nil {
 			return nil, fmt.Errorf("redisbus: marshal message %s: %w", msg.UUID, err)
 		}
-		if delayed && due.After(now) && once > 0 {
-			// The publish-once script checks and appends in one step; a
-			// delayed message would need the same for its move.
-			return nil, fmt.Errorf("redisbus: PublishOnce to %q: message %s is delayed (%s); publish delayed messages with Publish", topic, msg.UUID, delayedUntilKey)
-		}
 		if delayed && due.After(now) {
 			later = append(later, scheduled{due: due, fields: f})
+			if once > 0 {
+				later[len(later)-1].mark = dedupKey(topic, msg.UUID)
+				call.laterIndexes = append(call.laterIndexes, i)
+			}
 			if call.indexes == nil {
 				call.indexes = make([]int, 0, len(msgs))
 				for j := range i {
@@ -370,15 +376,26 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 			call.indexes = append(call.indexes, i)
 		}
 		call.fields = append(call.fields, f)
+		if once > 0 {
+			call.onceKeys = append(call.onceKeys, dedupKey(topic, msg.UUID))
+		}
 	}
 	if len(later) > 0 {
 		// Stored before the others are appended: a Publish that fails
 		// may have stored some, never appended one out of turn.
-		if err := schedule(ctx, p.config.Client, p.retries, p.coalescer.wait, topic, later); err != nil {
+		results, err := schedule(ctx, p.config.Client, p.retries, p.coalescer.wait, topic, later, once)
+		if err != nil {
 			slotmap.Refresh(err, p.config.Client)
 			return nil, fmt.Errorf("redisbus: publish to %q: schedule %d delayed messages: %w", topic, len(later), err)
 		}
-		p.scheduled.Add(uint64(len(later)))
+		for _, r := range results {
+			if !r.Duplicate {
+				p.scheduled.Add(1)
+			}
+		}
+		if once > 0 {
+			call.laterResults = results
+		}
 		if len(call.fields) == 0 {
 			return call, nil
 		}
@@ -388,6 +405,8 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 		if len(call.fields) > 1 {
 			call.cmds = make([]*redis.StringCmd, len(call.fields))
 		}
+	} else {
+		call.onceCmds = make([]*redis.Cmd, len(call.fields))
 	}
 	call.trim = p.trimDue(topic, len(call.fields))
 
@@ -416,6 +435,10 @@ type xaddCall struct {
 	ctx    context.Context
 	stream string
 	fields [][]any
+	// laterIndexes are the PublishOnce call's messages that were
+	// scheduled, and laterResults what became of them.
+	laterIndexes []int
+	laterResults []PublishedOnce
 	// indexes maps fields to the messages of the Publish call when some
 	// of them were delayed; nil when they are all here.
 	indexes []int
@@ -426,7 +449,8 @@ type xaddCall struct {
 	oneCmd  [1]*redis.StringCmd
 
 	// For PublishOnce: each entry is added by lua/xadd_once.lua, with
-	// its mark's key and the window in milliseconds, instead of cmds.
+	// its mark's key (onceKeys, by fields) and the window in
+	// milliseconds, instead of cmds.
 	onceWindow int64
 	onceKeys   []string
 	onceCmds   []*redis.Cmd

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
@@ -49,8 +50,21 @@ func TestStreamsPublishWaitsForReplicas(t *testing.T) {
 	publish(t, pub, topic, "a", "b")
 	assert.Equal(t, int64(2), streamLen(t, replica.Client(t), topic), "the replica had both when Publish returned")
 
+	// Delayed messages too, with Publish and with PublishOnce.
+	later := func(payload string) *message.Message {
+		msg := message.NewMessage(watermill.NewUUID(), []byte(payload))
+		delay.Message(msg, delay.For(time.Hour))
+		return msg
+	}
+	require.NoError(t, pub.Publish(topic, later("d")))
+	once := later("e")
+	results, err := pub.PublishOnce(topic, time.Minute, once, once.Copy())
+	require.NoError(t, err)
+	assert.True(t, results[1].Duplicate)
+	assert.Equal(t, int64(2), replica.Client(t).ZCard(t.Context(), redisbus.DelayedKey(topic)).Val(), "the replica had both scheduled")
+
 	replica.Kill(t)
-	err := pub.Publish(topic, message.NewMessage(watermill.NewUUID(), []byte("c")))
+	err = pub.Publish(topic, message.NewMessage(watermill.NewUUID(), []byte("c")))
 	require.ErrorIs(t, err, redisbus.ErrNotReplicated)
 	assert.Contains(t, err.Error(), "0 of 1 confirmed within 200ms")
 	assert.Equal(t, int64(3), streamLen(t, primary.Client(t), topic), "stored on the primary")

@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
@@ -21,13 +19,12 @@ import (
 // topic within the Window (in this process or another) leaves that message
 // out. A retried Publish, after an error or a crash, is then stored once.
 //
-// Over a *redisbus.StreamsPublisher it uses StreamsPublisher.PublishOnce
-// (but for messages with Watermill's delay metadata, which go the general
-// way below):
-// the check and the XADD are one Lua script, so a message is stored once
-// per Window whatever happens (a lost reply, a crash at any point, two
-// processes at once). Its marks are kept beside the stream (see
-// PublishOnce); Prefix and Lease do not apply.
+// Over a *redisbus.StreamsPublisher it uses StreamsPublisher.PublishOnce:
+// the check and the XADD (or, for a delayed message, the scheduling) are
+// one Lua script, so a message is stored once per Window whatever happens
+// (a lost reply, a crash at any point, two processes at once). Its marks
+// are kept beside the stream (see PublishOnce); Prefix and Lease do not
+// apply.
 //
 // Over any other publisher, it claims each message's key (SET NX, for
 // Lease, renewed while Publish runs), publishes the messages it claimed,
@@ -100,7 +97,7 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return p.pub.Publish(topic)
 	}
-	if p.streams != nil && !slices.ContainsFunc(msgs, delayed) {
+	if p.streams != nil {
 		results, err := p.streams.PublishOnce(topic, p.window, msgs...)
 		if err != nil {
 			return err
@@ -272,10 +269,3 @@ func (p *Publisher) Close() error { return p.pub.Close() }
 
 // String names the publisher in logs and metrics.
 func (p *Publisher) String() string { return fmt.Sprintf("dedup.Publisher(%v)", p.pub) }
-
-// delayed reports whether msg carries Watermill's delay metadata. The
-// Streams publisher stores such a message for later, which PublishOnce's
-// script does not cover: it takes the general way (claim, Publish, mark).
-func delayed(msg *message.Message) bool {
-	return msg.Metadata.Get(delay.DelayedUntilKey) != ""
-}

@@ -200,9 +200,9 @@ func TestPublisherDecorator(t *testing.T) {
 	require.Error(t, err)
 }
 
-// A delayed message through the Publisher over a StreamsPublisher goes the
-// general way (PublishOnce does not cover delays): published once, and
-// held until it is due.
+// A delayed message through the Publisher over a StreamsPublisher is
+// scheduled once, and shares its mark with the same message without a
+// delay, in either order: one copy of a UUID per topic and Window.
 func TestPublisherWithADelayedMessage(t *testing.T) {
 	client := pubsubtest.NewClient(t)
 	config := testConfig(t, client)
@@ -212,12 +212,19 @@ func TestPublisherWithADelayedMessage(t *testing.T) {
 	pub, err := dedup.NewPublisher(streams, config, nil)
 	require.NoError(t, err)
 	topic := pubsubtest.Topic(t)
-	msg := newMessage("later")
-	delay.Message(msg, delay.For(time.Hour))
-	require.NoError(t, pub.Publish(topic, msg))
-	require.NoError(t, pub.Publish(topic, msg.Copy()), "a retry")
-	scheduled, err := client.ZCard(t.Context(), redisbus.DelayedKey(topic)).Result()
-	require.NoError(t, err)
-	assert.EqualValues(t, 1, scheduled, "stored once, for later")
-	assert.Zero(t, client.Exists(t.Context(), topic).Val(), "not in the stream yet")
+	later := func(msg *message.Message) *message.Message {
+		c := msg.Copy()
+		delay.Message(c, delay.For(time.Hour))
+		return c
+	}
+	first, second := newMessage("delayed, then plain"), newMessage("plain, then delayed")
+	require.NoError(t, pub.Publish(topic, later(first)))
+	require.NoError(t, pub.Publish(topic, later(first)), "a retry")
+	require.NoError(t, pub.Publish(topic, first.Copy()), "without its delay")
+	require.NoError(t, pub.Publish(topic, second.Copy()))
+	require.NoError(t, pub.Publish(topic, later(second)))
+
+	assert.EqualValues(t, 1, client.ZCard(t.Context(), redisbus.DelayedKey(topic)).Val(), "the first, for later")
+	assert.EqualValues(t, 1, client.XLen(t.Context(), topic).Val(), "the second, now")
+	assert.Equal(t, dedup.PublisherStats{Published: 2, Duplicates: 3}, pub.Stats())
 }
