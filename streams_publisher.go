@@ -196,7 +196,7 @@ type topicTrim struct {
 // StreamsPublisherStats are counters since the publisher was created.
 type StreamsPublisherStats struct {
 	// Scheduled counts the messages stored to enter their stream later
-	// (Watermill's delay metadata; see delayed.go).
+	// (Watermill's delay metadata; see docs/streams.md, Delayed messages).
 	Scheduled uint64
 	Trimmed   uint64 // entries trimmed from streams
 	// TrimmedUnconsumed counts entries a MaxLen or MaxAge cap trimmed

@@ -103,7 +103,8 @@ type StreamsSubscriberConfig struct {
 	MaxDeliveries int
 
 	// DeadLetterTopic names the dead-letter stream of a topic. Nil means
-	// topic + ":dead".
+	// topic + ":dead". Subscribe refuses a topic it names as its own dead
+	// letters' stream.
 	DeadLetterTopic func(topic string) string
 
 	// Prefetch bounds how many entries per topic wait in this process
@@ -497,6 +498,9 @@ func (s *StreamsSubscriber) SubscribeInitialize(topic string) error {
 
 // topic returns the topic's state, setting it up on first use.
 func (s *StreamsSubscriber) topic(ctx context.Context, name string) (*streamsTopic, error) {
+	if s.config.DeadLetterTopic(name) == name {
+		return nil, configError("StreamsSubscriberConfig.DeadLetterTopic", fmt.Sprintf("names %q its own dead-letter stream: its dead letters would be delivered again, and again", name))
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()

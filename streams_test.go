@@ -543,6 +543,13 @@ func TestStreamsConfigErrorsNameTheField(t *testing.T) {
 			_, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, ConsumerLease: time.Millisecond}, nil)
 			return err
 		},
+		"StreamsSubscriberConfig.DeadLetterTopic": func() error {
+			sub, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g", DeadLetterTopic: func(topic string) string { return topic }}, nil)
+			require.NoError(t, err, "known at Subscribe")
+			defer sub.Close()
+			_, err = sub.Subscribe(t.Context(), pubsubtest.Topic(t))
+			return err
+		},
 		"StreamsPublisherConfig.Trim.Unbounded": func() error {
 			_, err := redisbus.NewStreamsPublisher(redisbus.StreamsPublisherConfig{Client: client, Trim: redisbus.StreamTrim{MaxLen: 10, Unbounded: true}}, nil)
 			return err

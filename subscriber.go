@@ -76,7 +76,8 @@ type SubscriberConfig struct {
 	// silent before it is pinged; when the ping is not answered within
 	// another interval, the connection is replaced. This catches connections
 	// that died without an error, e.g. behind a failed load balancer. Zero
-	// means 3s.
+	// means 3s; at least 10ms (below, a healthy connection's answer can
+	// come too late for it, and connections are replaced for nothing).
 	HealthCheckInterval time.Duration
 
 	// OnReconnect, if set, is called when a lost subscription connection is
@@ -137,9 +138,15 @@ func (c SubscriberConfig) Validate() error {
 		return configError("SubscriberConfig.SubscribeTimeout", "must not be negative")
 	case c.HealthCheckInterval < 0:
 		return configError("SubscriberConfig.HealthCheckInterval", "must not be negative")
+	case c.HealthCheckInterval > 0 && c.HealthCheckInterval < minHealthCheckInterval:
+		return configError("SubscriberConfig.HealthCheckInterval", fmt.Sprintf("must be at least %s, got %s", minHealthCheckInterval, c.HealthCheckInterval))
 	}
 	return nil
 }
+
+// minHealthCheckInterval bounds HealthCheckInterval from below: a ping
+// answered by a healthy Redis must not count as lost.
+const minHealthCheckInterval = 10 * time.Millisecond
 
 // LossWindow describes a time in which a subscription connection was down:
 // messages published to Topics between From and To may not have been

@@ -487,13 +487,18 @@ func TestSubscribeAfterCloseFails(t *testing.T) {
 
 func TestSubscriberConfigErrorsNameTheField(t *testing.T) {
 	client := pubsubtest.NewClient(t)
-	for field, config := range map[string]redisbus.SubscriberConfig{
-		"SubscriberConfig.Client":              {},
-		"SubscriberConfig.InboxSize":           {Client: client, InboxSize: -1},
-		"SubscriberConfig.InboxOverflow":       {Client: client, InboxOverflow: 7},
-		"SubscriberConfig.SubscribeTimeout":    {Client: client, SubscribeTimeout: -time.Second},
-		"SubscriberConfig.HealthCheckInterval": {Client: client, HealthCheckInterval: -time.Second},
+	for _, c := range []struct {
+		field  string
+		config redisbus.SubscriberConfig
+	}{
+		{"SubscriberConfig.Client", redisbus.SubscriberConfig{}},
+		{"SubscriberConfig.InboxSize", redisbus.SubscriberConfig{Client: client, InboxSize: -1}},
+		{"SubscriberConfig.InboxOverflow", redisbus.SubscriberConfig{Client: client, InboxOverflow: 7}},
+		{"SubscriberConfig.SubscribeTimeout", redisbus.SubscriberConfig{Client: client, SubscribeTimeout: -time.Second}},
+		{"SubscriberConfig.HealthCheckInterval", redisbus.SubscriberConfig{Client: client, HealthCheckInterval: -time.Second}},
+		{"SubscriberConfig.HealthCheckInterval", redisbus.SubscriberConfig{Client: client, HealthCheckInterval: time.Microsecond}},
 	} {
+		field, config := c.field, c.config
 		_, err := redisbus.NewSubscriber(config, nil)
 		var configErr *redisbus.ConfigError
 		require.True(t, errors.As(err, &configErr), "%s: got %v", field, err)

@@ -288,14 +288,19 @@ func TestSyncCoversWhatOtherNodesPublishedBefore(t *testing.T) {
 
 func TestConfigErrorsNameTheField(t *testing.T) {
 	client := pubsubtest.NewClient(t)
-	for field, config := range map[string]localcache.Config[int64]{
-		"localcache.Config.Client":              {},
-		"localcache.Config.MaxEntries":          {Client: client, MaxEntries: -1},
-		"localcache.Config.MaxKeyBytes":         {Client: client, MaxKeyBytes: -1},
-		"localcache.Config.MaxTags":             {Client: client, MaxTags: -1},
-		"localcache.Config.HealthCheckInterval": {Client: client, HealthCheckInterval: -time.Second},
-		"localcache.Config.SubscribeTimeout":    {Client: client, SubscribeTimeout: -time.Second},
+	for _, c := range []struct {
+		field  string
+		config localcache.Config[int64]
+	}{
+		{"localcache.Config.Client", localcache.Config[int64]{}},
+		{"localcache.Config.MaxEntries", localcache.Config[int64]{Client: client, MaxEntries: -1}},
+		{"localcache.Config.MaxKeyBytes", localcache.Config[int64]{Client: client, MaxKeyBytes: -1}},
+		{"localcache.Config.MaxTags", localcache.Config[int64]{Client: client, MaxTags: -1}},
+		{"localcache.Config.HealthCheckInterval", localcache.Config[int64]{Client: client, HealthCheckInterval: -time.Second}},
+		{"localcache.Config.SubscribeTimeout", localcache.Config[int64]{Client: client, SubscribeTimeout: -time.Second}},
+		{"localcache.Config.HealthCheckInterval", localcache.Config[int64]{Client: client, HealthCheckInterval: time.Microsecond}},
 	} {
+		field, config := c.field, c.config
 		_, err := localcache.New(config, nil)
 		var configErr *redisbus.ConfigError
 		require.True(t, errors.As(err, &configErr), "%s: got %v", field, err)

@@ -70,7 +70,7 @@ type Config[V any] struct {
 	// it counts as lost, and the cache stops serving entries. It bounds
 	// how long a node cut off silently (a partition, a dead load balancer)
 	// keeps serving entries whose invalidations it is missing. Zero means
-	// 1 second.
+	// 1 second; at least 10ms.
 	HealthCheckInterval time.Duration
 
 	// SubscribeTimeout bounds how long New waits for Redis to confirm the
@@ -121,6 +121,10 @@ func (c Config[V]) Validate() error {
 		return field("MaxTags", fmt.Sprintf("must not be negative, got %d", c.MaxTags))
 	case c.HealthCheckInterval < 0:
 		return field("HealthCheckInterval", "must not be negative")
+	case c.HealthCheckInterval > 0 && c.HealthCheckInterval < 10*time.Millisecond:
+		// The Subscriber's bound: below it a healthy connection counts as
+		// lost, and the cache clears over and over.
+		return field("HealthCheckInterval", fmt.Sprintf("must be at least 10ms, got %s", c.HealthCheckInterval))
 	case c.SubscribeTimeout < 0:
 		return field("SubscribeTimeout", "must not be negative")
 	}
