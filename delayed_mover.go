@@ -181,8 +181,8 @@ func (s *StreamsSubscriber) Scheduled(ctx context.Context, topic string) (int64,
 // with (delayOf): left as it was, it is no new delay, and the Nack a
 // plain one. Except a delay under a second: DelayOnError may set one that
 // reads exactly like it (the same for, the until in the same second), so
-// it is taken as set again, and delays the message once more, to the end
-// of the second its until names at most (see dueOf).
+// it is taken as set again, and delays the message again, until the
+// second its until names is over (see dueOf).
 func laterDelivery(msg *message.Message, arrived string) (time.Time, bool) {
 	if arrived != "" && delayOf(msg) == arrived {
 		if d, err := time.ParseDuration(msg.Metadata.Get(delayedForKey)); err != nil || d >= time.Second {
