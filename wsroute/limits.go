@@ -102,21 +102,19 @@ func (n *Node) inboundLimit() *tokenBucket {
 	return newTokenBucket(n.config.InboundRate, burst, time.Now())
 }
 
-// pingFrame queues a wsroute.v1 ping frame on a framed connection. It is
-// not kept: under DropOldest a full queue drops it, which is fine, as the
-// client is receiving other frames then.
+// pingFrame queues a wsroute.v1 ping frame on a framed connection, unless
+// its send queue is full: the client is receiving other frames then, which
+// tell it as much, and a ping frame is no message to meet the slow-client
+// policy (it would count as dropped, or disconnect a client catching up
+// from its history).
 func (c *localConn) pingFrame(interval time.Duration) {
 	if !c.framed {
 		return
 	}
 	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	defer c.mu.Unlock()
+	if c.closed || len(c.queue) >= c.node.config.SendQueueSize {
 		return
 	}
-	disconnect := c.queueLocked(encodePing(interval), false)
-	c.mu.Unlock()
-	if disconnect {
-		c.disconnectSlow()
-	}
+	c.queueLocked(encodePing(interval), false)
 }
