@@ -89,6 +89,7 @@ type claim struct {
 	failed    chan struct{} // closed once the handler failed and the claim was released
 	committed atomic.Bool   // Commit marked the key: nothing to do at the ack
 	finish    sync.Once     // the claim ends once: marked, or released
+	ending    atomic.Bool   // set before the claim is released: a renewal that finds it gone then lost nothing
 	// turn keeps a renewal out of a Commit's transaction: its PEXPIRE of
 	// the WATCHed key would fail the transaction as if the claim were lost.
 	turn sync.Mutex
@@ -102,7 +103,7 @@ type MiddlewareStats struct {
 	Committed  uint64 // of which marked handled by Commit
 	Duplicates uint64 // copies dropped: the message was handled within the Window
 	InProgress uint64 // copies nacked with ErrInProgress: another delivery was handling the message
-	Released   uint64 // claims deleted because the handler failed or the message was nacked
+	Released   uint64 // claims deleted because the handler failed or the message was nacked (not one another delivery holds by then)
 	// ClaimsLost counts claims that lapsed while their handler ran (a
 	// paused process, a Lease shorter than a renewal takes): another copy
 	// may have been handled meanwhile. Raise Lease if it grows.
@@ -224,7 +225,7 @@ func (m *Middleware) renew(c *claim) {
 	case err != nil:
 		m.errors.Add(1)
 		m.logger.Error("Cannot renew a message's claim", err, watermill.LogFields{"key": c.key})
-	case held == 0 && !c.committed.Load() && !c.lost.Swap(true):
+	case held == 0 && !c.committed.Load() && !c.ending.Load() && !c.lost.Swap(true):
 		m.claimsLost.Add(1)
 		m.logger.Error("A message's claim lapsed while its handler ran; another delivery may handle it too", ErrClaimLost, watermill.LogFields{"key": c.key})
 	}
@@ -251,13 +252,20 @@ func (m *Middleware) markDone(c *claim) {
 	m.marked.Add(1)
 }
 
+// release deletes the claim, if it is still this delivery's. A renewal
+// may run meanwhile (the handler failed on another goroutine): ending
+// tells it the claim it finds gone was released, not lost.
 func (m *Middleware) release(c *claim) {
-	m.released.Add(1)
+	c.ending.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), m.finishWithin)
 	defer cancel()
-	if err := releaseScript.Run(ctx, m.client, []string{c.key}, c.value).Err(); err != nil {
+	deleted, err := releaseScript.Run(ctx, m.client, []string{c.key}, c.value).Int()
+	switch {
+	case err != nil:
 		m.errors.Add(1)
 		m.logger.Error("Cannot release a message's claim; its redelivery waits until the claim lapses", err, watermill.LogFields{"key": c.key})
+	case deleted == 1:
+		m.released.Add(1)
 	}
 }
 

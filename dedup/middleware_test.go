@@ -351,6 +351,33 @@ func TestMiddlewareCommitWhileTheClaimIsRenewed(t *testing.T) {
 	assert.Zero(t, stats.ClaimsLost)
 }
 
+// A handler that fails releases its claim from its own goroutine while the
+// claim's renewal runs on another: a renewal that finds the claim gone
+// because it was released lost nothing (no ClaimsLost, no error log that
+// would tell an operator to raise Lease). Here each handler fails just as
+// a renewal falls due.
+func TestMiddlewareReleaseDuringARenewalIsNoLostClaim(t *testing.T) {
+	config := testConfig(t, pubsubtest.NewClient(t))
+	config.Lease = 150 * time.Millisecond // renewed every 50 ms
+	m := newMiddleware(t, config)
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			msg := newMessage(fmt.Sprint("order ", i))
+			_, err := m.Middleware(func(*message.Message) ([]*message.Message, error) {
+				time.Sleep(config.Lease / 3)
+				return nil, errors.New("declined")
+			})(msg)
+			assert.Error(t, err)
+			msg.Nack()
+		})
+	}
+	wg.Wait()
+	stats := m.Stats()
+	assert.Zero(t, stats.ClaimsLost)
+	assert.EqualValues(t, 20, stats.Released)
+}
+
 // A Commit whose claim is gone (it lapsed, and another delivery claimed the
 // message) runs nothing and says so; a Commit whose fn fails runs nothing
 // either; a Commit outside the Middleware's handler is refused.
