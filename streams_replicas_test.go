@@ -34,6 +34,16 @@ func primaryWithReplica(t *testing.T, lag time.Duration) (primary, replica *pubs
 		info, err := replica.Client(t).Info(t.Context(), "replication").Result()
 		return err == nil && strings.Contains(info, "master_link_status:up")
 	}, waitTimeout, 5*time.Millisecond, "the replica syncs")
+	// Right after a sync, a Redis 7.0 primary may hold the command stream
+	// until the replica's first acknowledgement, which a replica sends
+	// once a second by itself: a WAIT then takes up to a second. A write
+	// confirmed once means the stream flows.
+	conn := primary.Client(t).Conn()
+	defer conn.Close()
+	require.NoError(t, conn.Set(t.Context(), "replica-probe", "2", 0).Err())
+	acked, err := conn.Do(t.Context(), "WAIT", 1, waitTimeout.Milliseconds()).Int()
+	require.NoError(t, err)
+	require.Equal(t, 1, acked, "the replica confirms a write")
 	link.DelayOpenConnections(lag)
 	return primary, replica, link
 }
