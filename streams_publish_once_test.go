@@ -74,14 +74,15 @@ func TestStreamsPublishOnceWithDelayedMessages(t *testing.T) {
 	}
 	plain, delayed := message.NewMessage(watermill.NewUUID(), []byte("a")), message.NewMessage(watermill.NewUUID(), []byte("b"))
 
-	first, err := pub.PublishOnce(topic, window, plain, later(delayed), later(delayed), delayed.Copy())
+	first, err := pub.PublishOnce(topic, window, plain, later(delayed), later(delayed), delayed.Copy(), later(plain))
 	require.NoError(t, err)
-	require.Len(t, first, 4)
+	require.Len(t, first, 5)
 	assert.False(t, first[0].Duplicate)
 	assert.NotEmpty(t, first[0].ID)
 	assert.Equal(t, redisbus.PublishedOnce{}, first[1], "scheduled: no entry ID yet")
 	assert.Equal(t, redisbus.PublishedOnce{Duplicate: true}, first[2], "a repeat within the call")
 	assert.Equal(t, redisbus.PublishedOnce{Duplicate: true}, first[3], "the same message without its delay")
+	assert.Equal(t, redisbus.PublishedOnce{ID: first[0].ID, Duplicate: true}, first[4], "the first copy in the call wins, delayed or not")
 
 	again, err := pub.PublishOnce(topic, window, later(plain), later(delayed))
 	require.NoError(t, err)
@@ -173,12 +174,16 @@ func TestStreamsPublishOnceAfterRedisForgotItsScripts(t *testing.T) {
 	msg := message.NewMessage(watermill.NewUUID(), []byte("x"))
 	for range 2 {
 		require.NoError(t, client.ScriptFlush(t.Context()).Err())
-		results, err := pub.PublishOnce(topic, time.Minute, msg.Copy(), message.NewMessage(watermill.NewUUID(), []byte("y")))
+		later := message.NewMessage(watermill.NewUUID(), []byte("z"))
+		delay.Message(later, delay.For(time.Hour))
+		results, err := pub.PublishOnce(topic, time.Minute, msg.Copy(), message.NewMessage(watermill.NewUUID(), []byte("y")), later)
 		require.NoError(t, err)
-		require.Len(t, results, 2)
+		require.Len(t, results, 3)
 		assert.False(t, results[1].Duplicate)
+		assert.Equal(t, redisbus.PublishedOnce{}, results[2], "scheduled now, by the call Redis answered NOSCRIPT")
 	}
 	assert.Equal(t, int64(3), client.XLen(t.Context(), topic).Val())
+	assert.Equal(t, int64(2), client.ZCard(t.Context(), redisbus.DelayedKey(topic)).Val())
 }
 
 // A hostile UUID cannot make a mark's key big: a long one is hashed. The

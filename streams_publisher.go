@@ -295,13 +295,20 @@ func (p *StreamsPublisher) PublishOnce(topic string, window time.Duration, msgs 
 	call, err := p.publish(ctx, topic, msgs, window)
 	if isRedisError(err, "NOSCRIPT") {
 		// Redis does not have the script (it restarted, or failed over):
-		// nothing ran. Load it, on every master of a cluster, and send the
-		// call again; doing so is safe whatever ran, as the script finds
-		// the marks of what did.
+		// no append ran (the delayed messages' script, which go-redis
+		// loads itself, did). Load it, on every master of a cluster, and
+		// send the call again; doing so is safe whatever ran, as the
+		// scripts find the marks of what did.
 		if loadErr := p.config.Client.ScriptLoad(ctx, xaddOnceSource).Err(); loadErr != nil {
 			return nil, fmt.Errorf("redisbus: publish to %q: load the publish-once script: %w", topic, loadErr)
 		}
+		first := call
 		call, err = p.publish(ctx, topic, msgs, window)
+		if err == nil && first != nil {
+			// The delayed ones were scheduled by the first attempt, before
+			// its appends failed: the second found their marks.
+			call.laterResults = first.laterResults
+		}
 	}
 	if call == nil || err != nil {
 		return nil, err
@@ -318,6 +325,9 @@ func (p *StreamsPublisher) PublishOnce(topic string, window time.Duration, msgs 
 	}
 	for i, r := range call.laterResults {
 		results[call.laterIndexes[i]] = r
+	}
+	for _, r := range call.repeats {
+		results[r[0]] = PublishedOnce{ID: results[r[1]].ID, Duplicate: true}
 	}
 	return results, nil
 }
@@ -345,8 +355,23 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 		call.fields = make([][]any, 0, len(msgs))
 	}
 	var later []scheduled
+	var firstOf map[string]int // PublishOnce: a UUID's first message in the call
+	if once > 0 {
+		firstOf = make(map[string]int, len(msgs))
+	}
 	now := time.Now()
 	for i, msg := range msgs {
+		if once > 0 {
+			// A repeat within the call is the first copy's duplicate,
+			// whether either is delayed or not: decided here, in the
+			// call's order, as delayed ones are stored before the others.
+			if first, repeated := firstOf[msg.UUID]; repeated {
+				call.repeats = append(call.repeats, [2]int{i, first})
+				call.leaveOut(i)
+				continue
+			}
+			firstOf[msg.UUID] = i
+		}
 		due, delayed, err := dueOf(msg, now)
 		if err != nil {
 			return nil, err
@@ -364,12 +389,7 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 				later[len(later)-1].mark = dedupKey(topic, msg.UUID)
 				call.laterIndexes = append(call.laterIndexes, i)
 			}
-			if call.indexes == nil {
-				call.indexes = make([]int, 0, len(msgs))
-				for j := range i {
-					call.indexes = append(call.indexes, j)
-				}
-			}
+			call.leaveOut(i)
 			continue
 		}
 		if call.indexes != nil {
@@ -420,7 +440,8 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
 	}
 	if err := call.firstErr(); err != nil {
-		return nil, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
+		// With the call: what it scheduled stands (see PublishOnce).
+		return call, fmt.Errorf("redisbus: publish to %q: %w", topic, err)
 	}
 	if call.trimCmd != nil {
 		p.trimDone(topic, call.trimCmd)
@@ -436,9 +457,11 @@ type xaddCall struct {
 	stream string
 	fields [][]any
 	// laterIndexes are the PublishOnce call's messages that were
-	// scheduled, and laterResults what became of them.
+	// scheduled, and laterResults what became of them; repeats, its
+	// messages left out as repeats of an earlier one: {index, first}.
 	laterIndexes []int
 	laterResults []PublishedOnce
+	repeats      [][2]int
 	// indexes maps fields to the messages of the Publish call when some
 	// of them were delayed; nil when they are all here.
 	indexes []int
@@ -469,6 +492,17 @@ func (c *xaddCall) firstErr() error {
 		}
 	}
 	return nil
+}
+
+// leaveOut notes that the i-th message of the call is not appended (it is
+// scheduled, or a repeat), so that index maps the appended ones.
+func (c *xaddCall) leaveOut(i int) {
+	if c.indexes == nil {
+		c.indexes = make([]int, 0, i+1)
+		for j := range i {
+			c.indexes = append(c.indexes, j)
+		}
+	}
 }
 
 // index returns the position in its Publish call of the i-th message
