@@ -104,7 +104,7 @@ type StreamsSubscriberConfig struct {
 
 	// DeadLetterTopic names the dead-letter stream of a topic. Nil means
 	// topic + ":dead". Subscribe refuses a topic it names as its own dead
-	// letters' stream.
+	// letters' stream, or gives "" for.
 	DeadLetterTopic func(topic string) string
 
 	// Prefetch bounds how many entries per topic wait in this process
@@ -498,8 +498,11 @@ func (s *StreamsSubscriber) SubscribeInitialize(topic string) error {
 
 // topic returns the topic's state, setting it up on first use.
 func (s *StreamsSubscriber) topic(ctx context.Context, name string) (*streamsTopic, error) {
-	if s.config.DeadLetterTopic(name) == name {
+	switch dead := s.config.DeadLetterTopic(name); dead {
+	case name:
 		return nil, configError("StreamsSubscriberConfig.DeadLetterTopic", fmt.Sprintf("names %q its own dead-letter stream: its dead letters would be delivered again, and again", name))
+	case "":
+		return nil, configError("StreamsSubscriberConfig.DeadLetterTopic", fmt.Sprintf("gives no dead-letter stream for %q", name))
 	}
 	s.mu.Lock()
 	if s.closed {

@@ -544,10 +544,16 @@ func TestStreamsConfigErrorsNameTheField(t *testing.T) {
 			return err
 		},
 		"StreamsSubscriberConfig.DeadLetterTopic": func() error {
-			sub, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g", DeadLetterTopic: func(topic string) string { return topic }}, nil)
-			require.NoError(t, err, "known at Subscribe")
-			defer sub.Close()
-			_, err = sub.Subscribe(t.Context(), pubsubtest.Topic(t))
+			// Known at Subscribe: the topic itself, or no stream at all.
+			var err error
+			for _, dead := range []func(string) string{func(topic string) string { return topic }, func(string) string { return "" }} {
+				sub, newErr := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g", DeadLetterTopic: dead}, nil)
+				require.NoError(t, newErr)
+				defer sub.Close()
+				_, err = sub.Subscribe(t.Context(), pubsubtest.Topic(t))
+				var configErr *redisbus.ConfigError
+				require.ErrorAs(t, err, &configErr)
+			}
 			return err
 		},
 		"StreamsPublisherConfig.Trim.Unbounded": func() error {
