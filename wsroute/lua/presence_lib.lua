@@ -91,7 +91,7 @@ local function forget(prefix, room, incarnation, node)
   redis.call('HDEL', prefix .. 'rooms-of:' .. incarnation, room)
 end
 
--- scanBatch returns about budget fields of a hash, with their values, and
+-- scanBatch returns at most budget fields of a hash, with their values, and
 -- whether they are all it has. It follows the HSCAN cursor from the start
 -- rather than taking one step: the caller deletes what it is given, so
 -- the buckets a scan visits first are the ones it emptied before.
@@ -104,7 +104,14 @@ local function scanBatch(key, budget)
       fields[#fields + 1] = v
     end
   until cursor == '0' or #fields >= 2 * budget
-  return fields, cursor == '0'
+  -- A step may return more than COUNT: keep the batch to the budget. What
+  -- is left out goes in a later batch.
+  local all = cursor == '0'
+  for i = #fields, 2 * math.max(budget, 1) + 1, -1 do
+    fields[i] = nil
+    all = false
+  end
+  return fields, all
 end
 
 -- tallyEntry adds the client of a presence entry's value to tally (connections
