@@ -86,7 +86,7 @@ func dueOfStamped(msg *message.Message, now time.Time, stamped bool) (time.Time,
 	if strings.Contains(until, ".") {
 		return due, true, nil
 	}
-	delayedFor := msg.Metadata.Get(delay.DelayedForKey)
+	delayedFor := msg.Metadata.Get(delayedForKey)
 	// Scheduled before (by a publisher that knew the due time to the
 	// millisecond): that time, as long as the delay is the same one.
 	if stamp, ok := strings.CutPrefix(msg.Metadata.Get(metadataDue), until+"|"+delayedFor+"|"); ok && stamped {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
@@ -377,7 +376,7 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 			return nil, err
 		}
 		if until := msg.Metadata.Get(delayedUntilKey); delayed && !strings.Contains(until, ".") {
-			msg.Metadata.Set(metadataDue, until+"|"+msg.Metadata.Get(delay.DelayedForKey)+"|"+strconv.FormatInt(due.UnixMilli(), 10))
+			msg.Metadata.Set(metadataDue, until+"|"+msg.Metadata.Get(delayedForKey)+"|"+strconv.FormatInt(due.UnixMilli(), 10))
 		}
 		f, err := p.config.Marshaler.Marshal(topic, msg)
 		if err != nil {
@@ -408,11 +407,13 @@ func (p *StreamsPublisher) publish(ctx context.Context, topic string, msgs []*me
 			slotmap.Refresh(err, p.config.Client)
 			return nil, fmt.Errorf("redisbus: publish to %q: schedule %d delayed messages: %w", topic, len(later), err)
 		}
+		stored := 0
 		for _, r := range results {
 			if !r.Duplicate {
-				p.scheduled.Add(1)
+				stored++
 			}
 		}
+		p.scheduled.Add(uint64(stored))
 		if once > 0 {
 			call.laterResults = results
 		}

@@ -644,10 +644,6 @@ func (t *streamsTopic) message(e *inboxEntry) *message.Message {
 		return nil
 	}
 	msg.UUID = e.uuid // a fresh UUID for entries without one must stay the same
-	if t.forAnotherGroup(e) {
-		t.skip(e)
-		return nil
-	}
 	t.prepare(e, msg)
 	return msg
 }

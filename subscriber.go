@@ -138,15 +138,16 @@ func (c SubscriberConfig) Validate() error {
 		return configError("SubscriberConfig.SubscribeTimeout", "must not be negative")
 	case c.HealthCheckInterval < 0:
 		return configError("SubscriberConfig.HealthCheckInterval", "must not be negative")
-	case c.HealthCheckInterval > 0 && c.HealthCheckInterval < minHealthCheckInterval:
-		return configError("SubscriberConfig.HealthCheckInterval", fmt.Sprintf("must be at least %s, got %s", minHealthCheckInterval, c.HealthCheckInterval))
+	case c.HealthCheckInterval > 0 && c.HealthCheckInterval < MinHealthCheckInterval:
+		return configError("SubscriberConfig.HealthCheckInterval", fmt.Sprintf("must be at least %s, got %s", MinHealthCheckInterval, c.HealthCheckInterval))
 	}
 	return nil
 }
 
-// minHealthCheckInterval bounds HealthCheckInterval from below: a ping
-// answered by a healthy Redis must not count as lost.
-const minHealthCheckInterval = 10 * time.Millisecond
+// MinHealthCheckInterval bounds SubscriberConfig.HealthCheckInterval (and
+// the intervals of what subscribes through a Subscriber) from below: a
+// ping answered by a healthy Redis must not count as lost.
+const MinHealthCheckInterval = 10 * time.Millisecond
 
 // LossWindow describes a time in which a subscription connection was down:
 // messages published to Topics between From and To may not have been

@@ -32,15 +32,20 @@ const (
 	cacheValueSz = 64
 )
 
+// cacheContender is a way to read Redis data on a node: peer marks a
+// compared library (its failures are reported, not fatal), cached one
+// whose reads of a key read before must hit.
+type cacheContender struct {
+	name         string
+	peer, cached bool
+	open         func(ctx context.Context, e *env, topic string) (*cacheNode, error)
+}
+
 // cacheContenders are the local caches compared, in the report's order.
-var cacheContenders = []struct {
-	name string
-	peer bool
-	open func(ctx context.Context, e *env, topic string) (*cacheNode, error)
-}{
-	{cLocalCache, false, openLocalCache},
-	{cRueidisCache, true, openRueidisCache},
-	{cRedisGet, false, openRedisGet},
+var cacheContenders = []cacheContender{
+	{name: cLocalCache, cached: true, open: openLocalCache},
+	{name: cRueidisCache, peer: true, cached: true, open: openRueidisCache},
+	{name: cRedisGet, open: openRedisGet},
 }
 
 // cacheNode is one node's view of the cached data: read returns a key's
@@ -142,23 +147,22 @@ func cacheValue(i, v int) string {
 // cacheHits reads every key once (a load) and once more (it must hit), then
 // counts, for the run's duration, the reads goroutines make of them in
 // turn. A cache's reads must all hit and all return the value.
-func cacheHits(ctx context.Context, e *env, name string, open func(context.Context, *env, string) (*cacheNode, error), goroutines int, duration time.Duration) (sample, error) {
+func cacheHits(ctx context.Context, e *env, c cacheContender, goroutines int, duration time.Duration) (sample, error) {
 	workload := wCacheHit1
 	if goroutines > 1 {
 		workload = wCacheHit8
 	}
-	s := sample{contender: name, family: "cache", workload: workload, size: cacheValueSz, peer: name == cRueidisCache}
+	s := sample{contender: c.name, family: "cache", workload: workload, size: cacheValueSz, peer: c.peer}
 	keys, err := cacheData(ctx, e.admin)
 	if err != nil {
 		return s, err
 	}
 	defer e.admin.Del(context.WithoutCancel(ctx), keys...)
-	node, err := open(ctx, e, "bench-cache-"+watermill.NewShortUUID())
+	node, err := c.open(ctx, e, "bench-cache-"+watermill.NewShortUUID())
 	if err != nil {
 		return s, err
 	}
 	defer node.close()
-	cached := name != cRedisGet
 	for pass := range 2 {
 		for i, key := range keys {
 			v, hit, err := node.read(ctx, key)
@@ -168,7 +172,7 @@ func cacheHits(ctx context.Context, e *env, name string, open func(context.Conte
 			if v != cacheValue(i, 0) {
 				return s, fmt.Errorf("read %q for %s", v, key)
 			}
-			if pass == 1 && cached && !hit {
+			if pass == 1 && c.cached && !hit {
 				return s, fmt.Errorf("%s missed after it was read", key)
 			}
 		}
@@ -213,7 +217,7 @@ func cacheHits(ctx context.Context, e *env, name string, open func(context.Conte
 		total, missed = total+reads[g], missed+misses[g]
 	}
 	s.subRate = float64(total) / elapsed.Seconds()
-	if cached && missed > 0 {
+	if c.cached && missed > 0 {
 		return s, fmt.Errorf("%d of %d reads of cached keys missed", missed, total)
 	}
 	return s, nil
@@ -222,20 +226,20 @@ func cacheHits(ctx context.Context, e *env, name string, open func(context.Conte
 // cacheWrites measures, n times, how long after a write begins on node a
 // node b's reads return the new value: b reads the key until it does, as a
 // busy server would.
-func cacheWrites(ctx context.Context, e *env, name string, open func(context.Context, *env, string) (*cacheNode, error), n int) (sample, error) {
-	s := sample{contender: name, family: "cache", workload: wCacheWrite, size: cacheValueSz, peer: name == cRueidisCache}
+func cacheWrites(ctx context.Context, e *env, c cacheContender, n int) (sample, error) {
+	s := sample{contender: c.name, family: "cache", workload: wCacheWrite, size: cacheValueSz, peer: c.peer}
 	keys, err := cacheData(ctx, e.admin)
 	if err != nil {
 		return s, err
 	}
 	defer e.admin.Del(context.WithoutCancel(ctx), keys...)
 	topic := "bench-cache-" + watermill.NewShortUUID()
-	a, err := open(ctx, e, topic)
+	a, err := c.open(ctx, e, topic)
 	if err != nil {
 		return s, err
 	}
 	defer a.close()
-	b, err := open(ctx, e, topic)
+	b, err := c.open(ctx, e, topic)
 	if err != nil {
 		return s, err
 	}
@@ -251,7 +255,7 @@ func cacheWrites(ctx context.Context, e *env, name string, open func(context.Con
 			if err != nil || v != old {
 				return s, fmt.Errorf("read %s before the write: %q, %v", keys[i], v, err)
 			}
-			if pass == 1 && name != cRedisGet && !hit {
+			if pass == 1 && c.cached && !hit {
 				return s, fmt.Errorf("%s missed after it was read", keys[i])
 			}
 		}
@@ -288,9 +292,9 @@ func runCaches(ctx context.Context, e *env, o options, record func(sample, error
 		if !selected(c.name, o.only) {
 			continue
 		}
-		record(cacheHits(ctx, e, c.name, c.open, 1, duration))
-		record(cacheHits(ctx, e, c.name, c.open, 8, duration))
-		record(cacheWrites(ctx, e, c.name, c.open, writes))
+		record(cacheHits(ctx, e, c, 1, duration))
+		record(cacheHits(ctx, e, c, 8, duration))
+		record(cacheWrites(ctx, e, c, writes))
 	}
 }
 
@@ -316,7 +320,7 @@ func (r *report) cacheSection(b *strings.Builder) {
 		z, _ := r.stat(wCacheWrite, cacheValueSz, c.name, p99)
 		y, _ := r.stat(wCacheWrite, cacheValueSz, c.name, func(s sample) float64 { return float64(s.p999) })
 		name := c.name
-		if c.name == cRedisGet {
+		if !c.cached {
 			name += " (reads: not hits)"
 		}
 		w("| %s | %s | %.0f | %s | %s | %s | %s |\n", name, one.rate(), 1e9/one.median, eight.rate(), dur(a.median), dur(z.median), dur(y.median))

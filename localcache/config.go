@@ -121,10 +121,10 @@ func (c Config[V]) Validate() error {
 		return field("MaxTags", fmt.Sprintf("must not be negative, got %d", c.MaxTags))
 	case c.HealthCheckInterval < 0:
 		return field("HealthCheckInterval", "must not be negative")
-	case c.HealthCheckInterval > 0 && c.HealthCheckInterval < 10*time.Millisecond:
-		// The Subscriber's bound: below it a healthy connection counts as
-		// lost, and the cache clears over and over.
-		return field("HealthCheckInterval", fmt.Sprintf("must be at least 10ms, got %s", c.HealthCheckInterval))
+	case c.HealthCheckInterval > 0 && c.HealthCheckInterval < redisbus.MinHealthCheckInterval:
+		// Below it a healthy connection counts as lost, and the cache
+		// clears over and over.
+		return field("HealthCheckInterval", fmt.Sprintf("must be at least %s, got %s", redisbus.MinHealthCheckInterval, c.HealthCheckInterval))
 	case c.SubscribeTimeout < 0:
 		return field("SubscribeTimeout", "must not be negative")
 	}
