@@ -37,6 +37,12 @@ const ackBatchSize = 512
 // ackFinalFlush bounds how long Close tries to send what is left.
 const ackFinalFlush = 5 * time.Second
 
+// maxConcurrentReleases bounds the topics that hand their entries back at
+// once on Close: one after the other, a round trip each, a subscriber of
+// many topics would outlast Close's bound on a slow link. Under go-redis'
+// smallest default pool (10 connections per CPU).
+const maxConcurrentReleases = 8
+
 // Retry backoff: acks (idempotent, and what most of them are) retry soon;
 // dead letters that Redis refuses (full, or the key is not a stream) wait
 // longer, as the cause rarely goes away in milliseconds.
@@ -220,11 +226,19 @@ func (a *streamsAcker) finish(topics []*streamsTopic) {
 		a.s.logger.Error("Closing with acks unsent; their entries will be delivered again", errAcksUnsent,
 			watermill.LogFields{"operations": n})
 	}
+	var releasing sync.WaitGroup
+	slots := make(chan struct{}, maxConcurrentReleases)
 	for _, t := range topics {
-		if t.grouped() {
-			t.releaseHeld()
+		if !t.grouped() {
+			continue
 		}
+		slots <- struct{}{}
+		releasing.Go(func() {
+			defer func() { <-slots }()
+			t.releaseHeld()
+		})
 	}
+	releasing.Wait()
 }
 
 // flush sends the operations that are due (all of them when final) and

@@ -271,6 +271,45 @@ func TestStreamsStoppedHandlerHandsItsEntriesBack(t *testing.T) {
 	assert.Greater(t, greedy.Stats().Released, uint64(100))
 }
 
+// Close hands back what every topic holds, within its bound, when Redis is
+// far away: a subscriber of many topics on a link with 50ms replies.
+func TestStreamsCloseHandsBackManyTopicsOnASlowLink(t *testing.T) {
+	t.Parallel()
+	direct := pubsubtest.NewClient(t)
+	proxy := pubsubtest.NewProxy(t, pubsubtest.Redis(t).Addr)
+	client := pubsubtest.ClientFor(t, proxy.Addr())
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: direct})
+	const topics = 40
+	sub, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{
+		Client: client, ConsumerGroup: "g", CloseTimeout: 10 * time.Millisecond,
+	}, nil)
+	require.NoError(t, err)
+	names := make([]string, topics)
+	for i := range names {
+		names[i] = pubsubtest.Topic(t) + "-" + strconv.Itoa(i)
+		publish(t, pub, names[i], payloads("job-", 3)...)
+		messages, err := sub.Subscribe(t.Context(), names[i])
+		require.NoError(t, err)
+		next(t, messages) // in flight, never acked
+	}
+	// A handler that does not ack leaves the reader no reason to read ahead.
+	require.Equal(t, topics, sub.Stats().Held, "each topic holds the message in flight")
+
+	// One topic after the other, Close would take 40 round trips: 2s.
+	proxy.DelayReplies(50 * time.Millisecond)
+	require.NoError(t, sub.Close(), "Close must hand everything back within CloseTimeout + 1s")
+	assert.Equal(t, uint64(topics), sub.Stats().Released)
+	for _, topic := range names {
+		// Handed back: pending, and idle since 1970, for any claim to take.
+		pending, err := direct.XPendingExt(context.Background(), &redis.XPendingExtArgs{
+			Stream: topic, Group: "g", Start: "-", End: "+", Count: 10,
+		}).Result()
+		require.NoError(t, err)
+		require.Len(t, pending, 1, topic)
+		assert.Greater(t, pending[0].Idle, 24*time.Hour, "%s: the entry in flight is not handed back", topic)
+	}
+}
+
 // handler.Stop() and a new handler on the same subscriber: the new one
 // gets the entries the first one held, and nothing is lost.
 func TestStreamsNewHandlerOnTheSameSubscriber(t *testing.T) {

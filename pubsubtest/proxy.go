@@ -18,7 +18,8 @@ type Proxy struct {
 	listener net.Listener
 	target   string
 
-	blackhole atomic.Bool // every connection, open or new, is frozen
+	blackhole  atomic.Bool  // every connection, open or new, is frozen
+	replyDelay atomic.Int64 // nanoseconds, for new connections: DelayReplies
 
 	mu     sync.Mutex
 	links  []*proxyLink
@@ -64,6 +65,16 @@ func (p *Proxy) DelayOpenConnections(d time.Duration) {
 	}
 }
 
+// DelayReplies holds back everything the server sends by d, on every
+// connection, open and new, as a distant or loaded server does; zero stops
+// delaying.
+func (p *Proxy) DelayReplies(d time.Duration) {
+	p.mu.Lock()
+	p.replyDelay.Store(int64(d))
+	p.mu.Unlock()
+	p.DelayOpenConnections(d)
+}
+
 // Blackhole freezes every connection, open and new: new ones are accepted
 // and then hear nothing, as behind a partition.
 func (p *Proxy) Blackhole() {
@@ -102,6 +113,7 @@ func (p *Proxy) accept() {
 		link := &proxyLink{proxy: p, client: client, server: server}
 		link.frozen.Store(p.blackhole.Load())
 		p.mu.Lock()
+		link.replyDelay.Store(p.replyDelay.Load()) // under mu, to see DelayReplies' every call
 		if p.closed {
 			p.mu.Unlock()
 			_ = client.Close()
