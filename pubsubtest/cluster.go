@@ -246,7 +246,8 @@ func (c *Cluster) Owner(t testing.TB, slot int) int {
 // MoveSlot returns once every master names the new owner.
 func (c *Cluster) MoveSlot(t testing.TB, slot, to int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Generous: CI once saw a loaded machine stall for about 20s.
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	from := c.Owner(t, slot)
 	if from == to {
@@ -292,18 +293,43 @@ func (c *Cluster) MoveSlot(t testing.TB, slot, to int) {
 	for _, i := range order {
 		must("setslot node on "+c.Addrs[i], c.nodes[i].Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", targetID).Err())
 	}
-	for i, node := range c.nodes {
-		for {
-			ranges, err := slotMap(ctx, node)
-			must("cluster slots", err)
-			if ownerIn(ranges, slot) == c.Addrs[to] {
-				break
+	for i := range c.nodes {
+		c.awaitOwner(ctx, t, i, slot, to, targetID)
+	}
+}
+
+// awaitOwner returns once the master Addrs[i] names Addrs[to] the owner of
+// slot. A node that still names another after a second is told again: a
+// ping the old owner sent before it let go may reach a node after its
+// SETSLOT and take the slot back. Errors are retried until ctx ends (CI saw
+// a CLUSTER SLOTS outlast a loaded machine's stall).
+func (c *Cluster) awaitOwner(ctx context.Context, t testing.TB, i, slot, to int, targetID string) {
+	t.Helper()
+	node := c.nodes[i]
+	var owner string
+	var err error
+	told := time.Now()
+	for {
+		var ranges []redis.ClusterSlot
+		ranges, err = slotMap(ctx, node)
+		if err == nil {
+			owner = ownerIn(ranges, slot)
+			if owner == c.Addrs[to] {
+				return
 			}
-			if ctx.Err() != nil {
-				t.Fatalf("pubsubtest: %s does not name %s as the owner of slot %d", c.Addrs[i], c.Addrs[to], slot)
+			if time.Since(told) > time.Second {
+				err = node.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", targetID).Err()
+				told = time.Now()
 			}
-			time.Sleep(20 * time.Millisecond) // the cluster bus has nothing to wait on
 		}
+		if ctx.Err() != nil {
+			last, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			nodes, _ := node.ClusterNodes(last).Result()
+			cancel()
+			t.Fatalf("pubsubtest: %s does not name %s as the owner of slot %d: it names %q (last error: %v); its CLUSTER NODES:\n%s",
+				c.Addrs[i], c.Addrs[to], slot, owner, err, nodes)
+		}
+		time.Sleep(20 * time.Millisecond) // the cluster bus has nothing to wait on
 	}
 }
 
