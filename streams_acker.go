@@ -504,17 +504,22 @@ func (a *streamsAcker) sendDeliveryCounts(t *streamsTopic, ops, failed []ackOp) 
 func (a *streamsAcker) sendReleases(t *streamsTopic, ops, failed []ackOp) []ackOp {
 	id := t.identity.Load()
 	if id == nil {
+		t.handBacksDone(len(ops)) // the name is lost, and with it these entries
 		return failed
 	}
 	if t.consumers.Load() > 0 {
 		// A Subscribe came back before the entries went: deliver those
-		// released for want of one here.
+		// released for want of one here. The reader read nothing newer
+		// meanwhile (see awaitHandBacks): they go last in order.
+		pushed := 0
 		ops = slices.DeleteFunc(ops, func(op ackOp) bool {
 			if op.idle {
 				t.inbox.push(op.entry)
+				pushed++
 			}
 			return op.idle
 		})
+		t.handBacksDone(pushed)
 		if len(ops) == 0 {
 			return failed
 		}
@@ -526,6 +531,13 @@ func (a *streamsAcker) sendReleases(t *streamsTopic, ops, failed []ackOp) []ackO
 	released, err := releaseScript.Run(context.Background(), a.s.config.Client, []string{t.name, id.key}, args...).Int()
 	if holder, taken := leaseLost(err); taken {
 		t.nameLost(id, holder)
+		t.handBacksDone(len(ops))
+		return failed
+	}
+	if isRedisError(err, "NOGROUP") {
+		// The group is gone, and its pending entries with it; the reader
+		// recreates it.
+		t.handBacksDone(len(ops))
 		return failed
 	}
 	if err != nil {
@@ -535,7 +547,8 @@ func (a *streamsAcker) sendReleases(t *streamsTopic, ops, failed []ackOp) []ackO
 		t.held.release(op.id)
 	}
 	a.s.stats.released.Add(uint64(released))
-	t.resume.Store(true) // if a consumer attaches again, they are ours to resume
+	t.resume.Store(true) // ours to resume, before anything newer (see awaitHandBacks)
+	t.handBacksDone(len(ops))
 	return failed
 }
 

@@ -46,13 +46,20 @@ type streamsTopic struct {
 	acksUnsent atomic.Int64
 	// resume asks the reader to go through its own pending list again:
 	// entries were handed back, or a read's reply was lost.
-	resume        atomic.Bool
+	resume atomic.Bool
+	// handingBack counts entries surrendered whose release has not reached
+	// Redis yet, and surrenders counts surrenders; handedBack (capacity 1)
+	// is signalled when handingBack drops to zero. See awaitHandBacks.
+	handingBack   atomic.Int64
+	surrenders    atomic.Uint64
+	handedBack    chan struct{}
 	renewNow      chan struct{} // capacity 1: the dispatcher waits for a renewal
 	renewErrorLog logThrottle   // failed renewals
 	readErrorLog  logThrottle   // failed reads
 	moveErrorLog  logThrottle   // failed moves of delayed messages
 
 	// Reader only.
+	handBackLate  bool     // hand-backs outlasted handBackWait: read on meanwhile
 	resuming      bool     // reading the own pending list
 	pendingPage   []string // own pending IDs listed, not yet taken
 	pendingCursor string   // where the next page of the own pending list starts
@@ -74,6 +81,7 @@ func newStreamsTopic(s *StreamsSubscriber, name string) *streamsTopic {
 		logger:      s.logger.With(watermill.LogFields{"topic": name}),
 		ready:       make(chan struct{}),
 		renewNow:    make(chan struct{}, 1),
+		handedBack:  make(chan struct{}, 1),
 		held:        heldEntries{entries: map[string]*inboxEntry{}},
 		claimCursor: "0-0",
 	}
@@ -201,9 +209,16 @@ var errNameLost = errors.New("redisbus: the consumer name is held by another sub
 func (t *streamsTopic) read() {
 	backoff := minReconnectBackoff
 	for {
+		// Surrenders from here on hand back what the read brings too.
+		surrenders := t.surrenders.Load()
 		n := t.inbox.waitWant(t.takesOnly, t.closing())
 		if n == 0 {
 			return
+		}
+		if again, closing := t.handBacksFirst(); closing {
+			return
+		} else if again {
+			continue
 		}
 		var err error
 		switch {
@@ -221,7 +236,7 @@ func (t *streamsTopic) read() {
 			t.claiming = true
 			continue
 		default:
-			err = t.readNew(n)
+			err = t.readNew(n, surrenders)
 		}
 		if t.isClosing() {
 			return
@@ -243,6 +258,59 @@ func (t *streamsTopic) read() {
 	}
 }
 
+// handBackWait bounds how long the reader waits for hand-backs to reach
+// Redis (see awaitHandBacks) before it reads on all the same, until they
+// do: a Redis that keeps refusing them must not stop the topic.
+const handBackWait = time.Second
+
+// handBacksFirst keeps the reader from reading past entries the inbox
+// handed back: it waits for them to reach Redis (see awaitHandBacks), and
+// reports whether the reader must look again before it reads, as their
+// resume pass comes first, and whether the subscriber is closing.
+func (t *streamsTopic) handBacksFirst() (again, closing bool) {
+	switch {
+	case t.handingBack.Load() == 0:
+		t.handBackLate = false
+	case !t.handBackLate:
+		released, closing := t.awaitHandBacks()
+		if released || closing {
+			return true, closing
+		}
+		// Still on their way: read on, for once order yields to progress.
+		t.handBackLate = true
+	}
+	// A hand-back may have reached Redis since takesOnly looked.
+	return t.resume.Load(), false
+}
+
+// awaitHandBacks waits, up to handBackWait, until the entries the inbox
+// handed back are released in Redis; it reports whether they are, and
+// whether the subscriber is closing. Whatever the reader took meanwhile
+// would be delivered before them: a sole consumer must keep the stream's
+// order, and its resume pass, which the release asks for, takes them back
+// first. Resuming before the release would not do: the entries are still
+// held, and skipped.
+func (t *streamsTopic) awaitHandBacks() (released, closing bool) {
+	timer := time.NewTimer(handBackWait)
+	defer timer.Stop()
+	select {
+	case <-t.handedBack:
+		return true, false
+	case <-timer.C:
+		return false, false
+	case <-t.closing():
+		return false, true
+	}
+}
+
+// handBacksDone notes that n surrendered entries are released in Redis, or
+// will never be.
+func (t *streamsTopic) handBacksDone(n int) {
+	if n > 0 && t.handingBack.Add(-int64(n)) <= 0 {
+		signal(t.handedBack)
+	}
+}
+
 // takesOnly reports whether the reader takes only what free handlers start
 // at once (own pending list, claims). It runs on the reader goroutine,
 // which is also where resume requests are picked up.
@@ -254,7 +322,9 @@ func (t *streamsTopic) takesOnly() bool {
 }
 
 // readNew reads entries no consumer of the group has had (XREADGROUP >).
-func (t *streamsTopic) readNew(n int) error {
+// When the inbox handed entries back since surrenders was loaded, what the
+// read brings is handed back too: it would go ahead of them otherwise.
+func (t *streamsTopic) readNew(n int, surrenders uint64) error {
 	id := t.identity.Load()
 	// Wake up for the next claim check even when nothing new arrives.
 	block := max(min(t.s.config.BlockTime, time.Until(t.nextClaim)), time.Millisecond)
@@ -272,11 +342,21 @@ func (t *streamsTopic) readNew(n int) error {
 	}
 	t.s.stats.read.Add(uint64(len(entries)))
 	freshUntil := start.Add(t.freshFor()).UnixNano()
+	handBack := t.surrenders.Load() != surrenders
+	var back []*inboxEntry
 	for _, xm := range entries {
 		// Reading counted a delivery that has not happened yet.
 		e := &inboxEntry{id: xm.ID, values: xm.Values, deliveries: 1, exact: true, reserved: true}
 		e.freshUntil.Store(freshUntil)
-		t.accept(e)
+		switch {
+		case !handBack:
+			t.accept(e)
+		case t.held.tryHold(e):
+			back = append(back, e)
+		}
+	}
+	if len(back) > 0 {
+		t.surrender(back, false)
 	}
 	return nil
 }
@@ -794,6 +874,8 @@ func (t *streamsTopic) consumersChanged(n int) {
 
 // surrender hands entries nobody here will handle soon back to the group.
 func (t *streamsTopic) surrender(entries []*inboxEntry, idle bool) {
+	t.handingBack.Add(int64(len(entries)))
+	t.surrenders.Add(1)
 	t.s.acker.release(t, entries, idle)
 }
 
