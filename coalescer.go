@@ -2,6 +2,7 @@ package redisbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -71,7 +72,10 @@ type coalescedCall struct {
 	add   pipelineAdder
 	async asyncAdder // set for calls from submit: nobody waits on done
 	sent  bool       // add ran: its commands carry the results
-	err   error      // the pipeline could not be sent at all
+	// taken says a flusher took the call from the queue: one not taken
+	// when close gives up was never sent.
+	taken atomic.Bool
+	err   error // the pipeline could not be sent at all
 	// done is signalled once by the flusher. It is buffered so that the
 	// flusher never waits for a caller, and reused: calls come from
 	// callPool, because a channel per call was a measurable share of the
@@ -114,6 +118,7 @@ func newCoalescer(client redis.UniversalClient, maxBatch, queue int, ordered boo
 func (c *coalescer) do(ctx context.Context, size int, add pipelineAdder) error {
 	call := callPool.Get().(*coalescedCall)
 	call.ctx, call.size, call.add, call.sent = ctx, size, add, false
+	call.taken.Store(false)
 	select {
 	case c.calls <- call:
 	case <-ctx.Done():
@@ -136,9 +141,14 @@ func (c *coalescer) do(ctx context.Context, size int, add pipelineAdder) error {
 		case <-call.done: // answered after all
 			return c.reuse(call, ctx)
 		default:
-			c.abandoned.Add(1)
-			return errClosedInFlight
 		}
+		// Still queued, or in a pipeline Redis has not answered. Either
+		// way a flusher or drain may hold the call: it is not reused.
+		if !call.taken.Load() {
+			return errUnsentAtClose // close sends nothing after it gave up
+		}
+		c.abandoned.Add(1)
+		return errClosedInFlight
 	}
 }
 
@@ -238,6 +248,7 @@ func (c *coalescer) flush() {
 	for {
 		select {
 		case call := <-c.calls:
+			call.taken.Store(true)
 			batch = append(batch[:0], call)
 		case <-c.stop:
 			return
@@ -290,6 +301,7 @@ func (c *coalescer) send(target redis.Cmdable, batch []*coalescedCall) {
 			return nil
 		})
 		stampPipelineError(cmds, err)
+		c.stampClosedInFlight(cmds)
 		for _, cmd := range cmds {
 			if slotmap.Stale(cmd.Err()) {
 				slotmap.Refresh(cmd.Err(), c.client)
@@ -324,6 +336,20 @@ func stampPipelineError(cmds []redis.Cmder, err error) {
 	}
 }
 
+// stampClosedInFlight gives errClosedInFlight to the commands that close
+// ended by cancelling the pipeline's context: their callers learn that
+// Close, not their own context, ended the publish.
+func (c *coalescer) stampClosedInFlight(cmds []redis.Cmder) {
+	if c.ctx.Err() == nil {
+		return
+	}
+	for _, cmd := range cmds {
+		if errors.Is(cmd.Err(), context.Canceled) {
+			cmd.SetErr(errClosedInFlight)
+		}
+	}
+}
+
 // noneExecuted returns an error that proves no command of cmds ran, or nil
 // when some may have.
 func noneExecuted(cmds []redis.Cmder) error {
@@ -353,6 +379,7 @@ func (c *coalescer) gather(batch *[]*coalescedCall, size int) int {
 	for size < c.maxBatch {
 		select {
 		case call := <-c.calls:
+			call.taken.Store(true)
 			*batch = append(*batch, call)
 			size += call.size
 		default:

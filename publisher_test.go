@@ -149,6 +149,59 @@ func TestPublishAfterCloseFailsAndLeavesTheClientOpen(t *testing.T) {
 	assert.NoError(t, client.Ping(t.Context()).Err(), "the caller's client must stay open")
 }
 
+// A Publish that Close ends, however the two meet, fails with an error
+// that is ErrPublisherClosed: not the "context canceled" of the pipeline
+// Close cancelled, which reads as the caller's own context; and Close
+// reports no publish Redis did not answer when none was sent. Close races
+// publishers that publish until it stops them, 300 times.
+func TestPublishEndedByCloseIsErrPublisherClosed(t *testing.T) {
+	client := pubsubtest.NewClient(t)
+	topic := pubsubtest.Topic(t)
+	publishers := map[string]func() (message.Publisher, error){
+		"Pub/Sub": func() (message.Publisher, error) {
+			return redisbus.NewPublisher(redisbus.PublisherConfig{Client: client}, nil)
+		},
+		"Streams": func() (message.Publisher, error) {
+			return redisbus.NewStreamsPublisher(redisbus.StreamsPublisherConfig{Client: client}, nil)
+		},
+	}
+	for name, newPublisher := range publishers {
+		t.Run(name, func(t *testing.T) {
+			var mu sync.Mutex
+			others := map[string]int{}
+			for range 300 {
+				pub, err := newPublisher()
+				require.NoError(t, err)
+				var publishing, started sync.WaitGroup
+				started.Add(4)
+				for range 4 {
+					publishing.Go(func() {
+						for first := true; ; first = false {
+							err := pub.Publish(topic, message.NewMessage(watermill.NewUUID(), nil))
+							if first {
+								started.Done()
+							}
+							if err == nil {
+								continue
+							}
+							if !errors.Is(err, redisbus.ErrPublisherClosed) {
+								mu.Lock()
+								others[err.Error()]++
+								mu.Unlock()
+							}
+							return
+						}
+					})
+				}
+				started.Wait() // Close meets publishes under way
+				require.NoError(t, pub.Close())
+				publishing.Wait()
+			}
+			assert.Empty(t, others, "errors of publishes Close ended that are not ErrPublisherClosed")
+		})
+	}
+}
+
 func TestPublisherConfigErrorsNameTheField(t *testing.T) {
 	_, err := redisbus.NewPublisher(redisbus.PublisherConfig{}, nil)
 	var configErr *redisbus.ConfigError
