@@ -502,24 +502,24 @@ func (a *streamsAcker) sendDeliveryCounts(t *streamsTopic, ops, failed []ackOp) 
 // sendReleases hands entries back to the group; they stay held, and
 // renewed, until Redis has them.
 func (a *streamsAcker) sendReleases(t *streamsTopic, ops, failed []ackOp) []ackOp {
+	// Every op that is not retried is settled: released, pushed back, or
+	// gone with the name or the group.
+	settled := len(ops)
+	defer func() { t.handBacksDone(settled) }()
 	id := t.identity.Load()
 	if id == nil {
-		t.handBacksDone(len(ops)) // the name is lost, and with it these entries
-		return failed
+		return failed // the name is lost, and with it these entries
 	}
 	if t.consumers.Load() > 0 {
 		// A Subscribe came back before the entries went: deliver those
 		// released for want of one here. The reader read nothing newer
 		// meanwhile (see awaitHandBacks): they go last in order.
-		pushed := 0
 		ops = slices.DeleteFunc(ops, func(op ackOp) bool {
 			if op.idle {
 				t.inbox.push(op.entry)
-				pushed++
 			}
 			return op.idle
 		})
-		t.handBacksDone(pushed)
 		if len(ops) == 0 {
 			return failed
 		}
@@ -531,16 +531,15 @@ func (a *streamsAcker) sendReleases(t *streamsTopic, ops, failed []ackOp) []ackO
 	released, err := releaseScript.Run(context.Background(), a.s.config.Client, []string{t.name, id.key}, args...).Int()
 	if holder, taken := leaseLost(err); taken {
 		t.nameLost(id, holder)
-		t.handBacksDone(len(ops))
 		return failed
 	}
 	if isRedisError(err, "NOGROUP") {
 		// The group is gone, and its pending entries with it; the reader
 		// recreates it.
-		t.handBacksDone(len(ops))
 		return failed
 	}
 	if err != nil {
+		settled -= len(ops)
 		return a.retryAll(failed, ops, err)
 	}
 	for _, op := range ops {
@@ -548,7 +547,6 @@ func (a *streamsAcker) sendReleases(t *streamsTopic, ops, failed []ackOp) []ackO
 	}
 	a.s.stats.released.Add(uint64(released))
 	t.resume.Store(true) // ours to resume, before anything newer (see awaitHandBacks)
-	t.handBacksDone(len(ops))
 	return failed
 }
 
