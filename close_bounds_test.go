@@ -1,7 +1,10 @@
 package redisbus_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -27,15 +30,46 @@ const (
 // unansweringClient is a client, with go-redis' default timeouts, whose
 // Redis stops answering when blackhole is called: connections open and
 // new ones are accepted, and nothing comes back, as behind a partition.
-// sent receives a signal whenever command is about to be sent.
+// sent receives a signal whenever command has been written to a
+// connection: a hook would signal before go-redis has a connection, and a
+// Close in between ends the round trip before anything is sent.
 func unansweringClient(t *testing.T, command string) (client *redis.Client, blackhole func(), sent <-chan struct{}) {
 	t.Helper()
 	proxy := pubsubtest.NewProxy(t, pubsubtest.Redis(t).Addr)
-	client = redis.NewClient(&redis.Options{Addr: proxy.Addr()})
+	signals := make(chan struct{}, 1000)
+	// RESP sends a command's name as a bulk string: "$7\r\npublish\r\n".
+	name := []byte(fmt.Sprintf("$%d\r\n%s\r\n", len(command), command))
+	client = redis.NewClient(&redis.Options{
+		Addr: proxy.Addr(),
+		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &writeSignaller{Conn: conn, pattern: name, signals: signals}, nil
+		},
+	})
 	t.Cleanup(func() { _ = client.Close() })
-	hook := &pipelineCounter{command: command, sent: make(chan struct{}, 1000)}
-	client.AddHook(hook)
-	return client, proxy.Blackhole, hook.sent
+	return client, proxy.Blackhole, signals
+}
+
+// writeSignaller signals after every Write that carries pattern
+// (case-insensitively).
+type writeSignaller struct {
+	net.Conn
+	pattern []byte
+	signals chan struct{}
+}
+
+func (c *writeSignaller) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 && bytes.Contains(bytes.ToLower(b[:n]), c.pattern) {
+		select {
+		case c.signals <- struct{}{}:
+		default:
+		}
+	}
+	return n, err
 }
 
 // awaitSent waits for n sends.

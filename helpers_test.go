@@ -92,9 +92,6 @@ type pipelineCounter struct {
 	command    string
 	roundTrips atomic.Int64
 	commands   atomic.Int64
-	// sent, if set, gets a signal (when it has room) for every round trip
-	// about to carry the command.
-	sent chan struct{}
 }
 
 func (c *pipelineCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -123,11 +120,5 @@ func (c *pipelineCounter) count(cmds []redis.Cmder) {
 	if n > 0 {
 		c.roundTrips.Add(1)
 		c.commands.Add(int64(n))
-		if c.sent != nil {
-			select {
-			case c.sent <- struct{}{}:
-			default:
-			}
-		}
 	}
 }
