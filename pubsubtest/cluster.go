@@ -246,16 +246,26 @@ func (c *Cluster) Owner(t testing.TB, slot int) int {
 // MoveSlot returns once every master names the new owner.
 func (c *Cluster) MoveSlot(t testing.TB, slot, to int) {
 	t.Helper()
+	c.BeginSlotMove(t, slot, to)()
+}
+
+// BeginSlotMove does the first half of MoveSlot: it leaves slot migrating
+// from its owner to Addrs[to], with its keys moved already, so that the
+// owner answers commands on them with ASK (clients must send them to the
+// target, after ASKING). The function it returns finishes the move.
+func (c *Cluster) BeginSlotMove(t testing.TB, slot, to int) (finish func()) {
+	t.Helper()
 	// Generous: CI once saw a loaded machine stall for about 20s.
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
 	from := c.Owner(t, slot)
 	if from == to {
+		cancel()
 		t.Fatalf("pubsubtest: slot %d is on %s already", slot, c.Addrs[to])
 	}
 	must := func(what string, err error) {
 		t.Helper()
 		if err != nil {
+			cancel()
 			t.Fatalf("pubsubtest: move slot %d from %s to %s: %s: %v", slot, c.Addrs[from], c.Addrs[to], what, err)
 		}
 	}
@@ -270,31 +280,40 @@ func (c *Cluster) MoveSlot(t testing.TB, slot, to int) {
 	must("importing", target.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", sourceID).Err())
 	must("migrating", source.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", targetID).Err())
 	host, port, _ := strings.Cut(c.Addrs[to], ":")
-	for {
-		keys, err := source.ClusterGetKeysInSlot(ctx, slot, 100).Result()
-		must("getkeysinslot", err)
-		if len(keys) == 0 {
-			break
-		}
-		args := []any{"MIGRATE", host, port, "", 0, 10_000, "KEYS"}
-		for _, k := range keys {
-			args = append(args, k)
-		}
-		must("migrate", source.Do(ctx, args...).Err())
-	}
-	// Target first, so that the source, once it lets go, redirects to a
-	// node that already serves the slot.
-	order := []int{to, from}
-	for i := range c.nodes {
-		if i != to && i != from {
-			order = append(order, i)
+	migrate := func() {
+		t.Helper()
+		for {
+			keys, err := source.ClusterGetKeysInSlot(ctx, slot, 100).Result()
+			must("getkeysinslot", err)
+			if len(keys) == 0 {
+				return
+			}
+			args := []any{"MIGRATE", host, port, "", 0, 10_000, "KEYS"}
+			for _, k := range keys {
+				args = append(args, k)
+			}
+			must("migrate", source.Do(ctx, args...).Err())
 		}
 	}
-	for _, i := range order {
-		must("setslot node on "+c.Addrs[i], c.nodes[i].Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", targetID).Err())
-	}
-	for i := range c.nodes {
-		c.awaitOwner(ctx, t, i, slot, to, targetID)
+	migrate()
+	return func() {
+		t.Helper()
+		defer cancel()
+		migrate() // keys written on the source meanwhile, if any
+		// Target first, so that the source, once it lets go, redirects to
+		// a node that already serves the slot.
+		order := []int{to, from}
+		for i := range c.nodes {
+			if i != to && i != from {
+				order = append(order, i)
+			}
+		}
+		for _, i := range order {
+			must("setslot node on "+c.Addrs[i], c.nodes[i].Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", targetID).Err())
+		}
+		for i := range c.nodes {
+			c.awaitOwner(ctx, t, i, slot, to, targetID)
+		}
 	}
 }
 
