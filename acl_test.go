@@ -33,7 +33,7 @@ var (
 		"+xreadgroup", "+xack", "+xautoclaim", "+xclaim", "+xpending", "+xadd", "+xrange", "+xlen",
 		"+eval", "+evalsha", "+set", "+get", "+pexpire", "+del", "+ping",
 		"+zadd", "+zrange", "+zrangebyscore", "+zrem", "+time", "+publish", "+spublish",
-		"+subscribe", "+unsubscribe", "+ssubscribe", "+sunsubscribe",
+		"+subscribe", "+unsubscribe", "+ssubscribe", "+sunsubscribe", "+client|id", "+client|unblock",
 		"resetkeys", "~app:*", "~{app:*", "resetchannels", "&{app:*"}
 	aclStreamsFanOut = []string{"-@all", "+xread", "+xinfo|stream", "resetkeys", "~app:*"}
 	// aclStreamsPublisherWaiting is aclStreamsPublisher and +wait, for
@@ -181,6 +181,27 @@ func TestStreamsWithTheDocumentedACL(t *testing.T) {
 	assert.Equal(t, uint64(1), second.Stats().Claimed)
 	require.NoError(t, second.Close())
 	assertNoACLDenial(t, admin)
+}
+
+// Without +client|id and +client|unblock a consumer group's subscriber
+// works, and Close cuts its blocking reads off instead of unblocking them.
+func TestStreamsSubscriberWithoutClientPermissions(t *testing.T) {
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	admin := server.Client(t)
+	rules := slices.DeleteFunc(slices.Clone(aclStreamsSubscriber), func(rule string) bool {
+		return strings.HasPrefix(rule, "+client|")
+	})
+	sub, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{
+		Client: aclClient(t, server, admin, "subscriber", rules), ConsumerGroup: "g",
+	}, nil)
+	require.NoError(t, err)
+	messages, err := sub.Subscribe(t.Context(), "app:orders")
+	require.NoError(t, err)
+	publish(t, newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: admin}), "app:orders", "job")
+	next(t, messages).Ack()
+	require.NoError(t, closeWithin(t, 0, sub.Close))
+	refused := pubsubtest.ACLRefusals(t, admin)
+	assert.Contains(t, fmt.Sprint(refused), "client|id", "the reader asked for its connection's ID")
 }
 
 // With WaitReplicas the Streams publisher also sends WAIT, so its

@@ -115,3 +115,35 @@ func TestShardedSubscriberFollowsASlotMigration(t *testing.T) {
 	assert.Equal(t, []string{"after the redirection"}, receive(t, messages, 1))
 	assert.Empty(t, reconnects, "subscribing somewhere else than first asked loses nothing")
 }
+
+// A consumer group's subscriber reads on through a move of its stream's
+// slot: while the slot migrates, the old owner answers ASK for the stream
+// (it moved already), and after the move, MOVED. Every message published
+// before, during and after is delivered once and acked, and Close hands
+// back nothing it should not: no entry is left pending.
+func TestStreamsSubscriberFollowsASlotMigration(t *testing.T) {
+	t.Parallel()
+	cluster := pubsubtest.StartCluster(t, 3)
+	client := cluster.Client(t)
+	pub := newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: client})
+	sub, err := redisbus.NewStreamsSubscriber(redisbus.StreamsSubscriberConfig{Client: client, ConsumerGroup: "g"}, nil)
+	require.NoError(t, err)
+	topic := pubsubtest.Topic(t)
+	messages, err := sub.Subscribe(t.Context(), topic)
+	require.NoError(t, err)
+	publish(t, pub, topic, "before")
+	require.Equal(t, []string{"before"}, receive(t, messages, 1))
+
+	slot := cluster.Slot(t, topic)
+	finish := cluster.BeginSlotMove(t, slot, (cluster.Owner(t, slot)+1)%len(cluster.Addrs))
+	publish(t, pub, topic, "during 1", "during 2")
+	require.Equal(t, []string{"during 1", "during 2"}, receive(t, messages, 2), "while the slot migrates")
+	finish()
+	publish(t, pub, topic, "after")
+	require.Equal(t, []string{"after"}, receive(t, messages, 1), "after the slot moved")
+
+	require.NoError(t, sub.Close())
+	pending, err := client.XPending(t.Context(), topic, "g").Result()
+	require.NoError(t, err)
+	assert.Zero(t, pending.Count, "entries left pending")
+}

@@ -75,7 +75,7 @@ var relayedClients sync.Map // weak.Pointer → struct{}
 func relayHooks[C any, PC interface {
 	*C
 	redis.UniversalClient
-}](caller PC, derived redis.UniversalClient) {
+}](caller PC, derived interface{ AddHook(redis.Hook) }) {
 	key := weak.Make((*C)(caller))
 	if _, loaded := relayedClients.LoadOrStore(key, struct{}{}); !loaded {
 		caller.AddHook(relayIn{})

@@ -56,8 +56,17 @@ func (h *recordingHook) count(name string) int {
 // sends, including the blocking reads, claims and takes it runs on the
 // client it makes from that one, each exactly once.
 func TestClientHooksSeeTheSubscribersOwnCommands(t *testing.T) {
-	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
-	client := server.Client(t)
+	t.Run("Redis", func(t *testing.T) {
+		t.Parallel()
+		hooksSeeTheSubscribersOwnCommands(t, pubsubtest.StartServer(t, pubsubtest.ServerOptions{}).Client(t))
+	})
+	t.Run("Redis Cluster", func(t *testing.T) {
+		t.Parallel()
+		hooksSeeTheSubscribersOwnCommands(t, pubsubtest.StartCluster(t, 3).Client(t))
+	})
+}
+
+func hooksSeeTheSubscribersOwnCommands(t *testing.T, client redis.UniversalClient) {
 	hook := &recordingHook{seen: map[redis.Cmder]int{}, runs: map[string]int{}}
 	client.AddHook(hook)
 	topic := pubsubtest.Topic(t)

@@ -656,3 +656,58 @@ func TestStreamsMessageNeverSettledComesAgainCounted(t *testing.T) {
 	abandoned.Ack() // late: changes nothing
 	require.Eventually(t, func() bool { return pendingCount(t, client, topic, "g") == 0 }, waitTimeout, time.Millisecond)
 }
+
+// Close ends a read that Redis has already answered by letting it return,
+// not by cutting its connection: the entries the read moved to this
+// consumer are handed back with the rest, and another consumer has them at
+// once. Cut off, they would stay pending with the closed consumer until
+// ClaimMinIdle (a minute here). The reader's replies are held back 300ms,
+// so the read that gets the message is still on its way when Close starts.
+func TestStreamsCloseHandsBackWhatAReadInFlightGot(t *testing.T) {
+	t.Parallel()
+	server := pubsubtest.StartServer(t, pubsubtest.ServerOptions{})
+	direct := server.Client(t)
+	proxy := pubsubtest.NewProxy(t, server.Addr)
+	config := redisbus.StreamsSubscriberConfig{
+		Client: pubsubtest.ClientFor(t, proxy.Addr()), ConsumerGroup: "g", Consumer: "closing",
+		ClaimMinIdle: time.Minute, ClaimInterval: time.Minute, BlockTime: 10 * time.Second,
+	}
+	sub, err := redisbus.NewStreamsSubscriber(config, nil)
+	require.NoError(t, err)
+	topic := pubsubtest.Topic(t)
+	_, err = sub.Subscribe(t.Context(), topic)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return blockedClients(t, direct) == 1 }, waitTimeout, time.Millisecond,
+		"the reader never blocked waiting for entries")
+
+	proxy.DelayReplies(300 * time.Millisecond)
+	publish(t, newStreamsPublisher(t, redisbus.StreamsPublisherConfig{Client: direct}), topic, "job")
+	// Redis served the blocked read before it answered the publish.
+	require.Equal(t, 0, blockedClients(t, direct))
+	require.NoError(t, sub.Close())
+
+	config.Client, config.Consumer = direct, "other" // a restart under the same name would resume its entries
+	other := newStreamsSubscriber(t, config, nil)
+	messages, err := other.Subscribe(t.Context(), topic)
+	require.NoError(t, err)
+	msg := next(t, messages)
+	assert.Equal(t, "job", string(msg.Payload))
+	msg.Ack()
+}
+
+// blockedClients is how many clients wait in a blocking command on the
+// server behind client.
+func blockedClients(t *testing.T, client *redis.Client) int {
+	t.Helper()
+	info, err := client.Info(context.Background(), "clients").Result()
+	require.NoError(t, err)
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "blocked_clients:"); ok {
+			n, err := strconv.Atoi(v)
+			require.NoError(t, err)
+			return n
+		}
+	}
+	t.Fatalf("no blocked_clients in INFO clients: %s", info)
+	return 0
+}

@@ -41,8 +41,8 @@ type StreamsSubscriberConfig struct {
 	// ReadClient runs the commands that move entries to this consumer:
 	// blocking reads and claims. Nil means a client the subscriber makes
 	// from Client's options (a *redis.Client or *redis.ClusterClient; any
-	// other Client is used itself) and closes on Close, which interrupts a
-	// waiting read; with a ReadClient of yours, Close waits for a read to
+	// other Client is used itself) and closes on Close, which ends a waiting
+	// read (see Close); with a ReadClient of yours, Close waits for a read to
 	// end (at most BlockTime). It should not retry commands (MaxRetries -1):
 	// a read retried after a lost reply leaves entries pending unseen until
 	// ClaimMinIdle.
@@ -632,8 +632,12 @@ func (s *StreamsSubscriber) Close() error {
 	s.closed = true
 	close(s.closing)
 	topics := make([]*streamsTopic, 0, len(s.topics))
+	var groupReaders []*streamsTopic // started: none starts after closed is set
 	for _, t := range s.topics {
 		topics = append(topics, t)
+		if t.started && t.grouped() {
+			groupReaders = append(groupReaders, t)
+		}
 	}
 	s.mu.Unlock()
 
@@ -642,6 +646,9 @@ func (s *StreamsSubscriber) Close() error {
 	go func() {
 		defer close(finished)
 		s.wakes.close()
+		// Reads of consumer groups end with what they got (see
+		// readerConn); what is left, fan-out reads included, is cut off.
+		stopReaders(groupReaders)
 		if s.ownBlocking {
 			s.blockingMu.Lock()
 			s.blockingClosed = true

@@ -35,6 +35,7 @@ type streamsTopic struct {
 
 	ready   chan struct{} // closed when init is done; initErr says how
 	initErr error
+	started bool // its goroutines run; guarded by s.mu
 
 	// identity is the consumer name the topic reads under and its lease;
 	// nil while the name is lost to another subscriber (grouped only).
@@ -68,6 +69,10 @@ type streamsTopic struct {
 	claiming      bool      // claims found entries: take them before new ones
 	nextClaim     time.Time // when to look for idle entries again
 	lastID        string    // a fan-out subscription's position
+	readConn      readerConn
+
+	// readerDone is closed when the reader has returned.
+	readerDone chan struct{}
 
 	// inFlightAtClose are the deliveries handlers had when the inbox
 	// closed; set by the dispatcher as it exits, read by Close after.
@@ -82,6 +87,7 @@ func newStreamsTopic(s *StreamsSubscriber, name string) *streamsTopic {
 		ready:       make(chan struct{}),
 		renewNow:    make(chan struct{}, 1),
 		handedBack:  make(chan struct{}, 1),
+		readerDone:  make(chan struct{}),
 		held:        heldEntries{entries: map[string]*inboxEntry{}},
 		claimCursor: "0-0",
 	}
@@ -180,6 +186,7 @@ func (t *streamsTopic) ensureGroup(ctx context.Context, start string) error {
 
 // start launches the topic's goroutines. The caller holds s.mu.
 func (t *streamsTopic) start() {
+	t.started = true
 	t.s.wg.Go(t.inbox.run)
 	t.s.wg.Go(t.read)
 	if t.grouped() {
@@ -207,6 +214,8 @@ var errNameLost = errors.New("redisbus: the consumer name is held by another sub
 
 // read fills the inbox until Close.
 func (t *streamsTopic) read() {
+	defer close(t.readerDone)
+	defer t.readConn.close()
 	backoff := minReconnectBackoff
 	for {
 		// Surrenders from here on hand back what the read brings too.
@@ -329,13 +338,17 @@ func (t *streamsTopic) readNew(n int, surrenders uint64) error {
 	// Wake up for the next claim check even when nothing new arrives.
 	block := max(min(t.s.config.BlockTime, time.Until(t.nextClaim)), time.Millisecond)
 	start := time.Now()
-	streams, err := t.s.reader().XReadGroup(context.Background(), &redis.XReadGroupArgs{
-		Group:    t.s.config.ConsumerGroup,
-		Consumer: id.name,
-		Streams:  []string{t.name, ">"},
-		Count:    int64(n),
-		Block:    block,
-	}).Result()
+	var streams []redis.XStream
+	err := t.onReader(func(c readerCmdable) (err error) {
+		streams, err = c.XReadGroup(context.Background(), &redis.XReadGroupArgs{
+			Group:    t.s.config.ConsumerGroup,
+			Consumer: id.name,
+			Streams:  []string{t.name, ">"},
+			Count:    int64(n),
+			Block:    block,
+		}).Result()
+		return err
+	})
 	entries, err := firstStream(streams, err)
 	if err != nil {
 		return err
@@ -359,6 +372,16 @@ func (t *streamsTopic) readNew(n int, surrenders uint64) error {
 		t.surrender(back, false)
 	}
 	return nil
+}
+
+// onReader runs one of the commands of a consumer group's reader: on its
+// connection (see readerConn) when the subscriber made the client for
+// them, else on ReadClient.
+func (t *streamsTopic) onReader(command func(readerCmdable) error) error {
+	if !t.s.ownBlocking {
+		return command(t.s.reader())
+	}
+	return t.readConn.run(context.Background(), t.s.reader(), t.s.config.Client, t.name, command)
 }
 
 func (t *streamsTopic) readFanOut(n int) error {
@@ -438,8 +461,12 @@ func (t *streamsTopic) listOwnPending(count int) error {
 // entries, the reader takes them before new ones.
 func (t *streamsTopic) claim(n int) error {
 	id := t.identity.Load()
-	reply, err := t.s.reader().Do(context.Background(), "XAUTOCLAIM", t.name, t.s.config.ConsumerGroup, id.name,
-		t.s.config.ClaimMinIdle.Milliseconds(), t.claimCursor, "COUNT", n, "JUSTID").Slice()
+	var reply []any
+	err := t.onReader(func(c readerCmdable) (err error) {
+		reply, err = c.Do(context.Background(), "XAUTOCLAIM", t.name, t.s.config.ConsumerGroup, id.name,
+			t.s.config.ClaimMinIdle.Milliseconds(), t.claimCursor, "COUNT", n, "JUSTID").Slice()
+		return err
+	})
 	if err != nil {
 		t.claiming = false
 		t.nextClaim = time.Now().Add(t.s.config.ClaimInterval)
@@ -510,7 +537,11 @@ func (t *streamsTopic) take(ids []string) (queued, done int, err error) {
 		args = append(args, entryID)
 	}
 	start := time.Now()
-	reply, err := takeScript.Run(context.Background(), t.s.reader(), []string{t.name, id.key}, args...).Slice()
+	var reply []any
+	err = t.onReader(func(c readerCmdable) (err error) {
+		reply, err = takeScript.Run(context.Background(), c, []string{t.name, id.key}, args...).Slice()
+		return err
+	})
 	t.s.observeRoundTrip(time.Since(start), err)
 	if err != nil {
 		if holder, lost := leaseLost(err); lost {
