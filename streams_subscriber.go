@@ -41,9 +41,10 @@ type StreamsSubscriberConfig struct {
 	// ReadClient runs the commands that move entries to this consumer:
 	// blocking reads and claims. Nil means a client the subscriber makes
 	// from Client's options (a *redis.Client or *redis.ClusterClient; any
-	// other Client is used itself) and closes on Close, which ends a waiting
-	// read (see Close); with a ReadClient of yours, Close waits for a read to
-	// end (at most BlockTime). It should not retry commands (MaxRetries -1):
+	// other Client is used itself); Close ends a consumer group's waiting
+	// read with CLIENT UNBLOCK, so that it returns what it got, and then
+	// closes that client. With a ReadClient of yours, Close waits for a
+	// read to end (at most BlockTime). It should not retry commands (MaxRetries -1):
 	// a read retried after a lost reply leaves entries pending unseen until
 	// ClaimMinIdle.
 	ReadClient redis.UniversalClient
