@@ -3,6 +3,7 @@ package redisbus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,16 +51,13 @@ type readerCmdable interface {
 const readerConnMaxIdle = 30 * time.Second
 
 // run runs one of the reader's commands on its connection, opened first
-// on the node of client that serves key, or on client itself when that
-// cannot give one connection (neither a Client nor a ClusterClient). The
-// hooks of hooked see the connection's commands.
+// on the node of client (a Client or a ClusterClient, as the subscriber
+// makes them) that serves key. The hooks of hooked see the connection's
+// commands.
 func (r *readerConn) run(ctx context.Context, client, hooked redis.UniversalClient, key string, command func(readerCmdable) error) error {
 	conn, err := r.get(ctx, client, hooked, key)
-	switch {
-	case err != nil:
+	if err != nil {
 		return err
-	case conn == nil:
-		return command(client)
 	}
 	r.busy.Store(true)
 	err = command(conn)
@@ -101,7 +99,7 @@ func (r *readerConn) get(ctx context.Context, client, hooked redis.UniversalClie
 			return nil, err
 		}
 	default:
-		return nil, nil
+		return nil, fmt.Errorf("redisbus: a reader's connection cannot be pinned on a %T", client)
 	}
 	conn = node.Conn()
 	if cluster, ok := hooked.(*redis.ClusterClient); ok {
