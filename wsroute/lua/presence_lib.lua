@@ -143,6 +143,11 @@ local function reap(prefix, room, incarnation, node, budget, stream, maxlen, id)
     end
   end
   leaveAll(prefix, room, tally, order, node, 'node_gone', stream, maxlen, id)
+  -- A scan can stop with a full batch that holds the last entries, its
+  -- cursor not yet back at 0: the hash is gone with them all the same.
+  if not all and redis.call('EXISTS', key) == 0 then
+    all = true
+  end
   if all then
     forget(prefix, room, incarnation, node)
   end
